@@ -1,0 +1,295 @@
+"""The experience pool: LANPO's memory of past rollouts, as text.
+
+GRPO keeps one number per rollout and forgets the rest. LANPO (arXiv 2510.16552) keeps the
+text in a dynamic experience pool and feeds it back as context. This file owns the pool and the
+two ways of reading it:
+
+- *Intra-sample* (Reward-Agnostic Reflection): `earlier_attempt` returns one of this problem's
+  own earlier attempts, chosen uniformly at random, without looking at its reward. Choosing
+  failed attempts would leak "this one is wrong" through the choice itself.
+- *Inter-sample* (Relevant Abstraction): `retrieve` ranks *other* problems by BM25 similarity
+  of their questions to this one, keeps those whose normalized similarity is at least gamma
+  (0.9 in the paper), and `lessons` gathers the principles and pitfalls the model distilled
+  from their attempts. A problem never retrieves itself.
+
+Each entry is one rollout: the attempt, its reward, and the summary (principles / pitfalls)
+that the current model wrote for its group when it entered the pool (train.py step 7).
+
+Simplifications, each a choice made here rather than in the paper:
+- The index holds one document per *problem* (its question), not per entry: all entries of a
+  problem share the question, so this ranks the same way, is 32x smaller, and makes "never
+  retrieve your own problem" a single comparison.
+- The distillation runs once per problem group when it enters the pool; retrieval gathers the
+  stored lessons instead of summarizing again for every query (one summary call per problem per
+  step instead of one per rollout).
+- BM25 tokens are lowercase words without digits: numbers vary inside a family of problems and
+  are noise for similarity (on the tiny world, digits cut same-family precision from 92% to 83%;
+  DESIGN.md point 9).
+
+No model is called here: summaries arrive as text from train.py.
+"""
+import argparse
+import json
+import os
+import random
+import re
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from rank_bm25 import BM25Okapi
+
+from errors import UserError, run_cli
+import prompts
+
+# The paper caps the pool at 32 entries per problem.
+CAP_PER_PROBLEM = 32
+MAX_PRINCIPLES = 3   # at most this many principles and pitfalls go into one context: a long
+MAX_PITFALLS = 4     # list dilutes the signal, and irrelevant context hurts (DESIGN.md point 4)
+
+
+@dataclass
+class Entry:
+    problem_id: str
+    question: str
+    attempt: str                 # the flow of thought: the full response text
+    reward: float
+    step: int
+    principles: list = field(default_factory=list)   # distilled by the model for this group
+    pitfalls: list = field(default_factory=list)
+    meta: dict = field(default_factory=dict)          # e.g. {"family": ...} in the tiny world
+
+
+def parse_summary(text: str):
+    """Read "Principles: a; b / Pitfalls: c" back into two lists. None if the text does not
+    follow the format (the summary is then dropped, not guessed)."""
+    m = re.search(r"principles\s*:(.*?)pitfalls\s*:(.*)", text, flags=re.S | re.I)
+    if not m:
+        return None
+
+    def items(s):
+        out = []
+        for part in re.split(r"[;\n]|\s-\s", s):
+            part = part.strip(" .-*\t")
+            if part and part.lower() != prompts.NONE and part not in out:
+                out.append(part)
+        return out
+    return items(m.group(1)), items(m.group(2))
+
+
+_TOKEN_RE = re.compile(r"[a-z]+")
+
+
+def bm25_tokens(text: str) -> list[str]:
+    """Lowercase words of letters only; digits are dropped (see the module docstring)."""
+    return _TOKEN_RE.findall(text.lower())
+
+
+class Pool:
+    def __init__(self, cap_per_problem: int = CAP_PER_PROBLEM):
+        self.cap = cap_per_problem
+        self.entries: dict[str, list[Entry]] = {}   # problem id -> entries, oldest first
+        self._index = None                           # rebuilt lazily when a problem is added
+        self._ids: list[str] = []
+
+    def __len__(self):
+        return sum(len(v) for v in self.entries.values())
+
+    def add(self, entries: list[Entry]):
+        """Add entries; beyond the cap the *oldest* entries of a problem go first, because the
+        newest attempts are the ones the current policy would make, and reflecting on them is
+        what the intra-sample block is for."""
+        for e in entries:
+            if e.problem_id not in self.entries:
+                self.entries[e.problem_id] = []
+                self._index = None
+            self.entries[e.problem_id].append(e)
+        for pid in {e.problem_id for e in entries}:
+            del self.entries[pid][:-self.cap]
+
+    # --- intra-sample: Reward-Agnostic Reflection ---------------------------------------------
+    def earlier_attempt(self, problem_id: str, rng: random.Random) -> Entry | None:
+        """One earlier attempt at this problem, uniformly at random. The reward is not looked
+        at: every attempt is equally likely, right or wrong."""
+        own = self.entries.get(problem_id)
+        return rng.choice(own) if own else None
+
+    # --- inter-sample: Relevant Abstraction ---------------------------------------------------
+    def _build_index(self):
+        self._ids = list(self.entries)
+        docs = [bm25_tokens(self.entries[pid][0].question) for pid in self._ids]
+        # epsilon=0: a word in more than half of the questions gets idf 0. rank-bm25's default
+        # gives such words epsilon x the mean idf, which turns *negative* in a small pool (early
+        # in training) and would make a shared common word count against a match.
+        self._index = BM25Okapi(docs, epsilon=0.0)
+        # An inverted index (token -> documents that contain it), so a query scores only the
+        # documents that share a word with it instead of looping over the whole pool.
+        self._postings = {}
+        for d, freqs in enumerate(self._index.doc_freqs):
+            for tok, tf in freqs.items():
+                self._postings.setdefault(tok, []).append((d, tf))
+        self._doc_len = np.asarray(self._index.doc_len, dtype=np.float64)
+
+    def _scores(self, query_tokens: list[str]) -> np.ndarray:
+        """BM25 scores of every problem for the query; the same numbers as
+        BM25Okapi.get_scores (a test checks it), computed through the inverted index."""
+        bm = self._index
+        scores = np.zeros(len(self._ids))
+        for tok in query_tokens:
+            posting = self._postings.get(tok)
+            if not posting:
+                continue
+            d = np.fromiter((p[0] for p in posting), dtype=np.int64, count=len(posting))
+            tf = np.fromiter((p[1] for p in posting), dtype=np.float64, count=len(posting))
+            # Okapi BM25: idf * tf (k1 + 1) / (tf + k1 (1 - b + b |d| / avgdl))
+            norm = bm.k1 * (1 - bm.b + bm.b * self._doc_len[d] / bm.avgdl)
+            scores[d] += bm.idf.get(tok, 0.0) * tf * (bm.k1 + 1) / (tf + norm)
+        return scores
+
+    def retrieve(self, question: str, exclude_id: str, k: int = 4, gamma: float = 0.9):
+        """The top-k other problems whose normalized similarity to `question` is >= gamma, as
+        (problem id, similarity) pairs, most similar first.
+
+        Normalization: BM25 score / the best score among the candidates (other problems with a
+        positive score), so similarity lies in [0, 1] and the best match (an identical question,
+        when there is one) gets 1. Dividing by the query's score against itself instead put
+        same-family siblings of the tiny world at a median of 0.39, so gamma = 0.9 would keep
+        almost nothing (DESIGN.md point 9); relative to the best candidate, gamma = 0.9 keeps the
+        near-ties of the best match. gamma = 0 keeps the plain top-k (unfiltered retrieval)."""
+        if not self.entries:
+            return []
+        if self._index is None:
+            self._build_index()
+        scores = self._scores(bm25_tokens(question))
+        candidates = [(s, pid) for s, pid in zip(scores, self._ids) if pid != exclude_id and s > 0]
+        if not candidates:
+            return []
+        best = max(s for s, _ in candidates)
+        ranked = sorted(((s / best, pid) for s, pid in candidates), key=lambda t: (-t[0], t[1]))
+        return [(pid, float(sim)) for sim, pid in ranked[:k] if sim >= gamma]
+
+    def lessons(self, problem_ids: list[str]) -> tuple[list[str], list[str]]:
+        """Principles and pitfalls of the retrieved problems, merged without repeats. For each
+        problem the newest summary that states a principle is used, else its newest summary:
+        an old success is still a success, while an empty summary says nothing."""
+        principles, pitfalls = [], []
+        for pid in problem_ids:
+            entries = self.entries[pid]
+            chosen = next((e for e in reversed(entries) if e.principles), entries[-1])
+            principles += [p for p in chosen.principles if p not in principles]
+            pitfalls += [p for p in chosen.pitfalls if p not in pitfalls]
+        pitfalls = [p for p in pitfalls if p not in principles]
+        return principles[:MAX_PRINCIPLES], pitfalls[:MAX_PITFALLS]
+
+    def raw_attempts(self, problem_ids: list[str], rng: random.Random, per_problem: int = 1):
+        """Ablation: raw (attempt, was it right) pairs of the retrieved problems instead of
+        their distilled lessons."""
+        out = []
+        for pid in problem_ids:
+            for e in rng.sample(self.entries[pid], min(per_problem, len(self.entries[pid]))):
+                out.append((e.attempt, e.reward > 0))
+        return out
+
+    # --- persistence --------------------------------------------------------------------------
+    def save(self, path: str):
+        """Write the pool as JSONL, atomically: a temporary file, fsync, then rename, so a crash
+        leaves either the old pool or the new one, never half of one."""
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            for entries in self.entries.values():
+                for e in entries:
+                    f.write(json.dumps(asdict(e)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str, cap_per_problem: int = CAP_PER_PROBLEM) -> "Pool":
+        pool = cls(cap_per_problem)
+        try:
+            with open(path) as f:
+                lines = f.readlines()
+        except OSError as e:
+            raise UserError(f"cannot read pool {path}: {e.strerror}")
+        entries = []
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                entries.append(Entry(**json.loads(line)))
+            except (json.JSONDecodeError, TypeError) as e:
+                raise UserError(f"{path}:{i}: not a pool entry ({e})")
+        pool.add(entries)
+        return pool
+
+
+# =============================================================================================
+# python pool.py audit POOL.jsonl
+# =============================================================================================
+
+def audit(pool: Pool, gamma: float, k: int, n_samples: int, seed: int, out=None):
+    """Statistics a person can read to judge the pool: sizes, lengths, how often retrieval finds
+    something, and a few random entries to see whether summaries state transferable principles
+    or problem-specific details. On the tiny world, also the ground truth: retrieval precision
+    and summary correctness."""
+    import data
+    out = out or sys.stdout
+    per_problem = [len(v) for v in pool.entries.values()]
+    all_entries = [e for v in pool.entries.values() for e in v]
+    if not all_entries:
+        print("the pool is empty", file=out)
+        return {}
+    t0 = time.perf_counter()
+    hits, precision = [], []
+    world = data.TinyWorld()
+    for pid, entries in pool.entries.items():
+        found = pool.retrieve(entries[0].question, pid, k=k, gamma=gamma)
+        hits.append(bool(found))
+        fam = entries[0].meta.get("family")
+        if fam in world.by_name and found:
+            precision += [pool.entries[q][0].meta.get("family") == fam for q, _ in found]
+    per_query_ms = 1000 * (time.perf_counter() - t0) / len(per_problem)
+    stats = {
+        "entries": len(all_entries), "problems": len(per_problem),
+        "entries_per_problem": {"min": min(per_problem), "mean": statistics.mean(per_problem),
+                                "max": max(per_problem)},
+        "attempt_words_mean": statistics.mean(len(e.attempt.split()) for e in all_entries),
+        "reward_mean": statistics.mean(e.reward for e in all_entries),
+        "with_principles": statistics.mean(bool(e.principles) for e in all_entries),
+        "retrieval_hit_rate": statistics.mean(hits), "retrieval_ms_per_query": per_query_ms,
+    }
+    if precision:
+        stats["retrieval_precision"] = statistics.mean(precision)
+    judged = [world.summary_is_correct(e.meta["family"], e.principles)
+              for e in all_entries if e.meta.get("family") in world.by_name and e.principles]
+    if judged:
+        stats["summary_correct_when_stated"] = statistics.mean(judged)
+    for key, v in stats.items():
+        print(f"{key:>28}: {v if not isinstance(v, float) else round(v, 3)}", file=out)
+    rng = random.Random(seed)
+    for e in rng.sample(all_entries, min(n_samples, len(all_entries))):
+        print(f"\n[{e.problem_id} step {e.step} reward {e.reward}]\n  question: {e.question}"
+              f"\n  attempt: {e.attempt}\n  principles: {e.principles}\n  pitfalls: {e.pitfalls}",
+              file=out)
+    return stats
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Inspect an experience pool.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("audit", help="statistics and random entries of a pool.jsonl")
+    a.add_argument("pool", help="path to pool.jsonl")
+    a.add_argument("--gamma", type=float, default=0.9, help="similarity threshold to replay")
+    a.add_argument("--k", type=int, default=4, help="retrieved problems per query")
+    a.add_argument("--samples", type=int, default=5, help="random entries to print")
+    a.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if not os.path.exists(args.pool):
+        raise UserError(f"no such pool file: {args.pool}")
+    audit(Pool.load(args.pool), args.gamma, args.k, args.samples, args.seed)
+
+
+if __name__ == "__main__":
+    run_cli(main)
