@@ -57,16 +57,16 @@ LEAKY_INTRA_BLOCK = ("An earlier attempt at this problem. It was wrong; "
 
 # The feedback-aware solve: blocks first, then the instruction to analyze them (the paper asks
 # the model to analyze the feedback before it solves).
-FEEDBACK_SOLVE = ("{feedback}\nFirst analyze the feedback above, then solve the problem step by "
-                  "step. " + _ANSWER_RULE + "\nProblem: {question}")
+FEEDBACK_SOLVE = ("{feedback}\nAnalyze this feedback, then solve the problem step by step. "
+                  + _ANSWER_RULE + "\nProblem: {question}")
 
 # --- Summarizing (Relevant Abstraction, the distillation step) -----------------------------
 
 # One problem's attempts with their outcomes -> principles and pitfalls in general terms.
 # Outcomes may appear here because the summary is only ever shown to other problems.
-SUMMARIZE = ("Here are attempts at a problem, each marked right or wrong. State in general "
-             "terms, without the numbers, the principles that made attempts right and the "
-             "pitfalls that made them wrong.\nProblem: {question}\n{attempts}")
+SUMMARIZE = ("Summarize these attempts at a problem in general terms, without numbers: the "
+             "principles of the right ones and the pitfalls of the wrong ones.\n"
+             "Problem: {question}\n{attempts}")
 ATTEMPT_LINE = "Attempt ({outcome}): {attempt}"
 OUTCOME = {True: "right", False: "wrong"}
 

