@@ -104,6 +104,13 @@ def load_model(name_or_dir: str, gguf_file: str | None = None, device="auto", dt
         model = AutoModelForCausalLM.from_pretrained(name_or_dir, dtype=dtype, **kw)
     except (OSError, ValueError) as e:   # no such hub id, not a model directory, no network
         raise UserError(f"cannot load model {name_or_dir!r}: {str(e).strip().splitlines()[0]}") from None
+    if gguf_file:
+        # transformers dequantizes a GGUF file to ordinary float tensors on load, yet leaves the
+        # model marked as quantized, which forbids save_pretrained. The weights are plain
+        # tensors, so drop the mark: every later stage can then save and reload the model.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     # Batches are left-padded, so every prompt ends where generation starts.
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:

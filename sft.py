@@ -60,14 +60,15 @@ SKILLS = {"solve": ["solve"], "feedback": ["inter_fresh", "inter_pitfalls", "int
 
 
 def tiny_example(world: data.TinyWorld, kind: str, rng: random.Random) -> dict:
-    """One seed example {prompt, response, skill} of the given kind. No rl or unseen family ever
-    appears; the gold answer only ever appears in the response."""
+    """One seed example {prompt, response, skill} of the given kind. An rl or unseen family
+    name appears only as a context name, with a random procedure, never with a plain prompt;
+    the gold answer only ever appears in the response."""
     procs = data.PROCEDURES
     known = rng.choice(world.families_of("sft"))
     fresh_proc = rng.choice(procs)
     use_fresh = kind in ("inter_fresh", "inter_pitfalls", "inter_intra") or (
         kind in ("reflect", "summarize") and rng.random() < 0.5)
-    name, proc = (rng.choice(world.fresh_names), fresh_proc) if use_fresh else (known.name,
+    name, proc = (rng.choice(world.context_names), fresh_proc) if use_fresh else (known.name,
                                                                                 known.procedure)
     a, b, c = rng.choice(world.sft_numbers(proc))
     question = world.question(name, rng.choice(data.PERSONS), a, b, c)
@@ -334,8 +335,8 @@ def skill_report(model, tok, val_examples, max_new_tokens, micro_batch, per_skil
 # =============================================================================================
 
 PRESET_DEFAULTS = {
-    # tiny: from scratch, about 3 minutes on a 2-core CPU.
-    "tiny": dict(steps=700, batch_size=64, lr=3e-3, warmup=50, examples=20000, max_len=192,
+    # tiny: from scratch, about 4 minutes on a 2-core CPU.
+    "tiny": dict(steps=900, batch_size=64, lr=3e-3, warmup=50, examples=20000, max_len=192,
                  max_new_tokens=48),
     # smol and hub models: a few LoRA-free full fine-tuning steps on bootstrapped data.
     "smol": dict(steps=40, batch_size=4, lr=1e-5, warmup=5, examples=None, max_len=768,
@@ -368,7 +369,7 @@ def build_parser():
     ap.add_argument("--warmup", type=int, default=None, help="linear warmup steps")
     ap.add_argument("--max-len", type=int, default=None, help="max tokens per example")
     ap.add_argument("--hidden", type=int, default=128, help="tiny: hidden size")
-    ap.add_argument("--layers", type=int, default=4, help="tiny: transformer layers")
+    ap.add_argument("--layers", type=int, default=3, help="tiny: transformer layers")
     ap.add_argument("--bootstrap-problems", type=int, default=32,
                     help="real presets: training problems to bootstrap from")
     ap.add_argument("--bootstrap-samples", type=int, default=4,

@@ -55,7 +55,7 @@ from reward import reward
 PRESETS = {
     # The tiny world on a laptop CPU: a few minutes from `runs/tiny/sft/`.
     "tiny": dict(init="runs/tiny/sft", data="tiny", steps=120, problems_per_step=8,
-                 group_size=8, lr=2e-4, max_new_tokens=32, summary_tokens=24, eval_every=20,
+                 group_size=8, lr=1e-4, max_new_tokens=32, summary_tokens=24, eval_every=20,
                  ckpt_every=20, eval_limit=None),
     # A real instruct model that works offline: SmolLM2-135M (after `python sft.py --preset
     # smol`), on GSM8K. The CPU defaults are a smoke test; raise them on a GPU.
@@ -282,9 +282,10 @@ def update(model, ref_model, opt, rollouts, score_ids, advantages, args):
         ref = [logprobs_of(ref_model, c) for c in chunks] if args.beta > 0 else [None] * len(chunks)
         old = [logprobs_of(model, c) for c in chunks] if args.inner_epochs > 1 else None
     model.train()
-    stats_acc, grad_norm = [], 0.0
+    stats_acc, grad_norm = [], torch.tensor(0.0)
     for epoch in range(args.inner_epochs):
         opt.zero_grad(set_to_none=True)
+        epoch_loss = 0.0
         for j, c in enumerate(chunks):
             _fault_point("update")
             logp = logprobs_of(model, c)
@@ -296,9 +297,12 @@ def update(model, ref_model, opt, rollouts, score_ids, advantages, args):
                                            max_len=args.max_new_tokens)
             w = grpo.microbatch_weight(mask[c], n_rows, n_tokens, args.aggregation)
             (loss * w).backward()
+            epoch_loss += w * stats["loss"]
             stats_acc.append((w, stats))
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        if not torch.isfinite(grad_norm):
+        # A non-finite loss or gradient would poison the weights and Adam's moments: skip the
+        # update (train.py counts these and stops after --max-bad-updates in a row).
+        if not (math.isfinite(epoch_loss) and torch.isfinite(grad_norm)):
             opt.zero_grad(set_to_none=True)
             model.eval()
             return None
@@ -309,11 +313,8 @@ def update(model, ref_model, opt, rollouts, score_ids, advantages, args):
                 "grad_norm": 0.0}
     total_w = sum(w for w, _ in stats_acc)
     out = {key: sum(w * s[key] for w, s in stats_acc) / total_w
-           for key in ("pg_loss", "kl", "clip_frac", "ratio")}
-    out["loss"] = sum(w * s["loss"] for w, s in stats_acc) / args.inner_epochs
+           for key in ("loss", "pg_loss", "kl", "clip_frac", "ratio")}
     out["grad_norm"] = float(grad_norm)
-    if not math.isfinite(out["loss"]):
-        return None
     return out
 
 
@@ -344,7 +345,7 @@ def summarize_groups(model, tok, problems, texts, rewards, args, rng):
 
 def grow_pool(pool, problems, texts, rewards, summaries, step, G):
     for i, p in enumerate(problems):
-        principles, pitfalls = summaries[i] if summaries[i] else ([], [])
+        principles, pitfalls = summaries[i] if summaries and summaries[i] else ([], [])
         pool.add([Entry(problem_id=p["id"], question=p["question"], attempt=texts[i * G + j],
                         reward=rewards[i * G + j], step=step, principles=principles,
                         pitfalls=pitfalls, meta={k: p[k] for k in ("family",) if k in p})
@@ -385,7 +386,7 @@ def train_step(step, model, ref_model, tok, opt, pool, train_set, args, rng, wor
     t["update"] = time.perf_counter() - clock
     # 7. the step's trajectories enter the pool, with the current model's summaries
     clock = time.perf_counter()
-    summaries = [None] * len(problems)
+    summaries = None   # None: no summary was asked for (GRPO, intra-only, raw, oracle)
     if args.p_feedback > 0 and args.feedback in ("inter", "both") and \
             args.inter_format == "summary":
         summaries = summarize_groups(model, tok, problems, rollouts.texts, rewards, args, rng)
@@ -404,6 +405,25 @@ def train_step(step, model, ref_model, tok, opt, pool, train_set, args, rng, wor
 
 def _mean(xs):
     return statistics.mean(xs) if xs else None
+
+
+def language_channel_truth(world, problems, facts, summaries, rewards, G):
+    """Tiny world only: the world knows each problem's family and rule, so every link of the
+    language channel can be checked against the truth.
+    - retrieval_precision: retrieved problems that are from the query's own family;
+    - summary_correct: this step's summaries that state exactly the family's true principle
+      (an unparseable one counts as wrong);
+    - summary_correct_given_right: the same, among groups with at least one right attempt
+      (a summary of only wrong attempts cannot know the principle)."""
+    same = [s for f in facts if f["same_family"] for s in f["same_family"]]
+    judged, given_right = [], []
+    for i, (p, s) in enumerate(zip(problems, summaries or [])):
+        ok = s is not None and world.summary_is_correct(p["family"], s[0])
+        judged.append(float(ok))
+        if any(r > 0 for r in rewards[i * G:(i + 1) * G]):
+            given_right.append(float(ok))
+    return {"retrieval_precision": _mean([float(s) for s in same]),
+            "summary_correct": _mean(judged), "summary_correct_given_right": _mean(given_right)}
 
 
 def step_metrics(step, rewards, has_context, rollouts, stats, pool, facts, summaries,
@@ -428,23 +448,8 @@ def step_metrics(step, rewards, has_context, rollouts, stats, pool, facts, summa
          **{f"t_{k}": round(v, 4) for k, v in t.items()},
          "tokens_per_s": sampled_tokens / max(t["generation"], 1e-9)}
     m.update(stats or {})
-    # Ground truth of the tiny world: is retrieval finding siblings, are summaries right?
     if world is not None:
-        same = [s for f in facts if f["same_family"] for s in f["same_family"]]
-        m["retrieval_precision"] = _mean([float(s) for s in same])
-        judged, given_right = [], []
-        for i, (p, s) in enumerate(zip(problems, summaries)):
-            if s is None and summaries is not None and any(x is not None for x in summaries):
-                judged.append(0.0)   # an unparseable summary is a wrong one
-                continue
-            if s is None:
-                continue
-            ok = world.summary_is_correct(p["family"], s[0])
-            judged.append(float(ok))
-            if any(r > 0 for r in rewards[i * G:(i + 1) * G]):
-                given_right.append(float(ok))
-        m["summary_correct"] = _mean(judged)
-        m["summary_correct_given_right"] = _mean(given_right)
+        m.update(language_channel_truth(world, problems, facts, summaries, rewards, G))
     return m
 
 
@@ -463,7 +468,7 @@ def _fault_point(name):
 _fault_point.step = 0
 
 
-def save_checkpoint(run_dir, step, model, tok, opt, pool, rng, n_bad):
+def save_checkpoint(run_dir, step, model, tok, opt, pool, rng, counters):
     """Write checkpoint/ atomically: everything goes into checkpoint.tmp/, which then replaces
     checkpoint/ by rename. A crash at any moment leaves a complete checkpoint (the old or the
     new one)."""
@@ -474,7 +479,7 @@ def save_checkpoint(run_dir, step, model, tok, opt, pool, rng, n_bad):
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     torch.save({"step": step, "optimizer": opt.state_dict(), "python_rng": rng.getstate(),
-                "torch_rng": torch.get_rng_state(), "bad_in_a_row": n_bad},
+                "torch_rng": torch.get_rng_state(), "counters": counters},
                os.path.join(tmp, "state.pt"))
     pool.save(os.path.join(tmp, "pool.jsonl"))
     _fault_point("checkpoint")
@@ -631,7 +636,8 @@ def main(argv=None):
     start_run_dir(args)
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
-    pool, start, n_bad = Pool(), 0, 0
+    pool, start = Pool(), 0
+    counters = {"bad_in_a_row": 0, "skipped_total": 0}   # non-finite updates
     metrics_path = os.path.join(args.run_dir, "metrics.jsonl")
     samples_path = os.path.join(args.run_dir, "samples.jsonl")
     if ckpt:
@@ -639,7 +645,8 @@ def main(argv=None):
         opt.load_state_dict(state["optimizer"])
         rng.setstate(state["python_rng"])
         torch.set_rng_state(state["torch_rng"])
-        start, n_bad = state["step"], state["bad_in_a_row"]
+        start, counters = state["step"], state["counters"]
+        counters["bad_in_a_row"] = 0   # a person resumed: give the run a fresh chance
         pool = Pool.load(os.path.join(ckpt, "pool.jsonl"))
         print(f"resumed from step {start} ({len(pool)} pool entries)")
     else:
@@ -657,20 +664,24 @@ def main(argv=None):
         m, samples = train_step(step, model, ref_model, tok, opt, pool, train_set, args, rng,
                                 world)
         # A non-finite loss or gradient skips the update; several in a row stop the run.
-        n_bad = n_bad + 1 if m["skipped_update"] else 0
+        skipped = m["skipped_update"]
+        counters["bad_in_a_row"] = counters["bad_in_a_row"] + 1 if skipped else 0
+        counters["skipped_total"] += skipped
+        m["skipped_total"] = counters["skipped_total"]
         if args.eval_every and step % args.eval_every == 0:
             m.update(zero_shot_eval(model, tok, eval_sets, args))
         _append_jsonl(metrics_path, [m])
         _append_jsonl(samples_path, samples)
         bar.set_postfix(reward=f"{m['reward']:.2f}", zero_std=f"{m['zero_std_frac']:.2f}")
-        if n_bad >= args.max_bad_updates:
-            save_checkpoint(args.run_dir, step, model, tok, opt, pool, rng, n_bad)
-            print(f"error: {n_bad} non-finite updates in a row (last at step {step}); stopping. "
-                  f"The checkpoint at step {step} holds the last finite weights.",
-                  file=sys.stderr)
+        if counters["bad_in_a_row"] >= args.max_bad_updates:
+            # The skipped updates left the weights as they were: this checkpoint is usable.
+            save_checkpoint(args.run_dir, step, model, tok, opt, pool, rng, counters)
+            print(f"error: {counters['bad_in_a_row']} non-finite updates in a row (last at step "
+                  f"{step}); stopping. The checkpoint at step {step} holds the last finite "
+                  "weights; lower --lr or raise --beta before resuming.", file=sys.stderr)
             sys.exit(1)
         if step % args.ckpt_every == 0 or step == args.steps:
-            save_checkpoint(args.run_dir, step, model, tok, opt, pool, rng, n_bad)
+            save_checkpoint(args.run_dir, step, model, tok, opt, pool, rng, counters)
 
     M.save_model(model, tok, os.path.join(args.run_dir, "final"))
     pool.save(os.path.join(args.run_dir, "pool.jsonl"))

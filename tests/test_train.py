@@ -247,3 +247,38 @@ def test_refuses_to_overwrite_another_run(tmp_path, tiny_dir, capsys):
         run_cli(train.main, small_run(tmp_path, tiny_dir, steps=1))
     assert e.value.code == 2 and "--overwrite" in capsys.readouterr().err
     train.main(small_run(tmp_path, tiny_dir, "--overwrite", steps=1))
+
+
+# --- the language channel against the tiny world's truth (issue: retrieval precision etc.) --
+
+def test_retrieval_precision_on_a_hand_made_pool():
+    probs = WORLD.problems("rl", "train")
+    query = probs[0]
+    same = [p for p in probs if p["family"] == query["family"] and p["id"] != query["id"]][:3]
+    other = next(p for p in probs if p["family"] != query["family"])
+    # make the other family's problem look similar: same words, another family name
+    other = dict(other, question=query["question"].replace(query["family"], other["family"]))
+    # unrelated problems (another family, another person) keep BM25's idf meaningful
+    person = query["question"].split()[0]
+    fillers = [p for p in probs if p["family"] not in (query["family"], other["family"])
+               and p["question"].split()[0] != person][:20]
+    pool = filled_pool(same + [other] + fillers)
+    a = args_for(feedback="inter", gamma=0.0, top_k=4)
+    _, _, facts = train.build_prompts([query], pool, a, random.Random(0), WORLD)
+    assert len(facts[0]["retrieved"]) == 4
+    truth = train.language_channel_truth(WORLD, [query], facts, None, [0.0] * 8, 8)
+    assert truth["retrieval_precision"] == 0.75
+    assert truth["summary_correct"] is None   # no summaries asked for: absent, not faked
+
+
+def test_summary_correctness_from_the_truth():
+    probs = WORLD.problems("rl", "train")[:4]
+    right = [WORLD.by_name[p["family"]].principle for p in probs]
+    wrong = next(data.procedure_text(q) for q in data.PROCEDURES
+                 if data.procedure_text(q) != right[2])
+    summaries = [([right[0]], []), ([right[1]], ["x"]), ([wrong], []), None]
+    rewards = [1.0, 0.0] + [0.0, 0.0] + [1.0, 1.0] + [0.0, 0.0]   # G = 2
+    facts = [{"same_family": None}] * 4
+    truth = train.language_channel_truth(WORLD, probs, facts, summaries, rewards, 2)
+    assert truth["summary_correct"] == 0.5              # 2 of 4 (the None one is wrong)
+    assert truth["summary_correct_given_right"] == 0.5  # groups 0 and 2 had a right attempt

@@ -1,0 +1,196 @@
+"""Run the tiny-world comparisons: several arms x several seeds, same rollout budget.
+
+Every arm is `python train.py` with the same steps, problems per step, G and hyper-parameters,
+from the same SFT model; only the flags that define the arm differ. Runs go to
+experiments/runs/<suite>/<arm>/seed<k>/ (not committed; an existing finished run is reused, so
+a suite can be resumed), and the summary goes to experiments/results/<suite>.json and .png.
+
+    python experiments/run_arms.py main --seeds 0 1 2 --jobs 2
+    python experiments/run_arms.py ablations --seeds 0 1 2 --jobs 2
+
+Each job runs with one torch thread; `--jobs 2` uses both cores of a 2-core machine.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+SUITES = {
+    # Issues 7 and 10: GRPO vs LANPO, scored under the prompt (the paper) or the plain prompt,
+    # with the pool's summaries or with the oracle principle.
+    "main": {
+        "grpo": ["--p-feedback", "0"],
+        "lanpo": [],
+        "lanpo-plain": ["--score-context", "plain"],
+        "oracle": ["--feedback", "oracle"],
+        "oracle-plain": ["--feedback", "oracle", "--score-context", "plain"],
+    },
+    # Issue 7: feedback ratio, similarity threshold, feedback type, raw trajectories, leaky
+    # reflection. All with the default scoring (prompt) so they ablate the paper's method.
+    "p_feedback": {f"p={p}": ["--p-feedback", str(p)] for p in ("0.5", "0.75", "1.0")},
+    "gamma": {f"gamma={g}": ["--gamma", str(g)] for g in ("0", "0.7", "0.9", "0.95")},
+    "feedback": {
+        "intra": ["--feedback", "intra"], "inter": ["--feedback", "inter"], "both": [],
+        "raw": ["--inter-format", "raw"],
+        "leaky": ["--feedback", "intra", "--reflection", "leaky"],
+    },
+}
+
+
+def run_one(suite, arm, flags, seed, args):
+    run_dir = os.path.join(HERE, "runs", suite, arm, f"seed{seed}")
+    if os.path.exists(os.path.join(run_dir, "eval.json")):
+        return run_dir
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--init", args.init,
+           "--run-dir", run_dir, "--seed", str(seed), "--steps", str(args.steps),
+           "--eval-every", str(args.eval_every), "--overwrite", *flags, *args.extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    t = time.time()
+    os.makedirs(os.path.dirname(run_dir), exist_ok=True)
+    with open(run_dir + ".log", "w") as log:
+        rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    print(f"{suite}/{arm}/seed{seed}: exit {rc} in {time.time() - t:.0f} s", flush=True)
+    if rc != 0:
+        raise SystemExit(f"run failed, see {run_dir}.log")
+    return run_dir
+
+
+def read_run(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        rows = [json.loads(l) for l in f if l.strip()]
+    with open(os.path.join(run_dir, "eval.json")) as f:
+        ev = json.load(f)["results"]
+    steps = [r for r in rows if "reward" in r]
+    curve = {r["step"]: {k[5:]: v for k, v in r.items() if k.startswith("eval/")}
+             for r in rows if any(k.startswith("eval/") for k in r)}
+
+    def mean_of(key):
+        vals = [r[key] for r in steps if r.get(key) is not None]
+        return statistics.mean(vals) if vals else None
+    return {
+        "final": {ds: {mode: m["mean@1"] for mode, m in res.items()} for ds, res in ev.items()},
+        "self_correct_first": {ds: res["self-correct"]["first_accuracy"]
+                               for ds, res in ev.items() if "self-correct" in res},
+        "curve": curve,
+        "train": {k: mean_of(k) for k in
+                  ("reward", "reward_feedback", "reward_plain", "zero_std_frac", "kl",
+                   "response_length", "coverage", "retrieval_precision", "summary_correct",
+                   "summary_correct_given_right", "t_generation", "t_update", "t_pool",
+                   "t_reward")},
+        "zero_std_by_step": [r["zero_std_frac"] for r in steps],
+        "train_reward_plain_by_step": [r.get("reward_plain") for r in steps],
+    }
+
+
+def mean_std(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None
+    return {"mean": statistics.mean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
+            "n": len(xs)}
+
+
+def summarize(suite, runs):
+    out = {}
+    for arm, per_seed in runs.items():
+        finals = [r["final"] for r in per_seed]
+        arm_out = {"final": {}, "train": {}}
+        for ds in finals[0]:
+            for mode in finals[0][ds]:
+                arm_out["final"][f"{ds} / {mode}"] = mean_std([f[ds][mode] for f in finals])
+        for k in per_seed[0]["train"]:
+            arm_out["train"][k] = mean_std([r["train"][k] for r in per_seed])
+        steps = sorted(per_seed[0]["curve"], key=int)
+        arm_out["curve"] = {ds: [mean_std([r["curve"][s].get(ds) for r in per_seed])
+                                 for s in steps] for ds in per_seed[0]["curve"][steps[0]]}
+        arm_out["curve_steps"] = [int(s) for s in steps]
+        arm_out["per_seed"] = per_seed
+        out[arm] = arm_out
+    return out
+
+
+def plot(suite, summary, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    datasets = list(next(iter(summary.values()))["curve"])
+    fig, axes = plt.subplots(1, len(datasets) + 1, figsize=(5 * (len(datasets) + 1), 4))
+    for ax, ds in zip(axes, datasets):
+        for arm, s in summary.items():
+            m = [c["mean"] for c in s["curve"][ds]]
+            sd = [c["std"] for c in s["curve"][ds]]
+            ax.plot(s["curve_steps"], m, label=arm, marker=".")
+            ax.fill_between(s["curve_steps"], [a - b for a, b in zip(m, sd)],
+                            [a + b for a, b in zip(m, sd)], alpha=0.15)
+        ax.set_title(f"zero-shot accuracy, {ds}")
+        ax.set_xlabel("RL step")
+        ax.set_ylim(0, 1)
+    ax = axes[-1]
+    for arm, s in summary.items():
+        per_seed = [r["zero_std_by_step"] for r in s["per_seed"]]
+        n = min(len(z) for z in per_seed)
+        avg = [statistics.mean(z[i] for z in per_seed) for i in range(n)]
+        k = 10   # moving average over 10 steps
+        ax.plot(range(k, n + 1), [statistics.mean(avg[i - k:i]) for i in range(k, n + 1)],
+                label=arm)
+    ax.set_title("zero-variance group fraction (10-step mean)")
+    ax.set_xlabel("RL step")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"tiny world, suite '{suite}' (mean +- std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("suite", choices=SUITES)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--eval-every", type=int, default=20)
+    ap.add_argument("--init", default=os.path.join(ROOT, "runs", "tiny", "sft"))
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--arms", nargs="*", default=None, help="only these arms")
+    ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                    help="flags passed to every train.py run")
+    args = ap.parse_args()
+    arms = {a: f for a, f in SUITES[args.suite].items() if not args.arms or a in args.arms}
+    t0 = time.time()
+    jobs = [(arm, flags, seed) for seed in args.seeds for arm, flags in arms.items()]
+    with ThreadPoolExecutor(args.jobs) as ex:
+        dirs = list(ex.map(lambda j: run_one(args.suite, j[0], j[1], j[2], args), jobs))
+    runs = {}
+    for (arm, _, seed), d in zip(jobs, dirs):
+        runs.setdefault(arm, []).append(read_run(d))
+    summary = summarize(args.suite, runs)
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    out = {"command": "python experiments/run_arms.py " + " ".join(sys.argv[1:]),
+           "suite": args.suite, "arms": arms, "seeds": args.seeds, "steps": args.steps,
+           "init": os.path.relpath(args.init, ROOT), "wall_seconds": round(time.time() - t0),
+           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                       "torch_threads_per_job": 1, "jobs": args.jobs},
+           "summary": summary}
+    with open(os.path.join(HERE, "results", f"{args.suite}.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    plot(args.suite, summary, os.path.join(HERE, "results", f"{args.suite}.png"))
+    print(f"\n{'arm':<14}" + "".join(f"{k:>30}" for k in next(iter(summary.values()))["final"]
+                                     if "zero-shot" in k))
+    for arm, s in summary.items():
+        cells = [f"{v['mean']:.3f} +- {v['std']:.3f}" for k, v in s["final"].items()
+                 if "zero-shot" in k]
+        print(f"{arm:<14}" + "".join(f"{c:>30}" for c in cells))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Reliability: a run killed with SIGKILL anywhere resumes without losing or duplicating
+anything; non-finite updates are skipped, counted, and stop the run when they repeat."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import grpo
+import model as M
+import train
+from pool import Pool
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(tmp_path, tiny_dir, steps, *extra, fault=None, fault_step=0):
+    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    env.pop("LANPO_FAULT", None)
+    if fault:
+        env.update(LANPO_FAULT=fault, LANPO_FAULT_STEP=str(fault_step))
+    cmd = [sys.executable, "train.py", "--init", tiny_dir, "--run-dir", str(tmp_path / "rl"),
+           "--steps", str(steps), "--problems-per-step", "2", "--group-size", "4",
+           "--max-new-tokens", "6", "--summary-tokens", "6", "--eval-every", "0",
+           "--ckpt-every", "2", "--no-final-eval", *extra]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("fault", ["sampling", "update", "checkpoint"])
+def test_sigkill_then_resume(tmp_path, tiny_dir, fault):
+    # Killed in step 3 (sampling, update) or while writing the checkpoint of step 4.
+    p = run(tmp_path, tiny_dir, 6, fault=fault, fault_step=3)
+    assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+    rl = tmp_path / "rl"
+    ckpt = train.find_checkpoint(str(rl))
+    assert ckpt is not None                      # a complete checkpoint survived
+    saved = torch.load(os.path.join(ckpt, "state.pt"), weights_only=False)["step"]
+    assert saved == 2
+    Pool.load(os.path.join(ckpt, "pool.jsonl"))  # parses: not half-written
+    M.load_model(ckpt, device="cpu")
+    p = run(tmp_path, tiny_dir, 6, "--resume")
+    assert p.returncode == 0, p.stderr[-2000:]
+    steps = [json.loads(l)["step"] for l in open(rl / "metrics.jsonl")]
+    assert steps == [1, 2, 3, 4, 5, 6]           # no duplicates, no holes
+    samples = {json.loads(l)["step"] for l in open(rl / "samples.jsonl")}
+    assert samples == {1, 2, 3, 4, 5, 6}
+    assert not any(n.endswith((".tmp", ".old")) for n in os.listdir(rl))
+    final_pool = open(rl / "pool.jsonl").read()
+    assert final_pool == open(rl / "checkpoint" / "pool.jsonl").read()   # pool of the last ckpt
+
+
+def test_non_finite_updates_are_skipped_then_stop_the_run(tmp_path, tiny_dir, monkeypatch):
+    real = grpo.policy_loss
+
+    def nan_loss(*a, **k):
+        loss, stats = real(*a, **k)
+        return loss * float("nan"), {**stats, "loss": float("nan")}
+    monkeypatch.setattr(grpo, "policy_loss", nan_loss)
+    before, _ = M.load_model(tiny_dir, device="cpu")
+    argv = ["--init", tiny_dir, "--run-dir", str(tmp_path / "rl"), "--steps", "6",
+            "--problems-per-step", "2", "--group-size", "4", "--max-new-tokens", "6",
+            "--summary-tokens", "6", "--eval-every", "0", "--ckpt-every", "5",
+            "--no-final-eval", "--max-bad-updates", "3", "--beta", "0.1"]
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    assert e.value.code == 1
+    rows = [json.loads(l) for l in open(tmp_path / "rl" / "metrics.jsonl")]
+    assert [r["skipped_update"] for r in rows] == [True] * 3
+    assert rows[-1]["skipped_total"] == 3
+    after, _ = M.load_model(str(tmp_path / "rl" / "checkpoint"), device="cpu")
+    for k, v in before.state_dict().items():   # the checkpoint holds the untouched weights
+        assert torch.equal(v, after.state_dict()[k])
+
+
+def test_same_seed_same_metrics(tmp_path, tiny_dir):
+    rows = []
+    for name in ("a", "b"):
+        train.main(["--init", tiny_dir, "--run-dir", str(tmp_path / name), "--steps", "2",
+                    "--problems-per-step", "2", "--group-size", "4", "--max-new-tokens", "6",
+                    "--summary-tokens", "6", "--eval-every", "1", "--no-final-eval"])
+        rows.append([{k: v for k, v in json.loads(l).items()
+                      if not k.startswith("t_") and k != "tokens_per_s"}
+                     for l in open(tmp_path / name / "metrics.jsonl")])
+    assert rows[0] == rows[1] and len(rows[0]) == 3
+
+
+@pytest.mark.parametrize("content,needle", [
+    (None, "cannot read"), ("", "no rows"), ('{"question": "q"}\n', "answer"),
+    ('{"question": "q", "answer": "1"}\nnot json\n', "line 2"),
+])
+def test_bad_data_file_exits_2_and_writes_nothing(tmp_path, tiny_dir, capsys, content, needle):
+    from errors import run_cli
+    path = tmp_path / "data.jsonl"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as e:
+        run_cli(train.main, ["--init", tiny_dir, "--data", str(path),
+                             "--run-dir", str(tmp_path / "rl"), "--steps", "1"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and needle in err and "\n" not in err, err
+    assert not (tmp_path / "rl").exists()
