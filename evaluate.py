@@ -116,19 +116,20 @@ def evaluate(model, tok, problems, mode, cfg, pool=None, k=1, seed=0):
 def print_table(results: dict, k: int, file=None):
     """results[dataset][mode] -> metrics; one row per dataset, one column per mode."""
     modes = [m for m in MODES if any(m in r for r in results.values())]
-    head = f"{'dataset':<14}" + "".join(f"{m + f' mean@{k}':>22}" for m in modes)
+    head = f"{'dataset':<14}" + "".join(f"{m + f' mean@{k}':>24}" for m in modes)
     lines = [head, "-" * len(head)]
     for name, r in results.items():
         cells = []
         for m in modes:
             if m not in r:
-                cells.append(f"{'-':>22}")
-                continue
-            v = r[m][f"mean@{k}"]
-            extra = f" ({r[m]['first_accuracy']:.3f}->)" if m == "self-correct" else ""
-            cells.append(f"{extra + f'{v:.3f}':>22}")
+                cell = "-"
+            elif m == "self-correct":   # first answer -> answer after reflecting on it
+                cell = f"{r[m]['first_accuracy']:.3f} -> {r[m][f'mean@{k}']:.3f}"
+            else:
+                cell = f"{r[m][f'mean@{k}']:.3f}"
+            cells.append(f"{cell:>24}")
         lines.append(f"{name:<14}" + "".join(cells))
-    lines.append(f"(self-correct shows first -> final accuracy; pass@{k} is in the JSON)")
+    lines.append(f"(self-correct: first -> final accuracy; pass@{k} is in the JSON)")
     print("\n".join(lines), file=file)
 
 

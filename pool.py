@@ -41,8 +41,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from rank_bm25 import BM25Okapi
 
-from errors import UserError, run_cli
+import data
 import prompts
+from errors import UserError, run_cli
 
 # The paper caps the pool at 32 entries per problem.
 CAP_PER_PROBLEM = 32
@@ -208,19 +209,12 @@ class Pool:
     @classmethod
     def load(cls, path: str, cap_per_problem: int = CAP_PER_PROBLEM) -> "Pool":
         pool = cls(cap_per_problem)
-        try:
-            with open(path) as f:
-                lines = f.readlines()
-        except OSError as e:
-            raise UserError(f"cannot read pool {path}: {e.strerror}")
         entries = []
-        for i, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
+        for i, row in data.read_jsonl(path):
             try:
-                entries.append(Entry(**json.loads(line)))
-            except (json.JSONDecodeError, TypeError) as e:
-                raise UserError(f"{path}:{i}: not a pool entry ({e})")
+                entries.append(Entry(**row))
+            except TypeError as e:
+                raise UserError(f"{path} line {i}: not a pool entry ({e})")
         pool.add(entries)
         return pool
 
@@ -234,7 +228,6 @@ def audit(pool: Pool, gamma: float, k: int, n_samples: int, seed: int, out=None)
     something, and a few random entries to see whether summaries state transferable principles
     or problem-specific details. On the tiny world, also the ground truth: retrieval precision
     and summary correctness."""
-    import data
     out = out or sys.stdout
     per_problem = [len(v) for v in pool.entries.values()]
     all_entries = [e for v in pool.entries.values() for e in v]

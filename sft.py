@@ -138,22 +138,11 @@ def tiny_seed_data(world: data.TinyWorld, n: int, seed: int, skills: list[str]) 
 
 def load_seed_jsonl(path: str) -> list[dict]:
     """A user's seed data: one {"prompt": ..., "response": ...} object per line."""
-    try:
-        with open(path) as f:
-            lines = f.readlines()
-    except OSError as e:
-        raise UserError(f"cannot read seed data {path}: {e.strerror}")
     out = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f"{path}:{i}: not valid JSON")
+    for i, row in data.read_jsonl(path):
         for key in ("prompt", "response"):
             if not isinstance(row.get(key), str) or not row[key].strip():
-                raise UserError(f"{path}:{i}: missing or empty field {key!r}")
+                raise UserError(f"{path} line {i}: missing or empty field {key!r}")
         out.append({"prompt": row["prompt"], "response": row["response"],
                     "skill": row.get("skill", "user")})
     if not out:

@@ -35,20 +35,47 @@ SUITES = {
     },
     # Issue 7: feedback ratio, similarity threshold, feedback type, raw trajectories, leaky
     # reflection. All with the default scoring (prompt) so they ablate the paper's method.
-    "p_feedback": {f"p={p}": ["--p-feedback", str(p)] for p in ("0.5", "0.75", "1.0")},
-    "gamma": {f"gamma={g}": ["--gamma", str(g)] for g in ("0", "0.7", "0.9", "0.95")},
+    # The default arm (p = 0.75, gamma = 0.9, both, summaries) is main's "lanpo" and is shared.
+    "p_feedback": {"p=0 (grpo)": ["--p-feedback", "0"], "p=0.5": ["--p-feedback", "0.5"],
+                   "p=0.75": [], "p=1.0": ["--p-feedback", "1.0"]},
+    "gamma": {"gamma=0": ["--gamma", "0"], "gamma=0.7": ["--gamma", "0.7"], "gamma=0.9": [],
+              "gamma=0.95": ["--gamma", "0.95"]},
     "feedback": {
         "intra": ["--feedback", "intra"], "inter": ["--feedback", "inter"], "both": [],
         "raw": ["--inter-format", "raw"],
         "leaky": ["--feedback", "intra", "--reflection", "leaky"],
     },
+    # Issue 7.6: no skill seeding. SFT on solutions only (python sft.py --skills solve --out
+    # runs/tiny/sft-solve-only), then the same LANPO run.
+    "seeding": {"three skills": [],
+                "solve only": ["--init", os.path.join(ROOT, "runs", "tiny", "sft-solve-only")]},
+    # The same feedback ratios with plain scoring, where experience reaches the zero-shot
+    # policy (DESIGN.md point 7: p = 1.0 leaves no plain rollout to learn from).
+    "p_feedback_plain": {"p=0.5 plain": ["--p-feedback", "0.5", "--score-context", "plain"],
+                         "p=0.75 plain": ["--score-context", "plain"],
+                         "p=1.0 plain": ["--p-feedback", "1.0", "--score-context", "plain"]},
 }
+
+
+def finished_run(flags, seed, args):
+    """A finished run with exactly these flags in any suite (the reference arms are shared)."""
+    for suite, arms in SUITES.items():
+        for arm, f in arms.items():
+            d = os.path.join(HERE, "runs", suite, arm, f"seed{seed}")
+            if f == flags and os.path.exists(os.path.join(d, "eval.json")):
+                with open(os.path.join(d, "config.json")) as fh:
+                    cfg = json.load(fh)
+                init = f[f.index("--init") + 1] if "--init" in f else args.init
+                if cfg["steps"] == args.steps and os.path.samefile(cfg["init"], init):
+                    return d
+    return None
 
 
 def run_one(suite, arm, flags, seed, args):
     run_dir = os.path.join(HERE, "runs", suite, arm, f"seed{seed}")
-    if os.path.exists(os.path.join(run_dir, "eval.json")):
-        return run_dir
+    done = finished_run(flags, seed, args)
+    if done:
+        return done
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--init", args.init,
            "--run-dir", run_dir, "--seed", str(seed), "--steps", str(args.steps),
            "--eval-every", str(args.eval_every), "--overwrite", *flags, *args.extra]
@@ -86,6 +113,9 @@ def read_run(run_dir):
                    "summary_correct_given_right", "t_generation", "t_update", "t_pool",
                    "t_reward")},
         "zero_std_by_step": [r["zero_std_frac"] for r in steps],
+        # seconds of training (all four phases, evaluations excluded) up to each eval step
+        "seconds_at": {s: sum(r["t_generation"] + r["t_reward"] + r["t_update"] + r["t_pool"]
+                              for r in steps if r["step"] <= int(s)) for s in curve},
         "train_reward_plain_by_step": [r.get("reward_plain") for r in steps],
     }
 
@@ -112,6 +142,8 @@ def summarize(suite, runs):
         arm_out["curve"] = {ds: [mean_std([r["curve"][s].get(ds) for r in per_seed])
                                  for s in steps] for ds in per_seed[0]["curve"][steps[0]]}
         arm_out["curve_steps"] = [int(s) for s in steps]
+        arm_out["curve_seconds"] = [statistics.mean(r["seconds_at"][s] for r in per_seed)
+                                    for s in steps]
         arm_out["per_seed"] = per_seed
         out[arm] = arm_out
     return out
@@ -125,7 +157,7 @@ def plot(suite, summary, path):
     except ImportError:
         return
     datasets = list(next(iter(summary.values()))["curve"])
-    fig, axes = plt.subplots(1, len(datasets) + 1, figsize=(5 * (len(datasets) + 1), 4))
+    fig, axes = plt.subplots(1, len(datasets) + 2, figsize=(5 * (len(datasets) + 2), 4))
     for ax, ds in zip(axes, datasets):
         for arm, s in summary.items():
             m = [c["mean"] for c in s["curve"][ds]]
@@ -136,6 +168,13 @@ def plot(suite, summary, path):
         ax.set_title(f"zero-shot accuracy, {ds}")
         ax.set_xlabel("RL step")
         ax.set_ylim(0, 1)
+    ax = axes[-2]   # equal wall-clock: the same curve against seconds of training
+    for arm, s in summary.items():
+        ax.plot(s["curve_seconds"], [c["mean"] for c in s["curve"][datasets[0]]], label=arm,
+                marker=".")
+    ax.set_title(f"{datasets[0]} against training seconds")
+    ax.set_xlabel("seconds (generation + reward + update + pool)")
+    ax.set_ylim(0, 1)
     ax = axes[-1]
     for arm, s in summary.items():
         per_seed = [r["zero_std_by_step"] for r in s["per_seed"]]
@@ -177,7 +216,7 @@ def main():
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     out = {"command": "python experiments/run_arms.py " + " ".join(sys.argv[1:]),
            "suite": args.suite, "arms": arms, "seeds": args.seeds, "steps": args.steps,
-           "init": os.path.relpath(args.init, ROOT), "wall_seconds": round(time.time() - t0),
+           "init": os.path.relpath(args.init, ROOT),
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                        "torch_threads_per_job": 1, "jobs": args.jobs},
            "summary": summary}

@@ -111,9 +111,9 @@ def test_load_bad_line_names_it(tmp_path):
     path = tmp_path / "pool.jsonl"
     good = json.dumps(vars(entry("a", "q")))
     path.write_text(good + "\n{not json\n")
-    with pytest.raises(UserError, match=r"pool.jsonl:2"):
+    with pytest.raises(UserError, match=r"pool.jsonl line 2"):
         Pool.load(str(path))
-    with pytest.raises(UserError, match="cannot read pool"):
+    with pytest.raises(UserError, match="cannot read"):
         Pool.load(str(tmp_path / "missing.jsonl"))
 
 

@@ -77,10 +77,10 @@ def test_sft_main_end_to_end(tmp_path):
 def test_user_seed_data_errors(tmp_path):
     bad = tmp_path / "seed.jsonl"
     bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
-    with pytest.raises(UserError, match=r"seed.jsonl:2: missing or empty field 'response'"):
+    with pytest.raises(UserError, match=r"seed.jsonl line 2: missing or empty field 'response'"):
         sft.load_seed_jsonl(str(bad))
     bad.write_text("not json\n")
-    with pytest.raises(UserError, match=r":1: not valid JSON"):
+    with pytest.raises(UserError, match=r"line 1: not valid JSON"):
         sft.load_seed_jsonl(str(bad))
     with pytest.raises(UserError, match="cannot read"):
         sft.load_seed_jsonl(str(tmp_path / "none.jsonl"))
