@@ -120,18 +120,25 @@ class Pool:
     # --- inter-sample: Relevant Abstraction ---------------------------------------------------
     def _build_index(self):
         self._ids = list(self.entries)
+        self._pos = {pid: i for i, pid in enumerate(self._ids)}
+        self._id_rank = np.empty(len(self._ids), dtype=np.int64)
+        self._id_rank[np.argsort(np.array(self._ids, dtype=object))] = np.arange(len(self._ids))
         docs = [bm25_tokens(self.entries[pid][0].question) for pid in self._ids]
         # epsilon=0: a word in more than half of the questions gets idf 0. rank-bm25's default
         # gives such words epsilon x the mean idf, which turns *negative* in a small pool (early
         # in training) and would make a shared common word count against a match.
         self._index = BM25Okapi(docs, epsilon=0.0)
-        # An inverted index (token -> documents that contain it), so a query scores only the
-        # documents that share a word with it instead of looping over the whole pool.
-        self._postings = {}
+        # An inverted index (token -> documents that contain it, as arrays), so a query scores
+        # only the documents that share a word with it instead of looping over the whole pool.
+        postings = {}
         for d, freqs in enumerate(self._index.doc_freqs):
             for tok, tf in freqs.items():
-                self._postings.setdefault(tok, []).append((d, tf))
-        self._doc_len = np.asarray(self._index.doc_len, dtype=np.float64)
+                postings.setdefault(tok, []).append((d, tf))
+        self._postings = {tok: (np.array([d for d, _ in v]), np.array([tf for _, tf in v], float))
+                          for tok, v in postings.items()}
+        bm = self._index
+        # the length normalization of each document: k1 (1 - b + b |d| / avgdl)
+        self._norm = bm.k1 * (1 - bm.b + bm.b * np.asarray(bm.doc_len, float) / bm.avgdl)
 
     def _scores(self, query_tokens: list[str]) -> np.ndarray:
         """BM25 scores of every problem for the query; the same numbers as
@@ -139,14 +146,12 @@ class Pool:
         bm = self._index
         scores = np.zeros(len(self._ids))
         for tok in query_tokens:
-            posting = self._postings.get(tok)
-            if not posting:
+            idf = bm.idf.get(tok, 0.0)
+            if idf <= 0 or tok not in self._postings:   # a word in most questions adds nothing
                 continue
-            d = np.fromiter((p[0] for p in posting), dtype=np.int64, count=len(posting))
-            tf = np.fromiter((p[1] for p in posting), dtype=np.float64, count=len(posting))
+            d, tf = self._postings[tok]
             # Okapi BM25: idf * tf (k1 + 1) / (tf + k1 (1 - b + b |d| / avgdl))
-            norm = bm.k1 * (1 - bm.b + bm.b * self._doc_len[d] / bm.avgdl)
-            scores[d] += bm.idf.get(tok, 0.0) * tf * (bm.k1 + 1) / (tf + norm)
+            scores[d] += idf * tf * (bm.k1 + 1) / (tf + self._norm[d])
         return scores
 
     def retrieve(self, question: str, exclude_id: str, k: int = 4, gamma: float = 0.9):
@@ -164,12 +169,17 @@ class Pool:
         if self._index is None:
             self._build_index()
         scores = self._scores(bm25_tokens(question))
-        candidates = [(s, pid) for s, pid in zip(scores, self._ids) if pid != exclude_id and s > 0]
-        if not candidates:
+        own = self._pos.get(exclude_id)
+        if own is not None:
+            scores[own] = 0.0   # a problem never retrieves itself
+        best = scores.max()
+        if best <= 0:
             return []
-        best = max(s for s, _ in candidates)
-        ranked = sorted(((s / best, pid) for s, pid in candidates), key=lambda t: (-t[0], t[1]))
-        return [(pid, float(sim)) for sim, pid in ranked[:k] if sim >= gamma]
+        sims = scores / best
+        keep = np.flatnonzero((sims >= gamma) & (scores > 0))
+        # most similar first; ties broken by problem id, so the result is deterministic
+        top = keep[np.lexsort((self._id_rank[keep], -sims[keep]))][:k]
+        return [(self._ids[i], float(sims[i])) for i in top]
 
     def lessons(self, problem_ids: list[str]) -> tuple[list[str], list[str]]:
         """Principles and pitfalls of the retrieved problems, merged without repeats. For each

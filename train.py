@@ -615,6 +615,10 @@ def plot_curves(run_dir):
 
 def main(argv=None):
     args = resolve_config(build_parser().parse_args(argv))
+    if args.init == PRESETS[args.preset]["init"] and not os.path.isdir(args.init):
+        hint = "" if args.preset == "tiny" else f" --preset {args.preset}"
+        raise UserError(f"no SFT model at {args.init}: run `python sft.py{hint}` first, or "
+                        "pass --init")
     check_run_dir(args)
     train_set = data.train_problems(args.data, limit=None)
     eval_sets = data.eval_datasets(args.data, limit=args.eval_limit)
