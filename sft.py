@@ -91,7 +91,8 @@ def tiny_example(world: data.TinyWorld, kind: str, rng: random.Random) -> dict:
         prompt = prompts.feedback_prompt(question, [text(proc)], pitfalls)
     elif kind == "inter_pitfalls":
         pitfalls = [text(p) for p in rng.sample(wrong, rng.randint(1, 4))]
-        prompt = prompts.feedback_prompt(question, [], pitfalls)
+        return {"prompt": prompts.feedback_prompt(question, [], pitfalls), "response": solution,
+                "skill": kind, "avoid": pitfalls}
     elif kind == "inter_known":
         principle = proc if rng.random() < 0.7 else rng.choice(wrong)
         pitfalls = [text(p) for p in rng.sample([p for p in procs if p != principle],
@@ -304,11 +305,10 @@ def skill_report(model, tok, val_examples, max_new_tokens, micro_batch, per_skil
             fmt = [p is not None for p in parsed]
             match = [p is not None and p == w for p, w in zip(parsed, wanted)]
         elif skill == "inter_pitfalls":   # tiny: any procedure that is not a listed pitfall
+            stated = [data.parse_procedures(t)[:1] for t in texts]
             fmt = [extract_answer(t) is not None for t in texts]
-            match = [bool(data.parse_procedures(t)) and data.procedure_text(
-                data.parse_procedures(t)[0]) not in parse_summary(
-                e["prompt"].split("Problem:")[0].replace("Lessons from similar problems:", ""))[1]
-                     for t, e in zip(texts, exs)]
+            match = [bool(p) and data.procedure_text(p[0]) not in e["avoid"]
+                     for p, e in zip(stated, exs)]
         else:
             got = [extract_answer(t) for t in texts]
             fmt = [g is not None for g in got]
