@@ -9,6 +9,11 @@ a suite can be resumed), and the summary goes to experiments/results/<suite>.jso
     python experiments/run_arms.py ablations --seeds 0 1 2 --jobs 2
 
 Each job runs with one torch thread; `--jobs 2` uses both cores of a 2-core machine.
+
+A run that a committed result already holds (the same flags, seed, steps, eval interval and
+SFT model, in any experiments/results/<suite>.json) is taken from there instead of being run
+again, so the reference arms (GRPO, default LANPO) are shared across suites; the output names
+where each such run came from ("reused").
 """
 import argparse
 import json
@@ -68,6 +73,24 @@ def finished_run(flags, seed, args):
                 init = f[f.index("--init") + 1] if "--init" in f else args.init
                 if cfg["steps"] == args.steps and os.path.samefile(cfg["init"], init):
                     return d
+    return None
+
+
+def committed_run(flags, seed, args):
+    """(per-seed result, file name) of a committed run with exactly these settings, or None."""
+    res_dir = os.path.join(HERE, "results")
+    for name in sorted(os.listdir(res_dir)) if os.path.isdir(res_dir) else []:
+        if not name.endswith(".json"):
+            continue
+        with open(os.path.join(res_dir, name)) as f:
+            d = json.load(f)
+        if "summary" not in d or d.get("steps") != args.steps or seed not in d["seeds"] or \
+                d.get("init") != os.path.relpath(args.init, ROOT) or d.get("extra", []) != args.extra:
+            continue
+        for arm, f in d["arms"].items():
+            s = d["summary"][arm]
+            if f == flags and s["curve_steps"][1:2] in ([], [args.eval_every]):
+                return s["per_seed"][d["seeds"].index(seed)], name
     return None
 
 
@@ -205,18 +228,28 @@ def main():
                     help="flags passed to every train.py run")
     args = ap.parse_args()
     arms = {a: f for a, f in SUITES[args.suite].items() if not args.arms or a in args.arms}
-    t0 = time.time()
     jobs = [(arm, flags, seed) for seed in args.seeds for arm, flags in arms.items()]
+
+    def result_of(job):
+        arm, flags, seed = job
+        if not finished_run(flags, seed, args):
+            committed = committed_run(flags, seed, args)
+            if committed:
+                return committed
+        return read_run(run_one(args.suite, arm, flags, seed, args)), None
+
     with ThreadPoolExecutor(args.jobs) as ex:
-        dirs = list(ex.map(lambda j: run_one(args.suite, j[0], j[1], j[2], args), jobs))
-    runs = {}
-    for (arm, _, seed), d in zip(jobs, dirs):
-        runs.setdefault(arm, []).append(read_run(d))
+        results = list(ex.map(result_of, jobs))
+    runs, reused = {}, {}
+    for (arm, _, seed), (result, source) in zip(jobs, results):
+        runs.setdefault(arm, []).append(result)
+        if source:
+            reused.setdefault(arm, {})[f"seed{seed}"] = source
     summary = summarize(args.suite, runs)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     out = {"command": "python experiments/run_arms.py " + " ".join(sys.argv[1:]),
            "suite": args.suite, "arms": arms, "seeds": args.seeds, "steps": args.steps,
-           "init": os.path.relpath(args.init, ROOT),
+           "init": os.path.relpath(args.init, ROOT), "extra": args.extra, "reused": reused,
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                        "torch_threads_per_job": 1, "jobs": args.jobs},
            "summary": summary}
