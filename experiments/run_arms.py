@@ -53,7 +53,7 @@ SUITES = {
     # Issue 7.6: no skill seeding. SFT on solutions only (python sft.py --skills solve --out
     # runs/tiny/sft-solve-only), then the same LANPO run.
     "seeding": {"three skills": [],
-                "solve only": ["--init", os.path.join(ROOT, "runs", "tiny", "sft-solve-only")]},
+                "solve only": ["--init", "runs/tiny/sft-solve-only"]},
     # The same feedback ratios with plain scoring, where experience reaches the zero-shot
     # policy (DESIGN.md point 7: p = 1.0 leaves no plain rollout to learn from).
     "p_feedback_plain": {"p=0.5 plain": ["--p-feedback", "0.5", "--score-context", "plain"],
@@ -71,7 +71,8 @@ def finished_run(flags, seed, args):
                 with open(os.path.join(d, "config.json")) as fh:
                     cfg = json.load(fh)
                 init = f[f.index("--init") + 1] if "--init" in f else args.init
-                if cfg["steps"] == args.steps and os.path.samefile(cfg["init"], init):
+                if cfg["steps"] == args.steps and os.path.samefile(os.path.join(ROOT, cfg["init"]),
+                                                              os.path.join(ROOT, init)):
                     return d
     return None
 
