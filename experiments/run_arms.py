@@ -49,6 +49,9 @@ SUITES = {
         "intra": ["--feedback", "intra"], "inter": ["--feedback", "inter"], "both": [],
         "raw": ["--inter-format", "raw"],
         "leaky": ["--feedback", "intra", "--reflection", "leaky"],
+        # Issue 10: same-problem feedback scored under the plain prompt, where memorizing a
+        # problem's answer from its earlier attempt would show (train accuracy > test).
+        "intra-plain": ["--feedback", "intra", "--score-context", "plain"],
     },
     # Issue 7.6: no skill seeding. SFT on solutions only (python sft.py --skills solve --out
     # runs/tiny/sft-solve-only), then the same LANPO run.
@@ -123,8 +126,8 @@ def read_run(run_dir):
     curve = {r["step"]: {k[5:]: v for k, v in r.items() if k.startswith("eval/")}
              for r in rows if any(k.startswith("eval/") for k in r)}
 
-    def mean_of(key):
-        vals = [r[key] for r in steps if r.get(key) is not None]
+    def mean_of(key, rows=steps):
+        vals = [r[key] for r in rows if r.get(key) is not None]
         return statistics.mean(vals) if vals else None
     return {
         "final": {ds: {mode: m["mean@1"] for mode, m in res.items()} for ds, res in ev.items()},
@@ -134,8 +137,12 @@ def read_run(run_dir):
         "train": {k: mean_of(k) for k in
                   ("reward", "reward_feedback", "reward_plain", "zero_std_frac", "kl",
                    "response_length", "coverage", "retrieval_precision", "summary_correct",
-                   "summary_correct_given_right", "t_generation", "t_update", "t_pool",
-                   "t_reward")},
+                   "summary_correct_given_right", "train_acc_rl_plain",
+                   "train_acc_rl_feedback", "t_generation", "t_update", "t_pool", "t_reward")},
+        # training accuracy on the rl families over the last 50 steps, to set beside the final
+        # test accuracy on the same families (the leakage signature)
+        "train_end": {k: mean_of(k, steps[-50:])
+                      for k in ("train_acc_rl_plain", "train_acc_rl_feedback")},
         "zero_std_by_step": [r["zero_std_frac"] for r in steps],
         # seconds of training (all four phases, evaluations excluded) up to each eval step
         "seconds_at": {s: sum(r["t_generation"] + r["t_reward"] + r["t_update"] + r["t_pool"]
@@ -162,6 +169,8 @@ def summarize(suite, runs):
                 arm_out["final"][f"{ds} / {mode}"] = mean_std([f[ds][mode] for f in finals])
         for k in per_seed[0]["train"]:
             arm_out["train"][k] = mean_std([r["train"][k] for r in per_seed])
+        arm_out["train_end"] = {k: mean_std([r.get("train_end", {}).get(k) for r in per_seed])
+                                for k in ("train_acc_rl_plain", "train_acc_rl_feedback")}
         steps = sorted(per_seed[0]["curve"], key=int)
         arm_out["curve"] = {ds: [mean_std([r["curve"][s].get(ds) for r in per_seed])
                                  for s in steps] for ds in per_seed[0]["curve"][steps[0]]}

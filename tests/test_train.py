@@ -282,3 +282,14 @@ def test_summary_correctness_from_the_truth():
     truth = train.language_channel_truth(WORLD, probs, facts, summaries, rewards, 2)
     assert truth["summary_correct"] == 0.5              # 2 of 4 (the None one is wrong)
     assert truth["summary_correct_given_right"] == 0.5  # groups 0 and 2 had a right attempt
+
+
+def test_rl_family_train_accuracy_splits_by_family_and_rollout_kind():
+    rl, sft = WORLD.problems("rl", "train")[0], WORLD.problems("sft", "train")[0]
+    rewards = [1.0, 0.0, 1.0, 1.0] + [1.0, 1.0, 1.0, 1.0]   # G = 4: the rl group, the sft group
+    has_context = [True, True, False, False] * 2
+    acc = train.rl_family_train_accuracy(WORLD, [rl, sft], rewards, has_context, 4)
+    # only the rl group counts: feedback-aware 1 of 2 right, plain 2 of 2
+    assert acc == {"train_acc_rl_plain": 1.0, "train_acc_rl_feedback": 0.5}
+    acc = train.rl_family_train_accuracy(WORLD, [sft], rewards[4:], has_context[4:], 4)
+    assert acc == {"train_acc_rl_plain": None, "train_acc_rl_feedback": None}
