@@ -198,13 +198,26 @@ def bootstrap_seed_data(model, tok, problems, n_samples, max_new_tokens, tempera
 # Supervised fine-tuning: loss on response tokens only
 # =============================================================================================
 
-def encode_example(tok, ex: dict, max_len: int):
-    """Token ids of prompt + response + EOS, and how many leading ids are prompt (no loss)."""
+def encode_examples(tok, examples: list[dict], max_len: int) -> list[tuple[list[int], int]]:
+    """For each example: token ids of prompt + response + EOS, and how many leading ids are
+    prompt (no loss). One tokenizer call for all prompts and one for all responses (one call
+    per example made encoding 20,000 examples take ten seconds)."""
     import model as M
-    p = M.encode_prompts(tok, [ex["prompt"]])[0]
-    r = tok(ex["response"], add_special_tokens=False).input_ids + [tok.eos_token_id]
-    ids = (p + r)[-max_len:]   # truncate from the left: the response is what is learned
-    return ids, max(0, len(ids) - len(r))
+    if not examples:
+        return []
+    prompts = M.encode_prompts(tok, [ex["prompt"] for ex in examples])
+    responses = tok([ex["response"] for ex in examples], add_special_tokens=False).input_ids
+    out = []
+    for p, r in zip(prompts, responses):
+        r = list(r) + [tok.eos_token_id]
+        ids = (p + r)[-max_len:]   # truncate from the left: the response is what is learned
+        out.append((ids, max(0, len(ids) - len(r))))
+    return out
+
+
+def encode_example(tok, ex: dict, max_len: int):
+    """encode_examples for one example."""
+    return encode_examples(tok, [ex], max_len)[0]
 
 
 def collate(encoded, pad_id: int, device):
@@ -449,7 +462,7 @@ def main(argv=None):
     rng.shuffle(examples)
     n_val = max(1, len(examples) // 20) if len(examples) > 1 else 0
     val, train = examples[:n_val], examples[n_val:]
-    enc = lambda exs: [encode_example(tok, e, args.max_len) for e in exs]
+    enc = lambda exs: encode_examples(tok, exs, args.max_len)
     history = train_sft(model, tok, enc(train), enc(val) or enc(train[:1]), args.steps,
                         args.batch_size, args.lr, args.warmup, device, args.seed)
     M.save_model(model, tok, args.out)

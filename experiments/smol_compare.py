@@ -22,6 +22,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
+# Per step, from metrics.jsonl. coverage and retrieval_hit_rate say whether any rollout got a
+# feedback-aware context at all (a short run on a large data set may never revisit a problem).
+TRAIN_FIELDS = ("step", "reward", "reward_feedback", "reward_plain", "zero_std_frac", "kl",
+                "response_length", "pool_size", "coverage", "retrieval_hit_rate",
+                "feedback_fraction", "t_generation", "t_update", "t_pool")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=4)
@@ -51,9 +58,7 @@ def main():
             ev = json.load(f)["results"]
         out["arms"][arm] = {
             "seconds": round(time.time() - t),
-            "train": [{k: r.get(k) for k in ("step", "reward", "reward_feedback", "reward_plain",
-                                             "zero_std_frac", "kl", "response_length",
-                                             "pool_size", "t_generation", "t_update", "t_pool")}
+            "train": [{k: r.get(k) for k in TRAIN_FIELDS}
                       for r in rows],
             "eval": {ds: {m: {"mean@1": v["mean@1"], **({"first": v["first_accuracy"]}
                                                          if "first_accuracy" in v else {})}

@@ -27,6 +27,18 @@ def test_labels_cover_the_response_and_eos_only():
         assert (lab[:n_prompt] == -100).all()
 
 
+def test_batched_encoding_equals_one_example_at_a_time():
+    _, tok = build_tiny()
+    exs = sft.tiny_seed_data(WORLD, 40, 1, list(sft.SKILLS))
+    for max_len in (400, 24):   # 24 truncates the longer prompts from the left
+        batched = sft.encode_examples(tok, exs, max_len)
+        single = [sft.encode_examples(tok, [e], max_len)[0] for e in exs]
+        assert batched == single
+        assert all(len(ids) <= max_len and 0 <= n < len(ids) for ids, n in batched)
+    assert any(len(ids) == 24 for ids, _ in sft.encode_examples(tok, exs, 24))   # truncated
+    assert sft.encode_examples(tok, [], 10) == []
+
+
 def test_a_few_steps_lower_the_loss():
     model, tok = build_tiny()
     exs = sft.tiny_seed_data(WORLD, 32, 0, ["solve"])
