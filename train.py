@@ -271,6 +271,12 @@ def update(model, ref_model, opt, rollouts, score_ids, advantages, args):
     rows = list(range(n_rows)) if args.beta > 0 else \
         [i for i in range(n_rows) if advantages[i] != 0]
     mb = args.logprob_micro_batch
+    # With more rows than one micro-batch, chunks are cut from the rows sorted by prompt length,
+    # so a short plain prompt is not padded to the length of a long feedback-aware one. The
+    # loss is a weighted sum over chunks (grpo.microbatch_weight): the grouping changes only
+    # the padding, not the gradient. One chunk keeps the rows in their order.
+    if len(rows) > mb:
+        rows = sorted(rows, key=lambda i: len(score_ids[i]))
     chunks = [rows[i:i + mb] for i in range(0, len(rows), mb)]
 
     def logprobs_of(m, idx):

@@ -171,8 +171,12 @@ def test_microbatched_update_equals_full_batch(tiny_dir):
         model, tok = M.load_model(tiny_dir, device="cpu")
         ref, _ = M.load_model(tiny_dir, device="cpu")
         a = args_for(group_size=4, logprob_micro_batch=mb, beta=0.1, max_new_tokens=8)
-        texts = [prompts.solve_prompt(p["question"]) for p in WORLD.problems("rl", "train")[:3]
-                 for _ in range(4)]
+        # prompts of different lengths (plain and feedback-aware), so the micro-batches of the
+        # small size are cut from rows sorted by length
+        texts = [prompts.solve_prompt(p["question"]) if j % 2 else
+                 prompts.feedback_prompt(p["question"], ["add then mul"], ["sub then add"])
+                 for p in WORLD.problems("rl", "train")[:3] for j in range(4)]
+        assert len({len(ids) for ids in M.encode_prompts(tok, texts)}) > 1
         torch.manual_seed(1)
         r = M.sample(model, tok, texts, max_new_tokens=8)
         adv = torch.tensor([1., -1., .5, -.5] * 3)
