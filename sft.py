@@ -215,11 +215,6 @@ def encode_examples(tok, examples: list[dict], max_len: int) -> list[tuple[list[
     return out
 
 
-def encode_example(tok, ex: dict, max_len: int):
-    """encode_examples for one example."""
-    return encode_examples(tok, [ex], max_len)[0]
-
-
 def collate(encoded, pad_id: int, device):
     """Right-padded batch; labels are -100 on the prompt and on padding, so the loss covers
     the response and its EOS and nothing else."""

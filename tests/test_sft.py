@@ -16,7 +16,7 @@ WORLD = data.TinyWorld()
 def test_labels_cover_the_response_and_eos_only():
     _, tok = build_tiny()
     exs = sft.tiny_seed_data(WORLD, 12, 0, list(sft.SKILLS))
-    enc = [sft.encode_example(tok, e, 400) for e in exs]
+    enc = sft.encode_examples(tok, exs, 400)
     ids, attn, labels = sft.collate(enc, tok.pad_token_id, "cpu")
     for (seq, n_prompt), ex, row, lab in zip(enc, exs, ids, labels):
         n_resp = len(seq) - n_prompt
@@ -42,7 +42,7 @@ def test_batched_encoding_equals_one_example_at_a_time():
 def test_a_few_steps_lower_the_loss():
     model, tok = build_tiny()
     exs = sft.tiny_seed_data(WORLD, 32, 0, ["solve"])
-    enc = [sft.encode_example(tok, e, 200) for e in exs]
+    enc = sft.encode_examples(tok, exs, 200)
     before = sft.heldout_loss(model, enc, tok.pad_token_id, "cpu", 32)
     sft.train_sft(model, tok, enc, enc, steps=30, batch_size=16, lr=3e-3, warmup=3,
                   device="cpu", seed=0, log_every=30)
