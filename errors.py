@@ -5,6 +5,7 @@ JSONL line, a flag out of range) ends with one line naming the cause and exit co
 deep traceback and never a half-written file.
 """
 import sys
+from contextlib import contextmanager
 
 
 class UserError(Exception):
@@ -18,3 +19,14 @@ def run_cli(main, argv=None):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+@contextmanager
+def oom_hint(what: str, advice: str):
+    """Turn running out of GPU memory into one line that says what was running and which flag
+    helps, instead of a deep traceback."""
+    import torch   # imported here: errors.py is imported by code that never touches torch
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError:
+        raise UserError(f"out of memory while {what}; {advice}") from None

@@ -79,10 +79,21 @@ def pool_prompts(problems, pool, gamma, top_k):
 
 
 def evaluate(model, tok, problems, mode, cfg, pool=None, k=1, seed=0):
-    """One dataset in one mode. Returns a dict of metrics (and a few sample texts)."""
+    """One dataset in one mode. Returns a dict of metrics, each problem's mean score
+    ("per_problem") and a few sample texts.
+
+    Sampling draws from a fork of torch's random streams, seeded with `seed` and restored
+    afterwards: an evaluation in the middle of a training run takes nothing from the run's
+    streams, so how often a run evaluates never changes what it trains on."""
     if not problems:
         raise UserError("nothing to evaluate: the dataset is empty")
-    torch.manual_seed(seed)
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        return _evaluate(model, tok, problems, mode, cfg, pool, k)
+
+
+def _evaluate(model, tok, problems, mode, cfg, pool, k):
     golds = [p["answer"] for p in problems]
     if mode == "zero-shot":
         texts, correct = _sample_and_score(
@@ -108,6 +119,7 @@ def evaluate(model, tok, problems, mode, cfg, pool=None, k=1, seed=0):
                "first_accuracy": statistics.mean(c[0] for c in first_correct)}
     else:
         raise UserError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    res["per_problem"] = [statistics.mean(c) for c in correct]
     res["samples"] = [{"question": p["question"], "response": t[0], "correct": c[0]}
                       for p, t, c in list(zip(problems, texts, correct))[:3]]
     return res
@@ -142,7 +154,8 @@ def add_eval_args(ap):
                     help="greedy decoding (default: greedy when k = 1)")
     ap.add_argument("--max-new-tokens", type=int, default=None,
                     help="response length limit (default: 48 tiny, 256 otherwise)")
-    ap.add_argument("--gamma", type=float, default=0.9, help="pool mode: similarity threshold")
+    ap.add_argument("--gamma", type=float, default=0.5, help="pool mode: similarity threshold "
+                    "(train.py's default)")
     ap.add_argument("--top-k", type=int, default=4, help="pool mode: retrieved problems")
     ap.add_argument("--sample-micro-batch", type=int, default=256,
                     help="rows per generate call (lower it on out-of-memory)")

@@ -16,12 +16,15 @@ Simplifications, on purpose:
   first update is 1, up to float rounding between cached decoding and one full forward).
 - A response ends at the first end-of-sequence token (the tokenizer's EOS, plus any EOS the
   model's generation config lists); nothing else (no stop strings).
+- Precision: the weights that are trained stay in float32 (bf16 weights would swallow small
+  updates: an AdamW step of lr 1e-6 on a weight near 1 is below bf16's resolution), and on a GPU
+  the forward passes run under bf16 autocast. A frozen model (the KL reference) may be loaded in
+  bf16 outright. The tiny world keeps float32 everywhere.
 """
 import importlib.util
 import inspect
 import os
-import shutil
-import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +32,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from transformers.utils import logging as hf_logging
 
-from errors import UserError
+import rundir
+from errors import UserError, oom_hint
 from prompts import PLAIN_FORMAT
 
 # transformers draws a progress bar for every load and save ("Loading weights", "Writing model
@@ -58,13 +62,31 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def default_dtype(device) -> torch.dtype:
-    """bf16 on GPUs that support it (half the memory, fp32's range); fp32 everywhere else. We
-    never pick fp16: without a loss scaler, RL gradients underflow in it."""
-    device = torch.device(device)
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto": bf16 autocast on a GPU that supports bf16, fp32 everywhere else. We never use
+    fp16: without a loss scaler, RL gradients underflow in it."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return "bf16" if bf16_ok else "fp32"
+    return precision
+
+
+def autocast(model):
+    """The context a forward pass of `model` runs in: bf16 autocast for a float32 model that
+    load_model marked for it (a GPU run with precision bf16), nothing otherwise."""
+    dtype = getattr(model, "autocast_dtype", None)
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=next(model.parameters()).device.type, dtype=dtype)
+
+
+def device_of(model) -> torch.device:
+    return next(model.parameters()).device
 
 
 def smol_gguf() -> tuple[str, str]:
@@ -85,13 +107,18 @@ def _looks_like_path(s: str) -> bool:
 
 # --- Loading and saving -----------------------------------------------------------------
 
-def load_model(name_or_dir: str, gguf_file: str | None = None, device="auto", dtype=None,
-               grad_checkpointing=False):
+def load_model(name_or_dir: str, gguf_file: str | None = None, device="auto", precision="auto",
+               frozen=False, grad_checkpointing=False):
     """(model, tokenizer), model in eval mode on the device. name_or_dir is a saved directory
-    (or a hub id); with gguf_file, that file inside it is dequantized. Gradient checkpointing,
-    when on, only acts while the model is in train mode (transformers checks self.training)."""
+    (or a hub id); with gguf_file, that file inside it is dequantized.
+
+    precision (see resolve_precision): with "bf16", a model that will be trained keeps float32
+    weights and runs its forward passes under bf16 autocast; a `frozen` one (the reference
+    model) is loaded in bf16 outright, at half the memory. Gradient checkpointing, when on,
+    only acts while the model is in train mode (transformers checks self.training)."""
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    dtype = dtype or default_dtype(device)
+    precision = resolve_precision(precision, device)
+    dtype = torch.bfloat16 if precision == "bf16" and frozen else torch.float32
     path = os.path.expanduser(name_or_dir)
     if gguf_file is None and os.path.isfile(path) and path.endswith(".gguf"):
         path, gguf_file = os.path.split(os.path.abspath(path))   # a GGUF path given directly
@@ -134,29 +161,17 @@ def load_model(name_or_dir: str, gguf_file: str | None = None, device="auto", dt
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+    model.autocast_dtype = torch.bfloat16 if precision == "bf16" and not frozen else None
     return model.to(device).eval(), tokenizer
 
 
 def save_model(model, tokenizer, out_dir: str):
-    """save_pretrained of both into a temporary sibling directory, then swap it into place, so
-    a crash leaves either the old model or the new one, never a half-written directory."""
-    out = os.path.abspath(os.path.expanduser(out_dir))
-    if os.path.isfile(out):
-        raise UserError(f"{out_dir} is a file, not a model directory")
-    parent, base = os.path.split(out)
-    os.makedirs(parent, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    tmp, old = os.path.join(parent, f".{base}.tmp-{tag}"), os.path.join(parent, f".{base}.old-{tag}")
-    try:
+    """save_pretrained of both, atomically (rundir.atomic_dir): a crash leaves either the old
+    model or the new one, never a half-written directory."""
+    def write(tmp):
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if os.path.exists(out):
-        os.rename(out, old)   # renames within one directory are atomic on POSIX
-    os.rename(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    rundir.atomic_dir(out_dir, write)
 
 
 # --- Prompts ------------------------------------------------------------------------------
@@ -224,7 +239,8 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device):
 @torch.no_grad()   # not inference_mode: its tensors could not be saved for backward later
 def sample(model, tokenizer, prompts: list[str], n: int = 1, max_new_tokens=64,
            temperature=1.0, top_p=1.0, greedy=False, micro_batch: int = 64) -> Rollouts:
-    """n responses per prompt (raw user texts; formatted here). The caller seeds torch."""
+    """n responses per prompt (raw user texts; formatted here). Draws from torch's global
+    random stream: the caller seeds it (train.py with --seed; evaluation forks it)."""
     if n < 1 or micro_batch < 1 or max_new_tokens < 1:
         raise UserError("n, max_new_tokens and the sample micro-batch must be at least 1")
     if not greedy and (temperature <= 0 or not 0 < top_p <= 1):
@@ -234,19 +250,17 @@ def sample(model, tokenizer, prompts: list[str], n: int = 1, max_new_tokens=64,
         return Rollouts([], empty.long(), empty, [], torch.zeros(0, dtype=torch.bool))
     rows = [ids for ids in encode_prompts(tokenizer, prompts) for _ in range(n)]
     stops, pad_id = stop_ids(model, tokenizer), tokenizer.pad_token_id
-    device = next(model.parameters()).device
+    device = device_of(model)
     # top_k=0 must be explicit: left unset (None), transformers fills in its default of 50.
     knobs = (dict(do_sample=False) if greedy else
              dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0))
     ids_parts, mask_parts, trunc_parts = [], [], []
     for start in range(0, len(rows), micro_batch):
         ids, attn = _left_pad(rows[start:start + micro_batch], pad_id, device)
-        try:   # one generate call per micro-batch: KV cache, positions from the attention mask
+        # one generate call per micro-batch: KV cache, positions from the attention mask
+        with autocast(model):
             out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
                                  eos_token_id=stops, pad_token_id=pad_id, use_cache=True, **knobs)
-        except torch.cuda.OutOfMemoryError:
-            raise UserError(f"out of memory while sampling {len(ids)} rows; "
-                            "lower --sample-micro-batch") from None
         resp = out[:, ids.shape[1]:].cpu()
         # The mask is computed per micro-batch, before padding to a common width: a row with
         # no EOS is "all generated tokens", which must not include our extra padding columns.
@@ -265,32 +279,29 @@ def sample(model, tokenizer, prompts: list[str], n: int = 1, max_new_tokens=64,
 def token_logprobs(model, prompt_ids: list[list[int]], response_ids, response_mask,
                    temperature: float = 1.0, micro_batch: int | None = None) -> torch.Tensor:
     """FloatTensor[N, T] on the model's device: log pi(y_t | x, y_<t) of each response token
-    under softmax(logits / temperature), 0 where the mask is 0. Differentiable when grad is on."""
+    under softmax(logits / temperature), 0 where the mask is 0. Differentiable when grad is on.
+    response_ids and response_mask may live on any device (sample() returns them on the CPU)."""
     if len(prompt_ids) != response_ids.shape[0] or response_ids.shape != response_mask.shape:
         raise ValueError("prompt_ids, response_ids and response_mask disagree in shape")
     step = micro_batch or max(len(prompt_ids), 1)
-    parts = []
-    for s in range(0, len(prompt_ids), step):
-        try:
-            parts.append(_chunk_logprobs(model, prompt_ids[s:s + step], response_ids[s:s + step],
-                                         response_mask[s:s + step], temperature))
-        except torch.cuda.OutOfMemoryError:
-            raise UserError(f"out of memory while computing log-probs of {step} rows; "
-                            "lower --logprob-micro-batch (or use --grad-checkpointing)") from None
-    device = next(model.parameters()).device
-    return torch.cat(parts) if parts else torch.zeros(response_ids.shape, device=device)
+    parts = [_chunk_logprobs(model, prompt_ids[s:s + step], response_ids[s:s + step],
+                             response_mask[s:s + step], temperature)
+             for s in range(0, len(prompt_ids), step)]
+    return torch.cat(parts) if parts else torch.zeros(response_ids.shape, device=device_of(model))
 
 
 def _chunk_logprobs(model, prompts, response_ids, response_mask, temperature):
-    device = next(model.parameters()).device
-    resp, mask = response_ids.to(device), response_mask.to(device) > 0
-    n_rows, width = resp.shape
+    device = device_of(model)
+    n_rows, width = response_ids.shape
     # Drop the trailing columns that no row of this chunk uses: attention is causal, so they
-    # cannot change the log-probs of earlier tokens, and they would only cost compute.
-    used = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 0
+    # cannot change the log-probs of earlier tokens, and they would only cost compute. (Read
+    # off the mask where it lives, before anything moves to the device.)
+    used_cols = (response_mask > 0).any(0).nonzero()
+    used = int(used_cols.max()) + 1 if len(used_cols) else 0
     if used == 0:
         return torch.zeros((n_rows, width), device=device)
-    resp = resp[:, :used]
+    resp = response_ids[:, :used].to(device)
+    mask = response_mask[:, :used].to(device) > 0
     # [left-padded prompt | response]. The pad id is arbitrary (0): pad positions are masked.
     ids, attn = _left_pad(prompts, 0, device)
     attn = torch.cat([attn, torch.ones_like(resp)], dim=1)
@@ -300,8 +311,9 @@ def _chunk_logprobs(model, prompts, response_ids, response_mask, temperature):
     # Only the used+1 last positions get logits: the one at column P-1+t predicts token t.
     # (The very last position predicts a token after the response and is dropped.)
     kw = {"logits_to_keep": used + 1} if _accepts(model, "logits_to_keep") else {}
-    logits = model(input_ids=torch.cat([ids, resp], 1), attention_mask=attn,
-                   position_ids=positions, use_cache=False, **kw).logits[:, -(used + 1):-1]
+    with autocast(model):
+        logits = model(input_ids=torch.cat([ids, resp], 1), attention_mask=attn,
+                       position_ids=positions, use_cache=False, **kw).logits[:, -(used + 1):-1]
     # log_softmax(z)[y] = z[y] - logsumexp(z), row by row in float32: this never holds a
     # float32 copy of more than one row's [used, vocab] logits at a time (under grad, autograd
     # keeps those copies for backward; the micro-batch bounds them).
@@ -309,8 +321,29 @@ def _chunk_logprobs(model, prompts, response_ids, response_mask, temperature):
     for i in range(n_rows):
         z = logits[i].float() / temperature
         rows.append(z.gather(-1, resp[i, :, None]).squeeze(-1) - torch.logsumexp(z, dim=-1))
-    lp = torch.where(mask[:, :used], torch.stack(rows), 0.0)
+    lp = torch.where(mask, torch.stack(rows), 0.0)
     return F.pad(lp, (0, width - used))
+
+
+def token_chunks(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Row indices cut into micro-batches of at most `max_tokens` padded tokens each (a row
+    alone may exceed it). Everything fits: one chunk, rows in order. Otherwise rows are sorted
+    by length first, so a short row is not padded to a long one. (For the loss this changes
+    only float rounding: train.py weights each chunk's loss so the sum is the full batch's.)"""
+    if not lengths:
+        return []
+    if len(lengths) * max(lengths) <= max_tokens:
+        return [list(range(len(lengths)))]
+    chunks, current, longest = [], [], 0
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        longest_with = max(longest, lengths[i])
+        if current and (len(current) + 1) * longest_with > max_tokens:
+            chunks.append(current)
+            current, longest_with = [], lengths[i]
+        current.append(i)
+        longest = longest_with
+    chunks.append(current)
+    return chunks
 
 
 def _accepts(model, arg: str) -> bool:

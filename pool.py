@@ -8,9 +8,9 @@ two ways of reading it:
   own earlier attempts, chosen uniformly at random, without looking at its reward. Choosing
   failed attempts would leak "this one is wrong" through the choice itself.
 - *Inter-sample* (Relevant Abstraction): `retrieve` ranks *other* problems by BM25 similarity
-  of their questions to this one, keeps those whose normalized similarity is at least gamma
-  (0.9 in the paper), and `lessons` gathers the principles and pitfalls the model distilled
-  from their attempts. A problem never retrieves itself.
+  of their questions to this one, keeps those whose similarity (on an absolute scale: the share
+  of a perfect match's score) is at least gamma, and `lessons` gathers the principles and
+  pitfalls the model distilled from their attempts. A problem never retrieves itself.
 
 Each entry is one rollout: the attempt, its reward, and the summary (principles / pitfalls)
 that the current model wrote for its group when it entered the pool (train.py step 7).
@@ -23,8 +23,8 @@ Simplifications, each a choice made here rather than in the paper:
   stored lessons instead of summarizing again for every query (one summary call per problem per
   step instead of one per rollout).
 - BM25 tokens are lowercase words without digits: numbers vary inside a family of problems and
-  are noise for similarity (on the tiny world, digits cut same-family precision from 92% to 83%;
-  DESIGN.md point 9).
+  are noise for similarity (on a prototype of the tiny world, digits cut same-family precision
+  from 92% to 83%).
 
 No model is called here: summaries arrive as text from train.py.
 """
@@ -42,13 +42,15 @@ import numpy as np
 from rank_bm25 import BM25Okapi
 
 import data
+import world as W
 import prompts
+import rundir
 from errors import UserError, run_cli
 
 # The paper caps the pool at 32 entries per problem.
 CAP_PER_PROBLEM = 32
 MAX_PRINCIPLES = 3   # at most this many principles and pitfalls go into one context: a long
-MAX_PITFALLS = 4     # list dilutes the signal, and irrelevant context hurts (DESIGN.md point 4)
+MAX_PITFALLS = 4     # list dilutes the signal, and irrelevant context hurts (README, tiny world)
 
 
 @dataclass
@@ -154,28 +156,49 @@ class Pool:
             scores[d] += idf * tf * (bm.k1 + 1) / (tf + self._norm[d])
         return scores
 
-    def retrieve(self, question: str, exclude_id: str, k: int = 4, gamma: float = 0.9):
-        """The top-k other problems whose normalized similarity to `question` is >= gamma, as
-        (problem id, similarity) pairs, most similar first.
+    def ceiling(self, query_tokens: list[str]) -> float:
+        """The BM25 score the query would get against a document identical to itself, under the
+        pool's statistics: the most any problem can score. A query word that no question in the
+        pool contains gets the idf of a word in no document (the largest there is): a rare word
+        nothing in the pool shares is exactly what should make a query unmatched."""
+        bm = self._index
+        n_docs = len(self._ids)
+        unknown_idf = np.log(n_docs + 0.5) - np.log(0.5)
+        norm = bm.k1 * (1 - bm.b + bm.b * len(query_tokens) / bm.avgdl)
+        total = 0.0
+        for tok in set(query_tokens):
+            idf = bm.idf.get(tok, unknown_idf)   # 0 for a word in most questions (see above)
+            if idf <= 0:
+                continue
+            tf = query_tokens.count(tok)
+            total += idf * tf * (bm.k1 + 1) / (tf + norm)
+        return total
 
-        Normalization: BM25 score / the best score among the candidates (other problems with a
-        positive score), so similarity lies in [0, 1] and the best match (an identical question,
-        when there is one) gets 1. Dividing by the query's score against itself instead put
-        same-family siblings of the tiny world at a median of 0.39, so gamma = 0.9 would keep
-        almost nothing (DESIGN.md point 9); relative to the best candidate, gamma = 0.9 keeps the
-        near-ties of the best match. gamma = 0 keeps the plain top-k (unfiltered retrieval)."""
+    def retrieve(self, question: str, exclude_id: str, k: int = 4, gamma: float = 0.5):
+        """The top-k other problems whose similarity to `question` is >= gamma, as (problem id,
+        similarity) pairs, most similar first.
+
+        Similarity is on an absolute scale: BM25 score / `ceiling`, the score of a perfect match
+        (the query against a copy of itself), clipped to [0, 1]. It says how much of what makes
+        this question distinctive a candidate shares, whatever else is in the pool, so gamma can
+        say no: a query with nothing relevant in the pool retrieves nothing. (Divided instead by
+        the best candidate's score, the best match always scores 1 and passes any gamma, so an
+        unseen family's query got the best irrelevant entry.) gamma = 0 keeps the plain top-k
+        (unfiltered retrieval). The paper uses gamma = 0.9 with its own normalization, which it
+        does not define; ours is chosen from measurement (README, "Similarity threshold")."""
         if not self.entries:
             return []
         if self._index is None:
             self._build_index()
-        scores = self._scores(bm25_tokens(question))
+        tokens = bm25_tokens(question)
+        scores = self._scores(tokens)
         own = self._pos.get(exclude_id)
         if own is not None:
             scores[own] = 0.0   # a problem never retrieves itself
-        best = scores.max()
-        if best <= 0:
+        ceiling = self.ceiling(tokens)
+        if ceiling <= 0 or scores.max() <= 0:
             return []
-        sims = scores / best
+        sims = np.minimum(scores / ceiling, 1.0)
         keep = np.flatnonzero((sims >= gamma) & (scores > 0))
         # most similar first; ties broken by problem id, so the result is deterministic
         top = keep[np.lexsort((self._id_rank[keep], -sims[keep]))][:k]
@@ -207,14 +230,8 @@ class Pool:
     def save(self, path: str):
         """Write the pool as JSONL, atomically: a temporary file, fsync, then rename, so a crash
         leaves either the old pool or the new one, never half of one."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            for entries in self.entries.values():
-                for e in entries:
-                    f.write(json.dumps(asdict(e)) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        rundir.atomic_write(path, "".join(json.dumps(asdict(e)) + "\n"
+                                          for entries in self.entries.values() for e in entries))
 
     @classmethod
     def load(cls, path: str, cap_per_problem: int = CAP_PER_PROBLEM) -> "Pool":
@@ -246,7 +263,7 @@ def audit(pool: Pool, gamma: float, k: int, n_samples: int, seed: int, out=None)
         return {}
     t0 = time.perf_counter()
     hits, precision = [], []
-    world = data.TinyWorld()
+    world = W.TinyWorld()
     for pid, entries in pool.entries.items():
         found = pool.retrieve(entries[0].question, pid, k=k, gamma=gamma)
         hits.append(bool(found))
@@ -284,7 +301,7 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("audit", help="statistics and random entries of a pool.jsonl")
     a.add_argument("pool", help="path to pool.jsonl")
-    a.add_argument("--gamma", type=float, default=0.9, help="similarity threshold to replay")
+    a.add_argument("--gamma", type=float, default=0.5, help="similarity threshold to replay")
     a.add_argument("--k", type=int, default=4, help="retrieved problems per query")
     a.add_argument("--samples", type=int, default=5, help="random entries to print")
     a.add_argument("--seed", type=int, default=0)

@@ -66,6 +66,7 @@ FEEDBACK_SOLVE = ("{feedback}\nAnalyze this feedback, then solve the problem ste
 # Outcomes may appear here because the summary is only ever shown to other problems.
 SUMMARIZE = ("Summarize these attempts at a problem in general terms, without numbers: the "
              "principles of the right ones and the pitfalls of the wrong ones.\n"
+             "Answer in two lines, Principles: and Pitfalls:, with items separated by ;\n"
              "Problem: {question}\n{attempts}")
 ATTEMPT_LINE = "Attempt ({outcome}): {attempt}"
 OUTCOME = {True: "right", False: "wrong"}

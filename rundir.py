@@ -1,0 +1,207 @@
+"""Run directories: nothing a run writes is ever half-written, and a killed run resumes.
+
+Not part of the paper; this is the plumbing that train.py, pool.py and model.py share so that
+training never loses work:
+- every file and directory is written under a temporary name, flushed, then renamed into place
+  (a rename within one directory is atomic on POSIX), so a crash leaves the old version or the
+  new one, never a torn one;
+- a checkpoint holds everything a run needs to continue exactly where it stopped: model,
+  optimizer, every random stream (Python's, torch's CPU and CUDA ones), the step, the counters
+  and the experience pool;
+- on resume the JSONL logs are cut back to the checkpoint's step (no duplicates, no holes), and a
+  config that would change what the run computes is refused.
+"""
+import json
+import os
+import shutil
+import uuid
+
+import torch
+
+from errors import UserError
+
+# --- Atomic writes --------------------------------------------------------------------------
+
+
+def atomic_write(path: str, text: str):
+    """Write a text file: temporary name, fsync, rename."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_dir(out_dir: str, write):
+    """Create or replace a directory: `write(tmp)` fills a temporary sibling, which is then
+    swapped into place by two renames. A crash between them leaves `<dir>.old-*` beside a
+    missing `<dir>`; `find_checkpoint` knows that case."""
+    out = os.path.abspath(os.path.expanduser(out_dir))
+    if os.path.isfile(out):
+        raise UserError(f"{out_dir} is a file, not a directory")
+    parent, base = os.path.split(out)
+    os.makedirs(parent, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    tmp, old = os.path.join(parent, f".{base}.tmp-{tag}"), os.path.join(parent, f".{base}.old-{tag}")
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.exists(out):
+        os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def append_jsonl(path: str, rows: list[dict]):
+    with open(path, "a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def truncate_log(path: str, last_step: int):
+    """Keep only the lines of a JSONL log up to `last_step`, so a resumed run continues the log
+    with no duplicates and no holes."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    keep = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= last_step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError):
+            break   # a torn last line from the crash
+    atomic_write(path, "".join(keep))
+
+
+# --- Checkpoints ----------------------------------------------------------------------------
+
+CHECKPOINT = "checkpoint"
+
+
+def rng_state(py_rng) -> dict:
+    """Every random stream a run draws from."""
+    state = {"python": py_rng.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(py_rng, state: dict):
+    py_rng.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir, step, model, tok, opt, pool, py_rng, counters):
+    """Write checkpoint/ atomically (model, tokenizer, optimizer, RNG states, step, counters,
+    pool). A crash at any moment leaves a complete checkpoint: the old one or the new one."""
+    def write(tmp):
+        os.makedirs(tmp)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        torch.save({"step": step, "optimizer": opt.state_dict(), "rng": rng_state(py_rng),
+                    "counters": counters}, os.path.join(tmp, "state.pt"))
+        pool.save(os.path.join(tmp, "pool.jsonl"))
+    atomic_dir(os.path.join(run_dir, CHECKPOINT), write)
+
+
+def find_checkpoint(run_dir):
+    """The newest complete checkpoint: checkpoint/, or the old one that a crash between the two
+    renames of atomic_dir left behind."""
+    path = os.path.join(run_dir, CHECKPOINT)
+    if os.path.exists(os.path.join(path, "state.pt")):
+        return path
+    olds = [os.path.join(run_dir, n) for n in os.listdir(run_dir)
+            if n.startswith(f".{CHECKPOINT}.old-")] if os.path.isdir(run_dir) else []
+    olds = [p for p in olds if os.path.exists(os.path.join(p, "state.pt"))]
+    return max(olds, key=os.path.getmtime) if olds else None
+
+
+def load_state(ckpt: str) -> dict:
+    return torch.load(os.path.join(ckpt, "state.pt"), weights_only=False)
+
+
+# --- The run directory ----------------------------------------------------------------------
+
+def check_run_dir(args, resumable: set):
+    """A new run refuses to write over a different one; --resume checks that the saved config
+    is compatible (only the flags in `resumable` may change). Writes nothing."""
+    cfg_path = os.path.join(args.run_dir, "config.json")
+    if args.resume:
+        if not os.path.exists(cfg_path):
+            raise UserError(f"--resume: no run in {args.run_dir} (no config.json)")
+        with open(cfg_path) as f:
+            saved = json.load(f)
+        changed = sorted(k for k, v in vars(args).items()
+                         if k not in resumable and k in saved and saved[k] != v)
+        if changed:
+            raise UserError("--resume with a config that changes what the run computes: " +
+                            ", ".join(f"{k} {saved[k]!r} -> {getattr(args, k)!r}"
+                                      for k in changed))
+    elif os.path.isdir(args.run_dir) and os.listdir(args.run_dir) and not args.overwrite:
+        raise UserError(f"{args.run_dir} already holds a run; pass --resume to continue it or "
+                        "--overwrite to replace it")
+
+
+def start_run_dir(args, logs: list[str], start_step: int):
+    """Called once everything has loaded: only now is anything written. A new run starts empty
+    logs; a resumed one cuts its logs back to the checkpoint's step."""
+    if not args.resume and os.path.isdir(args.run_dir):
+        shutil.rmtree(args.run_dir)   # --overwrite (check_run_dir refused otherwise)
+    os.makedirs(args.run_dir, exist_ok=True)
+    keep = find_checkpoint(args.run_dir)
+    for name in os.listdir(args.run_dir):   # what a crash left half-written or half-swapped
+        path = os.path.join(args.run_dir, name)
+        if (".tmp-" in name or ".old-" in name) and path != keep:
+            shutil.rmtree(path, ignore_errors=True)
+    atomic_write(os.path.join(args.run_dir, "config.json"),
+                 json.dumps(vars(args), indent=1, sort_keys=True))
+    for path in logs:
+        if start_step == 0:
+            atomic_write(path, "")
+        truncate_log(path, start_step)
+
+
+def read_jsonl_log(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(run_dir: str):
+    """curves.png from metrics.jsonl, when matplotlib is installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = read_jsonl_log(os.path.join(run_dir, "metrics.jsonl"))
+    panels = [("reward", ["reward", "reward_feedback", "reward_plain"]),
+              ("zero-shot test accuracy", sorted({k for r in rows for k in r
+                                                  if k.startswith("eval/")})),
+              ("zero-std group fraction", ["zero_std_frac"]), ("KL to SFT", ["kl"]),
+              ("response length", ["response_length"]),
+              ("language channel", ["coverage", "retrieval_precision", "summary_correct"])]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for ax, (title, keys) in zip(axes.flat, panels):
+        for k in keys:
+            pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None]
+            if pts:
+                ax.plot(*zip(*pts), label=k, marker="." if k.startswith("eval/") else None)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(run_dir, "curves.png")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
