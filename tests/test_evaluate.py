@@ -1,12 +1,15 @@
-"""Evaluation: the unbiased pass@k, and each of the three modes end to end on a tiny model."""
+"""Evaluation: the unbiased pass@k, the metrics of a model whose accuracy is known in advance,
+and each of the three modes end to end on a tiny model."""
 import argparse
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 
 import data
 import evaluate as E
+import model as M
 from errors import UserError
 from pool import Entry, Pool
 
@@ -67,3 +70,60 @@ def test_cli_writes_json(tiny_dir, tmp_path, capsys):
     assert set(res) == {"rl-test", "sft-test", "unseen-test"}
     assert set(res["rl-test"]) == {"zero-shot", "self-correct"}   # no pool given
     assert "mean@1" in capsys.readouterr().out
+
+
+# --- metrics against a model whose accuracy is known in advance ------------------------------
+
+KNOWN = WORLD.problems("rl", "test")[:10]
+
+
+def known_sampler(monkeypatch):
+    """Replace model.sample by a stand-in with accuracy fixed in advance. Asked to solve
+    problem i, its j-th sample is right iff j < i % 5. Asked to reflect on an attempt, its
+    first sample fixes the answer when i % 3 == 0, and otherwise it repeats the attempt."""
+    calls = []
+
+    def sample(model, tok, prompt_texts, n=1, **kw):
+        calls.append((list(prompt_texts), n))
+        texts = []
+        for t in prompt_texts:
+            i = [p["question"] for p in KNOWN].index(t.split("Problem: ")[-1])
+            gold = KNOWN[i]["answer"]
+            for j in range(n):
+                if "Attempt: " in t:
+                    attempt = t.split("Attempt: ")[1].split("\n")[0]
+                    texts.append(f"#### {gold}" if j == 0 and i % 3 == 0 else attempt)
+                else:
+                    texts.append(f"#### {gold}" if j < i % 5 else f"#### {int(gold) + 1}")
+        return SimpleNamespace(texts=texts)
+    monkeypatch.setattr(M, "sample", sample)
+    return calls
+
+
+def test_zero_shot_mean_and_pass_at_k_of_a_known_model(monkeypatch):
+    """mean@k averages the samples, pass@k counts a problem with any right sample."""
+    calls = known_sampler(monkeypatch)
+    # right samples per problem, i % 5 of 4: 0 1 2 3 4 0 1 2 3 4
+    res = E.evaluate(None, None, KNOWN, "zero-shot", cfg(), k=4)
+    assert calls[-1][1] == 4
+    assert res["mean@4"] == pytest.approx(0.5)   # (0 + 1 + 2 + 3 + 4) * 2 / 40
+    assert res["pass@4"] == pytest.approx(0.8)   # all but problems 0 and 5
+    res = E.evaluate(None, None, KNOWN, "zero-shot", cfg(), k=1)
+    assert res["mean@1"] == res["pass@1"] == pytest.approx(0.8)
+
+
+def test_self_correct_first_and_final_accuracy_of_a_known_model(monkeypatch):
+    """first_accuracy is the first answer's; the final metrics score the reflections, each on
+    the model's own first answer."""
+    calls = known_sampler(monkeypatch)
+    res = E.evaluate(None, None, KNOWN, "self-correct", cfg(), k=2)
+    (solve, n_first), (reflect, n_final) = calls
+    assert n_first == 1 and n_final == 2
+    assert res["first_accuracy"] == pytest.approx(0.8)   # wrong first: problems 0 and 5
+    # sample 0: fixed for 0, 3, 6, 9, else the first answer: only problem 5 stays wrong (0.9);
+    # sample 1: the first answer again (0.8)
+    assert res["mean@2"] == pytest.approx(0.85)
+    assert res["pass@2"] == pytest.approx(0.9)
+    firsts = [f"#### {p['answer']}" if i % 5 else f"#### {int(p['answer']) + 1}"
+              for i, p in enumerate(KNOWN)]
+    assert all(f"Attempt: {a}" in t for a, t in zip(firsts, reflect))

@@ -136,14 +136,26 @@ def test_audit_reports_ground_truth(capsys):
 
 
 def test_retrieval_speed_with_tens_of_thousands_of_problems():
+    """20,000 questions over 3,000 letter-only words (they survive bm25_tokens): every query
+    is really scored, returns the top BM25 matches of rank_bm25's get_scores, and is fast."""
     import time
+    from rank_bm25 import BM25Okapi
     rng = random.Random(0)
-    words = [f"w{i}" for i in range(3000)]
+    words = sorted({"".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=6)) for _ in range(3000)})
+    questions = [" ".join(rng.choices(words, k=12)) for _ in range(20000)]
     pool = Pool()
-    pool.add([entry(f"p{i}", " ".join(rng.choices(words, k=12))) for i in range(20000)])
-    pool.retrieve("w1 w2", "x")
+    pool.add([entry(f"p{i}", q) for i, q in enumerate(questions)])
+    queries = [" ".join(rng.choices(words, k=12)) for _ in range(20)]
+    pool.retrieve(queries[0], "x")   # builds the index
     t = time.perf_counter()
-    for _ in range(20):
-        pool.retrieve(" ".join(rng.choices(words, k=12)), "x", k=4, gamma=0.9)
-    per_query = (time.perf_counter() - t) / 20
-    assert per_query < 0.25, per_query
+    found = [pool.retrieve(q, "x", k=4, gamma=0.0) for q in queries]
+    per_query = (time.perf_counter() - t) / len(queries)
+    assert per_query < 0.01, per_query   # about 0.2 ms here; rank_bm25.get_scores takes 50 ms
+    bm25 = BM25Okapi([bm25_tokens(q) for q in questions])
+    for q, got in zip(queries[:5], found):
+        scores = bm25.get_scores(bm25_tokens(q))
+        assert len(got) == 4
+        # the four best scores, most similar first, each similarity its own score / the best
+        assert np.allclose([s for _, s in got], np.sort(scores)[::-1][:4] / scores.max())
+        assert np.allclose([scores[int(pid[1:])] / scores.max() for pid, _ in got],
+                           [s for _, s in got])

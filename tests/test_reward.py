@@ -1,4 +1,5 @@
-"""Tests for reward.py: the numerical feedback (answer extraction and math equivalence)."""
+"""Tests for reward.py and grader.py: the numerical feedback (answer extraction, math
+equivalence through reward.is_equivalent, and grader's sympy worker)."""
 import importlib.util
 import json
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import grader
 import reward
 
 TIME_BOUND = 1.0  # seconds: the promise of reward.py for any single call
@@ -204,6 +206,29 @@ EXTRACT = [
     ("answer-last", "Answer: 1\nAnswer: 2", "2"),
     ("none", "no final answer here", None),
     ("empty", "", None),
+    # markdown emphasis, in the shapes instruct models write (GSM8K test #1: gold 18)
+    ("md-hashes-bold", "She sells 16 - 3 - 4 = 9 eggs.\n9 * 2 = 18\n#### **18**", "18"),
+    ("md-answer-is-bold", "She makes 9 * 2 = $18 every day.\nThe answer is: **18**.", "18"),
+    ("md-bold-label", "9 * 2 = 18 dollars.\n\n**Answer:** 18", "18"),
+    ("md-bold-final-label", "So she makes $18.\n\n**Final Answer:** 18", "18"),
+    ("md-bold-label-colon-outside", "**Answer**: 18", "18"),
+    ("md-bold-label-bold-answer", "**Final Answer:** **18**", "18"),
+    ("md-bold-line", "**Final Answer: 18.**", "18"),
+    ("md-bold-sentence", "**The final answer is 18.**", "18"),
+    ("md-underscore-bold", "The final answer is __18__", "18"),
+    ("md-hashes-italic", "#### *18*", "18"),
+    ("md-hashes-underscore-italic", "#### _18_", "18"),
+    ("md-bold-italic", "#### ***18***", "18"),
+    ("md-bold-latex", "The answer is **$\\frac{3}{4}$**.", "$\\frac{3}{4}$"),
+    ("md-boxed-textbf", "so $\\boxed{\\textbf{18}}$", "\\textbf{18}"),
+    ("md-bold-then-hashes", "**18** is wrong, #### 19", "19"),
+    ("md-bold-not-whole", "#### **18** apples", "**18** apples"),
+    ("md-two-bolds", "The answer is **3** or **4**.", "**3** or **4**"),
+    ("md-bold-product", "#### **2*3**", "2*3"),
+    ("star-is-math", "The answer is 2*3.", "2*3"),
+    ("star-superscript", "Answer: a^*", "a^*"),
+    ("underscore-subscript", "The answer is x_1.", "x_1"),
+    ("underscore-base", "#### 52_8", "52_8"),
 ]
 
 
@@ -223,6 +248,20 @@ def test_extract_answer_non_string():
     ("so $\\boxed{\\dfrac{1}{2}}$", "0.5", 1.0),
     ("The answer is 1,000.", "1000", 1.0),
     ("\\boxed{(1,2)}", "(2,1)", 0.0),
+    # markdown emphasis around the final answer (see EXTRACT)
+    ("She sells 16 - 3 - 4 = 9 eggs.\n9 * 2 = 18\n#### **18**", "18", 1.0),
+    ("She makes 9 * 2 = $18 every day.\nThe answer is: **18**.", "18", 1.0),
+    ("9 * 2 = 18 dollars.\n\n**Answer:** 18", "18", 1.0),
+    ("So she makes $18.\n\n**Final Answer:** 18", "18", 1.0),
+    ("The final answer is __18__", "18", 1.0),
+    ("#### *18*", "18", 1.0),
+    ("so $\\boxed{\\textbf{18}}$", "18", 1.0),
+    ("**18** is wrong, #### 19", "18", 0.0),
+    ("**18** is wrong, #### 19", "19", 1.0),
+    ("The answer is **3** or **4**.", "3", 0.0),   # a hedge is not an answer
+    ("The answer is **2*3**.", "6", 1.0),
+    ("Answer: a^*", "a^*", 1.0),
+    ("#### 52_8", "52_{8}", 1.0),
 ])
 def test_reward(response, gold, expected):
     result = reward.reward(response, gold)
@@ -247,7 +286,7 @@ ADVERSARIAL = [
 
 @pytest.mark.parametrize("text", ADVERSARIAL, ids=[f"adv{i}" for i in range(len(ADVERSARIAL))])
 def test_adversarial_inputs_return_fast(text):
-    kills = reward._WORKER.kills
+    kills = grader._WORKER.kills
     for gold in ("5", "(x+1)^2"):
         for fn, args in ((reward.is_equivalent, (text, gold)), (reward.is_equivalent, (gold, text)),
                          (reward.reward, (text, gold)), (reward.extract_answer, (text,))):
@@ -255,19 +294,19 @@ def test_adversarial_inputs_return_fast(text):
             assert seconds < TIME_BOUND, (fn.__name__, text[:40], seconds)
             assert result in (True, False, 0.0, 1.0, None) or isinstance(result, str)
     assert reward.is_equivalent(text, "5") is False
-    assert reward._WORKER.kills == kills  # the cheap guards caught it: no worker was killed
+    assert grader._WORKER.kills == kills  # the cheap guards caught it: no worker was killed
 
 
 def test_stuck_worker_is_killed_and_replaced():
     """A worker that never answers (here: stopped by SIGSTOP) costs one call its budget, then
     is replaced; the next symbolic comparison works again."""
-    proc = reward._WORKER.proc
+    proc = grader._WORKER.proc
     assert proc is not None and proc.poll() is None
-    kills = reward._WORKER.kills
+    kills = grader._WORKER.kills
     os.kill(proc.pid, signal.SIGSTOP)
     result, seconds = timed(reward.is_equivalent, "3\\sqrt{3}", "\\sqrt{27}")
     assert result is False and seconds < TIME_BOUND
-    assert reward._WORKER.kills == kills + 1 and proc.poll() is not None  # killed and reaped
+    assert grader._WORKER.kills == kills + 1 and proc.poll() is not None  # killed and reaped
     # While the replacement imports sympy, calls stay within the bound (and answer False, which
     # is not cached); once it is ready, the same question gets its true answer.
     deadline = time.monotonic() + 30
@@ -280,9 +319,10 @@ def test_stuck_worker_is_killed_and_replaced():
 
 
 def test_worker_from_a_script_is_cleaned_up_at_exit():
-    script = ("import reward\n"
+    script = ("import grader\n"
+              "import reward\n"
               "assert reward.is_equivalent('\\\\pi/4', '\\\\frac{\\\\pi}{4}')\n"
-              "print(reward._WORKER.proc.pid)\n")
+              "print(grader._WORKER.proc.pid)\n")
     root = Path(reward.__file__).parent
     out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True,
                          timeout=60, check=True).stdout

@@ -1,13 +1,21 @@
 """The LANPO loop: the rules that make feedback safe, the p_t mix, where responses are scored,
-and that a run resumed from a checkpoint is the run that was never interrupted."""
+the glue of one step (each reward with its own gold, the advantages and gradient the update
+takes, every flag that changes the computation), and that a run resumed from a checkpoint is
+the run that was never interrupted."""
+import copy
+import hashlib
+import inspect
 import json
 import os
 import random
+import re
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import data
+import grpo
 import model as M
 import prompts
 import train
@@ -185,6 +193,286 @@ def test_microbatched_update_equals_full_batch(tiny_dir):
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert grads[0].abs().sum() > 0
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+# --- the glue of one step: rewards, advantages, the update, the summarizer, the flags -------
+
+def gold_aware_reward(text, gold):
+    """A deterministic 0/1 reward of the response *and* the gold: scored against another
+    problem's gold, a response gets another reward about half the time."""
+    return float(hashlib.sha256(f"{text}|{gold}".encode()).digest()[0] % 2)
+
+
+def question_of(prompt):
+    """The question of a solve, feedback-aware or summarize prompt."""
+    return prompt.split("Problem: ")[1].split("\n")[0]
+
+
+SHOWN = re.compile(r"^Attempt \((right|wrong)\): (.*)$", re.M)   # a labelled attempt line
+
+
+def grads(model):
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def spy(monkeypatch, name):
+    """Record every call of model.<name>: its arguments by name, and its result."""
+    calls, real = [], getattr(M, name)
+
+    def recorded(*a, **kw):
+        calls.append(inspect.signature(real).bind(*a, **kw).arguments)
+        calls[-1]["result"] = real(*a, **kw)
+        return calls[-1]["result"]
+    monkeypatch.setattr(M, name, recorded)
+    return calls
+
+
+def handmade_rollouts(tok, lengths, width=8):
+    """Two groups of three responses of known lengths (random tokens), under prompts of
+    different lengths (plain and feedback-aware)."""
+    texts = [prompts.solve_prompt(p["question"]) if j % 2 else
+             prompts.feedback_prompt(p["question"], ["add then mul"], ["sub then add"])
+             for p in WORLD.problems("rl", "train")[:2] for j in range(3)]
+    ids = torch.randint(4, len(tok), (len(lengths), width),
+                        generator=torch.Generator().manual_seed(0))
+    mask = (torch.arange(width)[None] < torch.tensor(lengths)[:, None]).float()
+    return M.Rollouts(M.encode_prompts(tok, texts), ids, mask, [""] * len(lengths),
+                      torch.zeros(len(lengths), dtype=torch.bool))
+
+
+def policy_gradient(model, r, adv, aggregation, temperature, max_len):
+    """The GRPO gradient at ratio 1, written out: -sum_i A_i sum_t grad log pi(y_it) / norm,
+    with norm |y_i| * N (seq-mean), sum_i |y_i| (token-mean) or max_len * N (seq-sum-norm)."""
+    model.zero_grad(set_to_none=True)
+    lp = M.token_logprobs(model, r.prompt_ids, r.response_ids, r.response_mask,
+                          temperature=temperature)   # 0 outside the mask
+    per_seq, n = (adv[:, None] * lp).sum(1), r.response_mask.sum(1)
+    loss = {"seq-mean": -(per_seq / n).mean(), "token-mean": -per_seq.sum() / n.sum(),
+            "seq-sum-norm": -(per_seq / max_len).mean()}[aggregation]
+    loss.backward()
+    return grads(model)
+
+
+def test_update_gradient_is_the_policy_gradient_of_each_aggregation_and_temperature(tiny_model):
+    """update() follows --aggregation, --temperature and the sign of the advantages (also when
+    micro-batched): its gradient is the one written out by hand, and no other setting's."""
+    model, tok = tiny_model
+    r = handmade_rollouts(tok, [1, 3, 8, 2, 5, 6])
+    adv = torch.tensor([1.0, -0.5, 0.3, -1.2, 0.7, 0.0])
+    settings = [(agg, t) for agg in grpo.AGGREGATIONS for t in (1.0, 0.6)]
+    want = {s: policy_gradient(model, r, adv, *s, max_len=10) for s in settings}
+    for agg, t in settings:
+        for mb in (128, 4):
+            a = args_for(aggregation=agg, temperature=t, beta=0.0, max_new_tokens=10,
+                         max_grad_norm=1e9, logprob_micro_batch=mb)
+            opt = torch.optim.SGD(model.parameters(), lr=0.0)   # lr 0: read the gradient
+            train.update(model, None, opt, r, r.prompt_ids, adv, a)
+            got = grads(model)
+            assert torch.allclose(got, want[agg, t], rtol=1e-4, atol=1e-7), (agg, t, mb)
+            assert not any(torch.allclose(got, want[s], rtol=1e-2) for s in settings
+                           if s != (agg, t))
+
+
+def test_second_inner_epoch_is_clipped_against_the_policy_before_the_first(tiny_dir):
+    """--inner-epochs 2: epoch 2's ratio is to the log-probs from before epoch 1 (not to
+    itself), so the PPO clip acts; its gradient and the final weights are those by hand."""
+    lr, clip = 0.1, 0.1   # epoch 2 clips about half of the tokens
+    model, tok = M.load_model(tiny_dir, device="cpu")
+    r = handmade_rollouts(tok, [4, 3, 8, 2, 5, 6])
+    adv = torch.tensor([1.0, -0.5, 0.3, -1.2, 0.7, -0.3])
+    # by hand, on a copy: epoch 1 is the plain policy gradient and one SGD step ...
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        old = M.token_logprobs(ref, r.prompt_ids, r.response_ids, r.response_mask)
+    policy_gradient(ref, r, adv, "seq-mean", 1.0, 10)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p -= lr * p.grad
+    # ... epoch 2 maximizes min(rho A, clip(rho, 1 - eps, 1 + eps) A), rho = pi / pi_old
+    ref.zero_grad(set_to_none=True)
+    lp = M.token_logprobs(ref, r.prompt_ids, r.response_ids, r.response_mask)
+    ratio, A, m = torch.exp(lp - old), adv[:, None], r.response_mask
+    surrogate = torch.minimum(ratio * A, ratio.clamp(1 - clip, 1 + clip) * A)
+    (-((surrogate * m).sum(1) / m.sum(1)).mean()).backward()
+    want = grads(ref)
+    weights = torch.cat([(p - lr * p.grad).flatten() for p in ref.parameters()]).detach()
+    assert not torch.allclose(want, policy_gradient(ref, r, adv, "seq-mean", 1.0, 10),
+                              rtol=1e-2)   # with rho = 1 (old = current) it would differ
+    a = args_for(inner_epochs=2, clip=clip, beta=0.0, max_new_tokens=10, max_grad_norm=1e9)
+    stats = train.update(model, None, torch.optim.SGD(model.parameters(), lr=lr), r,
+                         r.prompt_ids, adv, a)
+    assert stats["clip_frac"] > 0 and stats["ratio"] != 1.0
+    assert torch.allclose(grads(model), want, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(torch.cat([p.flatten() for p in model.parameters()]), weights,
+                          atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [True, False])
+def test_train_step_updates_with_each_groups_own_advantages(tiny_dir, monkeypatch, scale):
+    """train_step's gradient is update() with A = r - mean(group), divided by std(group)
+    unless --no-scale-rewards, each r scored against its own problem's gold."""
+    model, tok = M.load_model(tiny_dir, device="cpu")
+    problems = WORLD.problems("rl", "train")[:3]
+    monkeypatch.setattr(train, "reward", gold_aware_reward)
+    sampled = spy(monkeypatch, "sample")
+    a = args_for(p_feedback=0.0, group_size=4, problems_per_step=3, beta=0.0,
+                 max_new_tokens=6, max_grad_norm=1e9, scale_rewards=scale)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)   # lr 0: keep the weights, read grads
+    torch.manual_seed(0)
+    m, _ = train.train_step(1, model, None, tok, opt, Pool(), problems, a, random.Random(0),
+                            WORLD)
+    got = grads(model)
+    (call,) = sampled
+    texts, r = call["prompts"], call["result"]
+    gold = {p["question"]: p["answer"] for p in problems}
+    rewards = torch.tensor([gold_aware_reward(t, gold[question_of(p)])
+                            for p, t in zip(texts, r.texts)])
+    assert m["reward"] == pytest.approx(rewards.mean().item())
+
+    def advantages(scaled):
+        adv = torch.zeros(len(texts))
+        for q in gold:
+            rows = [i for i, p in enumerate(texts) if question_of(p) == q]
+            g = rewards[rows]
+            adv[rows] = (g - g.mean()) / (g.std(correction=0) + 1e-6 if scaled else 1.0)
+        return adv
+    train.update(model, None, opt, r, r.prompt_ids, advantages(scale), a)
+    want = grads(model)
+    train.update(model, None, opt, r, r.prompt_ids, advantages(not scale), a)
+    assert want.abs().sum() > 0 and not torch.allclose(want, grads(model), rtol=1e-2)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-7)
+
+
+def test_summarizer_sees_its_own_distinct_attempts_with_true_outcomes(monkeypatch):
+    """summarize_groups shows each problem its own distinct attempts, each labelled with its
+    true outcome, at most half of them right, the rest wrong ones as far as they go."""
+    problems = WORLD.problems("rl", "train")[:3]
+    groups = [[(f"right {j}", 1.0) for j in range(8)],                       # 8 right
+              [("right 0", 1.0)] + [(f"wrong {j}", 0.0) for j in range(7)],  # 1 right, 7 wrong
+              [("r a", 1.0)] * 2 + [("r b", 1.0)] + [("w c", 0.0)] * 2 +     # repeats: 2 right,
+              [(f"w {x}", 0.0) for x in "def"]]                              # 4 wrong distinct
+    texts = [f"{t} of {p['id']}" for p, g in zip(problems, groups) for t, _ in g]
+    rewards = [r for g in groups for _, r in g]
+    seen = []
+
+    def stub(model, tok, prompt_texts, *a, **kw):   # the summarizer, no model needed
+        seen.extend(prompt_texts)
+        return SimpleNamespace(texts=[f"Principles: p{i}\nPitfalls: none"
+                                      for i in range(len(prompt_texts))])
+    monkeypatch.setattr(M, "sample", stub)
+    a = args_for(group_size=8, summary_attempts=4)
+    summaries = train.summarize_groups(None, None, problems, texts, rewards, a, random.Random(0))
+    assert summaries == [(["p0"], []), (["p1"], []), (["p2"], [])]
+    for i, (p, prompt) in enumerate(zip(problems, seen)):
+        assert question_of(prompt) == p["question"]
+        outcome = dict(zip(texts[i * 8:(i + 1) * 8], rewards[i * 8:(i + 1) * 8]))
+        shown = SHOWN.findall(prompt)
+        assert len({t for _, t in shown}) == len(shown) and all(t in outcome for _, t in shown)
+        assert all((label == "right") == (outcome[t] > 0) for label, t in shown)
+        n_right = sum(o > 0 for o in outcome.values())
+        n_wrong = len(outcome) - n_right
+        assert sum(label == "right" for label, _ in shown) == min(n_right, 2)
+        assert len(shown) == min(4, min(n_right, 2) + n_wrong)
+
+
+def test_every_reward_and_summary_label_belongs_to_its_own_problem(tmp_path, tiny_dir,
+                                                                   monkeypatch):
+    """A reward that knows the gold: every rollout in the pool carries the reward against its
+    own problem's gold, and the summarizer sees each attempt with that outcome."""
+    problems = WORLD.problems("rl", "train")[:6]
+    monkeypatch.setattr(data, "train_problems", lambda spec, limit=None: problems)
+    monkeypatch.setattr(train, "reward", gold_aware_reward)
+    sampled = spy(monkeypatch, "sample")
+    train.main(small_run(tmp_path, tiny_dir, "--problems-per-step", "6"))
+    seen = [t for c in sampled for t in c["prompts"]]
+    gold = {p["question"]: p["answer"] for p in problems}
+    pool = [json.loads(l) for l in open(tmp_path / "rl" / "pool.jsonl")]
+    assert len(pool) == 2 * 6 * 4 and {e["reward"] for e in pool} == {0.0, 1.0}
+    for e in pool:
+        assert e["reward"] == gold_aware_reward(e["attempt"], gold[e["question"]])
+    summarize = [s for s in seen if s.startswith("Summarize these attempts")]
+    assert len(summarize) == 2 * 6
+    labels = []
+    for s in summarize:
+        own = {e["attempt"] for e in pool if e["question"] == question_of(s)}
+        for label, text in SHOWN.findall(s):
+            assert text in own
+            assert label == ("right" if gold_aware_reward(text, gold[question_of(s)]) else
+                             "wrong")
+            labels.append(label)
+    assert set(labels) == {"right", "wrong"}
+
+
+def spied_run(tmp_path, tiny_dir, monkeypatch, *flags, steps=3):
+    """train.main on 6 problems (2 from each of 3 families, so BM25 finds siblings), all of
+    them every step, p_t = 1, gamma 0, the gold-aware reward. Returns the problems, the
+    arguments of every model.sample and model.token_logprobs call, and the final pool."""
+    rl = WORLD.problems("rl", "train")
+    problems = [p for f in sorted({p["family"] for p in rl})[:3]
+                for p in [q for q in rl if q["family"] == f][:2]]
+    monkeypatch.setattr(data, "train_problems", lambda spec, limit=None: problems)
+    monkeypatch.setattr(train, "reward", gold_aware_reward)
+    sampled, scored = spy(monkeypatch, "sample"), spy(monkeypatch, "token_logprobs")
+    train.main(small_run(tmp_path, tiny_dir, "--problems-per-step", "6", "--p-feedback", "1",
+                         "--gamma", "0", *flags, steps=steps))
+    pool = [json.loads(l) for l in open(tmp_path / "rl" / "pool.jsonl")]
+    return problems, sampled, scored, pool
+
+
+def test_leaky_reflection_shows_a_failed_attempt_and_says_so(tmp_path, tiny_dir, monkeypatch):
+    """--reflection leaky (the teaching ablation) reaches the prompts: only failed attempts,
+    announced as wrong."""
+    _, sampled, _, pool = spied_run(tmp_path, tiny_dir, monkeypatch, "--feedback", "intra",
+                                    "--reflection", "leaky")
+    reflective = [t for c in sampled for t in c["prompts"] if "Attempt: " in t]
+    failed = {(e["question"], e["attempt"]) for e in pool if e["reward"] == 0}
+    assert len(reflective) > 10 and any(e["reward"] > 0 for e in pool)
+    for t in reflective:
+        assert "It was wrong; find the mistake" in t and "It may be right or wrong" not in t
+        assert (question_of(t), t.split("Attempt: ")[1].split("\n")[0]) in failed
+
+
+def test_raw_inter_format_shows_other_problems_attempts_with_their_outcomes(tmp_path, tiny_dir,
+                                                                           monkeypatch):
+    """--inter-format raw reaches the prompts: retrieved attempts with their true outcomes in
+    place of lessons, and no summary is asked for."""
+    _, sampled, _, pool = spied_run(tmp_path, tiny_dir, monkeypatch, "--feedback", "inter",
+                                    "--inter-format", "raw")
+    texts = [t for c in sampled for t in c["prompts"]]
+    assert not any(t.startswith("Summarize") or "Lessons from similar" in t for t in texts)
+    raw = [t for t in texts if "Attempts at similar problems:" in t]
+    assert len(raw) > 10
+    outcome = {(e["attempt"], "right" if e["reward"] > 0 else "wrong"): e["question"]
+               for e in pool}
+    shown = [(question_of(t), x) for t in raw for x in SHOWN.findall(t)]
+    assert {label for _, (label, _) in shown} == {"right", "wrong"}
+    for q, (label, attempt) in shown:
+        assert outcome.get((attempt, label)) not in (None, q)   # true outcome, other problem
+
+
+@pytest.mark.parametrize("mode", ["prompt", "plain"])
+def test_score_context_decides_the_prompt_every_response_is_scored_under(tmp_path, tiny_dir,
+                                                                        monkeypatch, mode):
+    """--score-context reaches the update: with `plain` every log-prob (policy and reference)
+    is taken under a plain prompt, with `prompt` under the prompt that was sampled."""
+    problems, sampled, scored, _ = spied_run(tmp_path, tiny_dir, monkeypatch, "--feedback",
+                                             "intra", "--score-context", mode)
+    tok = M.load_model(tiny_dir, device="cpu")[1]
+    rollout_prompts = [t for c in sampled if not c.get("greedy") for t in c["prompts"]]
+    assert any("Attempt: " in t for t in rollout_prompts)   # feedback-aware rollouts happened
+    if mode == "plain":
+        rollout_prompts = [prompts.solve_prompt(question_of(t)) for t in rollout_prompts]
+    want = {tuple(ids) for ids in M.encode_prompts(tok, rollout_prompts)}
+    assert {tuple(ids) for c in scored for ids in c["prompt_ids"]} == want
+
+
+def test_temperature_reaches_sampling_and_the_log_probs(tmp_path, tiny_dir, monkeypatch):
+    """--temperature is the temperature rollouts are sampled at and scored under."""
+    _, sampled, scored, _ = spied_run(tmp_path, tiny_dir, monkeypatch, "--temperature", "0.7",
+                                      steps=1)
+    rollouts = [c for c in sampled if not c.get("greedy")]
+    assert rollouts and all(c.get("temperature") == 0.7 for c in rollouts)
+    assert scored and all(c.get("temperature") == 0.7 for c in scored)
 
 
 # --- checkpoints and resume -----------------------------------------------------------------
