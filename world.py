@@ -162,15 +162,16 @@ class TinyWorld:
                               for i, (n, p) in enumerate(zip(names, PROCEDURES))]
         self.by_name = {f.name: f for f in self.families}
         # Fresh nonce names that name no family: SFT uses them to teach reading context ("a
-        # name I do not know -> follow the principle in the feedback"). The unseen names are
-        # used that way too, each time with a *random* procedure given by the context: that
-        # teaches nothing about what those families do, but gives their names an embedding (a
-        # name never seen is a random vector). The rl names are not: they have their designed
-        # prior, and context examples with random procedures blurred it (the sampled rates came
-        # out up to 0.19 off their design); reading context carries over to them from the
-        # fresh names (measured: the right principle in context, 0.98 on rl-test).
+        # name I do not know -> follow the principle in the feedback"). The rl and unseen names
+        # are used that way too, each time with a *random* procedure given by the context: that
+        # teaches nothing about what those families do, but teaches that for them, too, the
+        # context decides (without it, the right principle in context reached only 0.57 of
+        # rl-test for one SFT seed), and gives an unseen name an embedding (a name never seen is
+        # a random vector). The rl families' plain prior stays as designed because SFT teaches
+        # it as a soft target (sft.py).
         self.fresh_names = _nonce_names("bdgkptflmnrs", n_fresh_names, rng, taken)
-        self.context_names = self.fresh_names + [f.name for f in self.families_of("unseen")]
+        self.context_names = self.fresh_names + [f.name for f in self.families
+                                                 if f.kind in ("rl", "unseen")]
         # One list of numbers for the whole world; each family cuts its own test and train
         # numbers from its own shuffle of it, so which numbers a family uses says nothing about
         # its procedure.

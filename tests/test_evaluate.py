@@ -7,13 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 
-import data
+import world as W
 import evaluate as E
 import model as M
 from errors import UserError
 from pool import Entry, Pool
 
-WORLD = data.TinyWorld()
+WORLD = W.TinyWorld()
 
 
 def closed_form(n, c, k):

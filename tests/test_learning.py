@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-import data
+import world as W
 import model as M
 import prompts
 import sft
@@ -15,7 +15,7 @@ import train
 from conftest import build_tiny
 from reward import reward
 
-WORLD = data.TinyWorld()
+WORLD = W.TinyWorld()
 
 
 def lookup_task():
@@ -51,6 +51,8 @@ def torn_model(tmp_path_factory):
     M.save_model(model, tok, str(out / "sft"))
     with open(out / "lookup.jsonl", "w") as f:
         f.writelines(json.dumps(p) + "\n" for p in problems)
+    with open(out / "test.jsonl", "w") as f:   # never evaluated (--no-final-eval), but a run
+        f.write(json.dumps({"question": "unused", "answer": "0"}) + "\n")   # must name one
     return str(out / "sft"), str(out / "lookup.jsonl"), problems
 
 
@@ -67,6 +69,7 @@ def p_gold(model_dir, problems):
 
 def grpo_run(tmp_path, init, data_path, name):
     train.main(["--init", init, "--data", data_path, "--run-dir", str(tmp_path / name),
+                "--eval-data", data_path.replace("lookup.jsonl", "test.jsonl"),
                 "--steps", "10", "--problems-per-step", "4", "--group-size", "8",
                 "--max-new-tokens", "4", "--lr", "3e-3", "--p-feedback", "0",
                 "--eval-every", "0", "--ckpt-every", "10", "--no-final-eval"])

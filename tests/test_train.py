@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import data
+import world as W
 import grpo
 import model as M
 import prompts
@@ -22,7 +23,7 @@ import train
 from errors import UserError, run_cli
 from pool import Entry, Pool
 
-WORLD = data.TinyWorld()
+WORLD = W.TinyWorld()
 
 
 def args_for(**kw):
@@ -59,7 +60,7 @@ def test_gold_answer_never_reaches_any_prompt(tmp_path, tiny_dir, monkeypatch):
     (with intra and inter feedback and summaries), and look at every prompt the model saw."""
     sentinel = "GOLDSENTINEL"
     problems = [dict(p, answer=sentinel) for p in WORLD.problems("rl", "train")[:6]]
-    monkeypatch.setattr(data, "train_problems", lambda spec, limit=None: problems)
+    monkeypatch.setattr(data, "train_problems", lambda spec, **kw: problems)
     seen = []
     real_sample = M.sample
 
@@ -80,9 +81,9 @@ def test_inter_sample_context_never_comes_from_the_same_problem():
     pool = filled_pool(siblings + [p for p in probs if p["family"] != fam][:40])
     a = args_for(feedback="inter", gamma=0.0, top_k=10)
     for p in siblings:
-        texts, has_ctx, facts = train.build_prompts([p], pool, a, random.Random(0), WORLD)
+        texts, has_ctx, retrieved = train.build_prompts([p], pool, a, random.Random(0), WORLD)
         assert any(has_ctx)
-        assert p["id"] not in facts[0]["retrieved"]
+        assert retrieved[0] and p["id"] not in retrieved[0]
         assert all(f"principle of {p['id']}" not in t for t in texts)
         assert any("principle of" in t for t in texts)   # siblings' lessons do arrive
 
@@ -175,10 +176,10 @@ def test_score_context_plain_and_prompt(tiny_model):
 
 def test_microbatched_update_equals_full_batch(tiny_dir):
     grads = []
-    for mb in (64, 3):
+    for budget in (100_000, 60):   # one chunk; chunks of a few rows
         model, tok = M.load_model(tiny_dir, device="cpu")
         ref, _ = M.load_model(tiny_dir, device="cpu")
-        a = args_for(group_size=4, logprob_micro_batch=mb, beta=0.1, max_new_tokens=8)
+        a = args_for(group_size=4, logprob_tokens=budget, beta=0.1, max_new_tokens=8)
         # prompts of different lengths (plain and feedback-aware), so the micro-batches of the
         # small size are cut from rows sorted by length
         texts = [prompts.solve_prompt(p["question"]) if j % 2 else
@@ -262,13 +263,13 @@ def test_update_gradient_is_the_policy_gradient_of_each_aggregation_and_temperat
     settings = [(agg, t) for agg in grpo.AGGREGATIONS for t in (1.0, 0.6)]
     want = {s: policy_gradient(model, r, adv, *s, max_len=10) for s in settings}
     for agg, t in settings:
-        for mb in (128, 4):
+        for budget in (100_000, 40):   # one chunk; chunks of a few rows
             a = args_for(aggregation=agg, temperature=t, beta=0.0, max_new_tokens=10,
-                         max_grad_norm=1e9, logprob_micro_batch=mb)
+                         max_grad_norm=1e9, logprob_tokens=budget)
             opt = torch.optim.SGD(model.parameters(), lr=0.0)   # lr 0: read the gradient
             train.update(model, None, opt, r, r.prompt_ids, adv, a)
             got = grads(model)
-            assert torch.allclose(got, want[agg, t], rtol=1e-4, atol=1e-7), (agg, t, mb)
+            assert torch.allclose(got, want[agg, t], rtol=1e-4, atol=1e-7), (agg, t, budget)
             assert not any(torch.allclose(got, want[s], rtol=1e-2) for s in settings
                            if s != (agg, t))
 
@@ -380,7 +381,7 @@ def test_every_reward_and_summary_label_belongs_to_its_own_problem(tmp_path, tin
     """A reward that knows the gold: every rollout in the pool carries the reward against its
     own problem's gold, and the summarizer sees each attempt with that outcome."""
     problems = WORLD.problems("rl", "train")[:6]
-    monkeypatch.setattr(data, "train_problems", lambda spec, limit=None: problems)
+    monkeypatch.setattr(data, "train_problems", lambda spec, **kw: problems)
     monkeypatch.setattr(train, "reward", gold_aware_reward)
     sampled = spy(monkeypatch, "sample")
     train.main(small_run(tmp_path, tiny_dir, "--problems-per-step", "6"))
@@ -410,7 +411,7 @@ def spied_run(tmp_path, tiny_dir, monkeypatch, *flags, steps=3):
     rl = WORLD.problems("rl", "train")
     problems = [p for f in sorted({p["family"] for p in rl})[:3]
                 for p in [q for q in rl if q["family"] == f][:2]]
-    monkeypatch.setattr(data, "train_problems", lambda spec, limit=None: problems)
+    monkeypatch.setattr(data, "train_problems", lambda spec, **kw: problems)
     monkeypatch.setattr(train, "reward", gold_aware_reward)
     sampled, scored = spy(monkeypatch, "sample"), spy(monkeypatch, "token_logprobs")
     train.main(small_run(tmp_path, tiny_dir, "--problems-per-step", "6", "--p-feedback", "1",
@@ -541,47 +542,33 @@ def test_refuses_to_overwrite_another_run(tmp_path, tiny_dir, capsys):
     train.main(small_run(tmp_path, tiny_dir, "--overwrite", steps=1))
 
 
-# --- the language channel against the tiny world's truth (issue: retrieval precision etc.) --
+# --- seeds: --seed reaches every draw, and evaluation draws nothing from the run -----------
 
-def test_retrieval_precision_on_a_hand_made_pool():
-    probs = WORLD.problems("rl", "train")
-    query = probs[0]
-    same = [p for p in probs if p["family"] == query["family"] and p["id"] != query["id"]][:3]
-    other = next(p for p in probs if p["family"] != query["family"])
-    # make the other family's problem look similar: same words, another family name
-    other = dict(other, question=query["question"].replace(query["family"], other["family"]))
-    # unrelated problems (another family, another person) keep BM25's idf meaningful
-    person = query["question"].split()[0]
-    fillers = [p for p in probs if p["family"] not in (query["family"], other["family"])
-               and p["question"].split()[0] != person][:20]
-    pool = filled_pool(same + [other] + fillers)
-    a = args_for(feedback="inter", gamma=0.0, top_k=4)
-    _, _, facts = train.build_prompts([query], pool, a, random.Random(0), WORLD)
-    assert len(facts[0]["retrieved"]) == 4
-    truth = train.language_channel_truth(WORLD, [query], facts, None, [0.0] * 8, 8)
-    assert truth["retrieval_precision"] == 0.75
-    assert truth["summary_correct"] is None   # no summaries asked for: absent, not faked
+def _training_rows(run_dir):
+    """metrics.jsonl without timings and evaluations: what training computed."""
+    rows = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
+    return [{k: v for k, v in r.items() if not k.startswith(("t_", "eval")) and
+             k != "tokens_per_s"} for r in rows if "reward" in r]
 
 
-def test_summary_correctness_from_the_truth():
-    probs = WORLD.problems("rl", "train")[:4]
-    right = [WORLD.by_name[p["family"]].principle for p in probs]
-    wrong = next(data.procedure_text(q) for q in data.PROCEDURES
-                 if data.procedure_text(q) != right[2])
-    summaries = [([right[0]], []), ([right[1]], ["x"]), ([wrong], []), None]
-    rewards = [1.0, 0.0] + [0.0, 0.0] + [1.0, 1.0] + [0.0, 0.0]   # G = 2
-    facts = [{"same_family": None}] * 4
-    truth = train.language_channel_truth(WORLD, probs, facts, summaries, rewards, 2)
-    assert truth["summary_correct"] == 0.5              # 2 of 4 (the None one is wrong)
-    assert truth["summary_correct_given_right"] == 0.5  # groups 0 and 2 had a right attempt
+def test_seed_reaches_sampling_and_evaluations_draw_nothing_from_the_run(tmp_path, tiny_dir,
+                                                                         monkeypatch):
+    """One problem only, so two runs can differ through torch's sampling alone: the same seed
+    gives the same rollouts, another seed others, and evaluating after every step (greedy and
+    sampled alike draw from a fork of the streams) changes nothing the run trains on."""
+    problem = W.TinyWorld().problems("rl", "train")[:1]
+    monkeypatch.setattr(data, "train_problems", lambda spec, **kw: problem)
 
+    def run(name, seed, eval_every):
+        train.main(small_run(tmp_path, tiny_dir, "--seed", str(seed), "--eval-every",
+                             str(eval_every), "--eval-limit", "3", "--p-feedback", "0.5",
+                             name=name, steps=3))
+        responses = [json.loads(l)["response"] for l in open(tmp_path / name / "samples.jsonl")]
+        return responses, _training_rows(tmp_path / name)
 
-def test_rl_family_train_accuracy_splits_by_family_and_rollout_kind():
-    rl, sft = WORLD.problems("rl", "train")[0], WORLD.problems("sft", "train")[0]
-    rewards = [1.0, 0.0, 1.0, 1.0] + [1.0, 1.0, 1.0, 1.0]   # G = 4: the rl group, the sft group
-    has_context = [True, True, False, False] * 2
-    acc = train.rl_family_train_accuracy(WORLD, [rl, sft], rewards, has_context, 4)
-    # only the rl group counts: feedback-aware 1 of 2 right, plain 2 of 2
-    assert acc == {"train_acc_rl_plain": 1.0, "train_acc_rl_feedback": 0.5}
-    acc = train.rl_family_train_accuracy(WORLD, [sft], rewards[4:], has_context[4:], 4)
-    assert acc == {"train_acc_rl_plain": None, "train_acc_rl_feedback": None}
+    a, a_again, b = run("a", 0, 0), run("a2", 0, 0), run("b", 1, 0)
+    with_eval = run("a_eval", 0, 1)
+    assert a == a_again and a == with_eval
+    assert a[0] != b[0]
+    rows = [json.loads(l) for l in open(tmp_path / "a_eval" / "metrics.jsonl")]
+    assert [r["step"] for r in rows if "eval/rl-test" in r] == [0, 1, 2, 3]
