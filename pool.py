@@ -30,6 +30,7 @@ No model is called here: summaries arrive as text from train.py.
 """
 import argparse
 import json
+import math
 import os
 import random
 import re
@@ -39,7 +40,6 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from rank_bm25 import BM25Okapi
 
 import data
 import world as W
@@ -90,12 +90,96 @@ def bm25_tokens(text: str) -> list[str]:
     return _TOKEN_RE.findall(text.lower())
 
 
+class BM25Index:
+    """Okapi BM25 over a growing list of documents (the pool's questions, one per problem),
+    updated one document at a time: adding a question costs its own words, not a rebuild of
+    the whole index (a rebuild took 14 ms per step with 800 problems in the pool, a third of
+    LANPO's pool phase).
+
+    Scores are rank_bm25's BM25Okapi (k1 = 1.5, b = 0.75) with epsilon = 0, to the last bit (a
+    test checks them against it): idf = log(N - n + 0.5) - log(n + 0.5) for a word in n of N
+    documents, set to 0 when negative. rank_bm25's default would give such a word epsilon x the
+    mean idf, which turns *negative* in a small pool (early in training) and would make a shared
+    common word count against a match. An inverted index (word -> the documents that contain
+    it) lets a query score only the documents that share a word with it."""
+    k1, b = 1.5, 0.75
+
+    def __init__(self):
+        self.doc_len, self.total_len, self.df = [], 0, {}
+        self.postings = {}   # word -> (document numbers, term frequencies), as lists
+        self._arrays, self._changed, self._stale = {}, set(), False
+        self.idf, self.norm, self.avgdl = {}, None, 0.0
+
+    def add(self, tokens: list[str]):
+        d = len(self.doc_len)
+        self.doc_len.append(len(tokens))
+        self.total_len += len(tokens)
+        tf = {}
+        for t in tokens:
+            tf[t] = tf.get(t, 0) + 1
+        for t, n in tf.items():
+            self.df[t] = self.df.get(t, 0) + 1
+            docs, freqs = self.postings.setdefault(t, ([], []))
+            docs.append(d)
+            freqs.append(n)
+            self._changed.add(t)
+        self._stale = True
+
+    def refresh(self):
+        """Recompute what depends on the number of documents (idf, length normalization)."""
+        if not self._stale:
+            return
+        n_docs = len(self.doc_len)
+        self.avgdl = self.total_len / n_docs
+        self.idf = {}
+        for t, n in self.df.items():
+            idf = math.log(n_docs - n + 0.5) - math.log(n + 0.5)
+            self.idf[t] = idf if idf >= 0 else 0.0
+        # the length normalization of each document: k1 (1 - b + b |d| / avgdl)
+        self.norm = self.k1 * (1 - self.b + self.b * np.asarray(self.doc_len, float) / self.avgdl)
+        for t in self._changed:
+            docs, freqs = self.postings[t]
+            self._arrays[t] = (np.array(docs), np.array(freqs, float))
+        self._changed.clear()
+        self._stale = False
+
+    def scores(self, query_tokens: list[str]) -> np.ndarray:
+        """BM25 score of every document for the query."""
+        self.refresh()
+        scores = np.zeros(len(self.doc_len))
+        for t in query_tokens:
+            idf = self.idf.get(t, 0.0)
+            if idf <= 0:   # an unknown word, or a word in most questions: adds nothing
+                continue
+            d, tf = self._arrays[t]
+            # Okapi BM25: idf * tf (k1 + 1) / (tf + k1 (1 - b + b |d| / avgdl))
+            scores[d] += idf * tf * (self.k1 + 1) / (tf + self.norm[d])
+        return scores
+
+    def ceiling(self, query_tokens: list[str]) -> float:
+        """The score the query would get against a document identical to itself: the most any
+        document can score. A query word that no document contains gets the idf of a word in
+        no document (the largest there is): a rare word nothing in the pool shares is exactly
+        what should make a query unmatched."""
+        self.refresh()
+        unknown_idf = math.log(len(self.doc_len) + 0.5) - math.log(0.5)
+        norm = self.k1 * (1 - self.b + self.b * len(query_tokens) / self.avgdl)
+        total = 0.0
+        for t in set(query_tokens):
+            idf = self.idf.get(t, unknown_idf)   # 0 for a word in most questions (see above)
+            if idf > 0:
+                tf = query_tokens.count(t)
+                total += idf * tf * (self.k1 + 1) / (tf + norm)
+        return total
+
+
 class Pool:
     def __init__(self, cap_per_problem: int = CAP_PER_PROBLEM):
         self.cap = cap_per_problem
         self.entries: dict[str, list[Entry]] = {}   # problem id -> entries, oldest first
-        self._index = None                           # rebuilt lazily when a problem is added
-        self._ids: list[str] = []
+        self.index = BM25Index()                     # one document per problem: its question
+        self._ids: list[str] = []                    # problem id of each document
+        self._id_rank = None                         # rank of each id in sorted order (ties)
 
     def __len__(self):
         return sum(len(v) for v in self.entries.values())
@@ -107,7 +191,9 @@ class Pool:
         for e in entries:
             if e.problem_id not in self.entries:
                 self.entries[e.problem_id] = []
-                self._index = None
+                self.index.add(bm25_tokens(e.question))
+                self._ids.append(e.problem_id)
+                self._id_rank = None
             self.entries[e.problem_id].append(e)
         for pid in {e.problem_id for e in entries}:
             del self.entries[pid][:-self.cap]
@@ -120,59 +206,9 @@ class Pool:
         return rng.choice(own) if own else None
 
     # --- inter-sample: Relevant Abstraction ---------------------------------------------------
-    def _build_index(self):
-        self._ids = list(self.entries)
-        self._pos = {pid: i for i, pid in enumerate(self._ids)}
-        self._id_rank = np.empty(len(self._ids), dtype=np.int64)
-        self._id_rank[np.argsort(np.array(self._ids, dtype=object))] = np.arange(len(self._ids))
-        docs = [bm25_tokens(self.entries[pid][0].question) for pid in self._ids]
-        # epsilon=0: a word in more than half of the questions gets idf 0. rank-bm25's default
-        # gives such words epsilon x the mean idf, which turns *negative* in a small pool (early
-        # in training) and would make a shared common word count against a match.
-        self._index = BM25Okapi(docs, epsilon=0.0)
-        # An inverted index (token -> documents that contain it, as arrays), so a query scores
-        # only the documents that share a word with it instead of looping over the whole pool.
-        postings = {}
-        for d, freqs in enumerate(self._index.doc_freqs):
-            for tok, tf in freqs.items():
-                postings.setdefault(tok, []).append((d, tf))
-        self._postings = {tok: (np.array([d for d, _ in v]), np.array([tf for _, tf in v], float))
-                          for tok, v in postings.items()}
-        bm = self._index
-        # the length normalization of each document: k1 (1 - b + b |d| / avgdl)
-        self._norm = bm.k1 * (1 - bm.b + bm.b * np.asarray(bm.doc_len, float) / bm.avgdl)
-
     def _scores(self, query_tokens: list[str]) -> np.ndarray:
-        """BM25 scores of every problem for the query; the same numbers as
-        BM25Okapi.get_scores (a test checks it), computed through the inverted index."""
-        bm = self._index
-        scores = np.zeros(len(self._ids))
-        for tok in query_tokens:
-            idf = bm.idf.get(tok, 0.0)
-            if idf <= 0 or tok not in self._postings:   # a word in most questions adds nothing
-                continue
-            d, tf = self._postings[tok]
-            # Okapi BM25: idf * tf (k1 + 1) / (tf + k1 (1 - b + b |d| / avgdl))
-            scores[d] += idf * tf * (bm.k1 + 1) / (tf + self._norm[d])
-        return scores
-
-    def ceiling(self, query_tokens: list[str]) -> float:
-        """The BM25 score the query would get against a document identical to itself, under the
-        pool's statistics: the most any problem can score. A query word that no question in the
-        pool contains gets the idf of a word in no document (the largest there is): a rare word
-        nothing in the pool shares is exactly what should make a query unmatched."""
-        bm = self._index
-        n_docs = len(self._ids)
-        unknown_idf = np.log(n_docs + 0.5) - np.log(0.5)
-        norm = bm.k1 * (1 - bm.b + bm.b * len(query_tokens) / bm.avgdl)
-        total = 0.0
-        for tok in set(query_tokens):
-            idf = bm.idf.get(tok, unknown_idf)   # 0 for a word in most questions (see above)
-            if idf <= 0:
-                continue
-            tf = query_tokens.count(tok)
-            total += idf * tf * (bm.k1 + 1) / (tf + norm)
-        return total
+        """BM25 score of every problem in the pool for the query (the order of self._ids)."""
+        return self.index.scores(query_tokens)
 
     def retrieve(self, question: str, exclude_id: str, k: int = 4, gamma: float = 0.5):
         """The top-k other problems whose similarity to `question` is >= gamma, as (problem id,
@@ -188,14 +224,16 @@ class Pool:
         does not define; ours is chosen from measurement (README, "Similarity threshold")."""
         if not self.entries:
             return []
-        if self._index is None:
-            self._build_index()
+        if self._id_rank is None:
+            self._pos = {pid: i for i, pid in enumerate(self._ids)}
+            self._id_rank = np.empty(len(self._ids), dtype=np.int64)
+            self._id_rank[np.argsort(np.array(self._ids, dtype=object))] = np.arange(len(self._ids))
         tokens = bm25_tokens(question)
         scores = self._scores(tokens)
         own = self._pos.get(exclude_id)
         if own is not None:
             scores[own] = 0.0   # a problem never retrieves itself
-        ceiling = self.ceiling(tokens)
+        ceiling = self.index.ceiling(tokens)
         if ceiling <= 0 or scores.max() <= 0:
             return []
         sims = np.minimum(scores / ceiling, 1.0)

@@ -53,15 +53,23 @@ def test_retrieval_never_returns_the_problem_itself():
     assert found == [("a", 1.0)]
 
 
-def test_scores_match_rank_bm25_and_gamma_filters():
+def test_scores_match_rank_bm25_bit_for_bit_as_the_pool_grows_and_gamma_filters():
+    """The incremental index gives rank_bm25's BM25Okapi(epsilon=0) scores exactly, after
+    every addition (problems come in batches, some again), and never retrieves itself."""
+    from rank_bm25 import BM25Okapi
     world = W.TinyWorld()
     pool = Pool()
-    probs = world.problems("rl", "train")[::3]
-    pool.add([entry(p["id"], p["question"], family=p["family"]) for p in probs])
-    pool.retrieve("warm up", "x")  # builds the index
-    for p in probs[:20]:
-        toks = bm25_tokens(p["question"])
-        assert np.allclose(pool._scores(toks), pool._index.get_scores(toks))
+    probs = world.problems("rl", "train")[::3] + world.problems("sft", "train")[::7]
+    random.Random(0).shuffle(probs)
+    for start in range(0, len(probs), 25):
+        batch = probs[start:start + 25] + probs[max(0, start - 5):start]   # some seen before
+        pool.add([entry(p["id"], p["question"], family=p["family"]) for p in batch])
+        seen = list(pool.entries)
+        reference = BM25Okapi([bm25_tokens(pool.entries[pid][0].question) for pid in seen],
+                              epsilon=0.0)
+        for p in probs[:10]:
+            toks = bm25_tokens(p["question"])
+            assert np.allclose(pool._scores(toks), reference.get_scores(toks), rtol=1e-12, atol=0)
     q = world.problems("rl", "test")[0]
     sims = [s for _, s in pool.retrieve(q["question"], q["id"], k=1000, gamma=0)]
     assert sims == sorted(sims, reverse=True) and max(sims) == 1.0 and 0 < min(sims) <= 1
@@ -154,7 +162,7 @@ def test_retrieval_speed_with_tens_of_thousands_of_problems():
     bm25 = BM25Okapi([bm25_tokens(q) for q in questions])
     for q, got in zip(queries[:5], found):
         scores = bm25.get_scores(bm25_tokens(q))
-        ceiling = pool.ceiling(bm25_tokens(q))
+        ceiling = pool.index.ceiling(bm25_tokens(q))
         assert len(got) == 4 and ceiling > scores.max() > 0
         # the four best scores, most similar first, each similarity its score / a perfect match's
         assert np.allclose([s for _, s in got], np.sort(scores)[::-1][:4] / ceiling)
