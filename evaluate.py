@@ -25,14 +25,13 @@ Usable on its own (`python evaluate.py --model DIR ...`) and called by train.py 
 import argparse
 import json
 import math
-import os
-import random
 import statistics
 
 import torch
 
 import model as M
 import prompts
+import rundir
 from errors import UserError, oom_hint, run_cli
 from reward import reward
 
@@ -145,6 +144,48 @@ def print_table(results: dict, k: int, file=None):
         lines.append(f"{name:<14}" + "".join(cells))
     lines.append(f"(self-correct: first -> final accuracy; pass@{k} is in the JSON)")
     print("\n".join(lines), file=file)
+
+
+# =============================================================================================
+# Evaluation during and after a training run (train.py)
+# =============================================================================================
+
+def eval_cfg(args):
+    """Greedy decoding with the run's length limit and retrieval settings."""
+    return argparse.Namespace(greedy=True, temperature=1.0, top_p=1.0,
+                              max_new_tokens=args.max_new_tokens, gamma=args.gamma,
+                              top_k=args.top_k, sample_micro_batch=args.sample_micro_batch)
+
+
+def periodic_eval(model, tok, eval_sets, args, world):
+    """Greedy zero-shot accuracy per test set (and, on the tiny world, per rl family). It draws
+    no random number from the run's streams (evaluate.py forks them), so how often it runs
+    never changes what training computes."""
+    out = {}
+    for name, probs in eval_sets.items():
+        res = evaluate(model, tok, probs, "zero-shot", eval_cfg(args))
+        out[f"eval/{name}"] = res["mean@1"]
+        if world is not None and name == "rl-test":
+            out["eval_families"] = world.per_family(probs, res["per_problem"])
+    return out
+
+
+def final_eval(model, tok, pool, eval_sets, args, metrics_path):
+    """The three modes on every test set; prints the table and returns the results."""
+    cfg = eval_cfg(args)
+    modes = [m for m in MODES if m != "pool" or len(pool)]
+    with oom_hint("evaluating", "lower --sample-micro-batch"):
+        results = {name: {mode: evaluate(model, tok, probs, mode, cfg, pool) for mode in modes}
+                   for name, probs in eval_sets.items()}
+    print()
+    print_table(results, 1)
+    first = rundir.read_jsonl_log(metrics_path)[:1]
+    if first and first[0]["step"] == 0:   # the same evaluation, on the SFT model (step 0)
+        print("zero-shot, SFT model -> after RL: " + ", ".join(
+            f"{name} {first[0][f'eval/{name}']:.3f} -> {results[name]['zero-shot']['mean@1']:.3f}"
+            for name in results if f"eval/{name}" in first[0]))
+    return results
+
 
 
 def add_eval_args(ap):

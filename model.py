@@ -34,7 +34,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from transformers.utils import logging as hf_logging
 
 import rundir
-from errors import UserError, oom_hint
+from errors import UserError
 from prompts import PLAIN_FORMAT
 
 # transformers draws a progress bar for every load and save ("Loading weights", "Writing model

@@ -198,7 +198,7 @@ def plot_curves(run_dir: str):
                 ax.plot(*zip(*pts), label=k, marker="." if k.startswith("eval/") else None)
         ax.set_title(title)
         ax.set_xlabel("step")
-        if len(keys) > 1:
+        if len(ax.lines) > 1:
             ax.legend(fontsize=7)
     fig.tight_layout()
     path = os.path.join(run_dir, "curves.png")

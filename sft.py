@@ -25,7 +25,6 @@ import math
 import os
 import random
 import statistics
-import sys
 import time
 
 import torch
@@ -314,7 +313,7 @@ def batch_loss(model, batch) -> torch.Tensor:
     nll = -logp.gather(-1, target.clamp(min=0)[..., None])[..., 0]
     for i, s in enumerate(soft):
         if s is not None:
-            (n_prompt, (ids, probs)), t = s, s[0] - 1   # logits at n_prompt - 1 predict it
+            (_, (ids, probs)), t = s, s[0] - 1   # logits at position n_prompt - 1 predict it
             p = torch.tensor(probs, device=logp.device)
             nll[i, t] = -(p * logp[i, t, ids]).sum()
     mask = target != -100

@@ -31,6 +31,7 @@ import torch  # noqa: E402
 import data  # noqa: E402
 import world as W  # noqa: E402
 import model as M  # noqa: E402
+import config  # noqa: E402
 import train  # noqa: E402
 from pool import Pool  # noqa: E402
 
@@ -38,7 +39,7 @@ PHASES = ("t_generation", "t_reward", "t_update", "t_pool")
 
 
 def make_arm(base_flags, flags, seed):
-    args = train.resolve_config(train.build_parser().parse_args([*base_flags, *flags]))
+    args = config.resolve_config(config.build_parser().parse_args([*base_flags, *flags]))
     model, tok = M.load_model(args.init, gguf_file=args.gguf_file, device="cpu",
                               precision=args.precision)
     ref = M.load_model(args.init, gguf_file=args.gguf_file, device="cpu", precision=args.precision,

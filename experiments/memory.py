@@ -9,7 +9,6 @@ Writes experiments/results/memory.json.
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-import world as W
 import evaluate as E
 import model as M
+import world as W
 from errors import UserError
 from pool import Entry, Pool
 

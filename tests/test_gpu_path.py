@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+import config
 import model as M
 import rundir
 import train
@@ -107,8 +108,8 @@ def test_precision_auto_is_bf16_only_on_a_capable_gpu(monkeypatch):
     with pytest.raises(UserError):
         M.resolve_precision("fp8", torch.device("cpu"))
     # the tiny world keeps float32 everywhere, the real presets use auto
-    assert train.PRESETS["tiny"]["precision"] == "fp32"
-    assert train.PRESETS["qwen"]["precision"] == "auto"
+    assert config.PRESETS["tiny"]["precision"] == "fp32"
+    assert config.PRESETS["qwen"]["precision"] == "auto"
 
 
 @pytest.mark.parametrize("budget", [1, 20, 50, 10_000])

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-import world as W
 import model as M
 import prompts
 import sft
 import train
+import world as W
 from conftest import build_tiny
 from reward import reward
 

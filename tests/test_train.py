@@ -14,22 +14,23 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import config
 import data
-import world as W
 import grpo
 import model as M
 import prompts
 import train
-from errors import UserError, run_cli
+import world as W
+from errors import run_cli
 from pool import Entry, Pool
 
 WORLD = W.TinyWorld()
 
 
 def args_for(**kw):
-    a = train.build_parser().parse_args([])
+    a = config.build_parser().parse_args([])
     a.preset, a.data = "tiny", "tiny"
-    for k, v in train.PRESETS["tiny"].items():
+    for k, v in config.PRESETS["tiny"].items():
         setattr(a, k, v)
     for k, v in kw.items():
         setattr(a, k, v)

@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+import config
 import data
 import prompts
 import sft
@@ -202,8 +203,7 @@ def test_per_family_accuracy():
 def test_gamma_separates_siblings_from_other_families():
     """With the similarity on an absolute scale, the default gamma of the tiny preset keeps
     siblings and refuses other families, and an unseen family's query retrieves nothing."""
-    import train
-    gamma = train.PRESETS["tiny"]["gamma"]
+    gamma = config.PRESETS["tiny"]["gamma"]
     pool = _pool_of(data.train_problems("tiny"))
     for kind in ("rl", "sft"):
         for q in WORLD.problems(kind, "test")[::7]:
