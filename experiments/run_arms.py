@@ -235,8 +235,8 @@ def plot(suite, summary, steps, path):
     except ImportError:
         return
     datasets = list(next(iter(summary.values()))["curve"])
-    n = len(datasets) + 3
-    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    axes = list(axes.flat)
     for ax, ds in zip(axes, datasets):
         for arm, s in summary.items():
             m = [c["mean"] for c in s["curve"][ds]]
@@ -247,14 +247,14 @@ def plot(suite, summary, steps, path):
         ax.set_title(f"zero-shot accuracy, {ds}")
         ax.set_xlabel("RL step")
         ax.set_ylim(0, 1)
-    ax = axes[-3]   # equal wall-clock: the same curve against seconds of training
+    ax = axes[3]   # equal wall-clock: the same curve against seconds of training
     for arm, s in summary.items():
         ax.plot(s["curve_seconds"], [c["mean"] for c in s["curve"][datasets[0]]], label=arm,
                 marker=".")
     ax.set_title(f"{datasets[0]} against training seconds")
     ax.set_xlabel("seconds (generation + reward + update + pool)")
     ax.set_ylim(0, 1)
-    ax = axes[-2]
+    ax = axes[4]
     for arm, s in summary.items():
         per_run = [r["zero_std_by_step"] for r in s["runs"]]
         k, m = 10, min(len(z) for z in per_run)
@@ -263,22 +263,24 @@ def plot(suite, summary, steps, path):
                 label=arm)
     ax.set_title("zero-variance group fraction (10-step mean)")
     ax.set_xlabel("RL step")
-    ax = axes[-1]   # which start rates each arm lifts: first step at 0.9, per family and run
-    width = 0.012
+    ax = axes[5]   # which start rates each arm lifts: first step at 0.9, per family and run
+    width = 0.008
     for j, (arm, s) in enumerate(summary.items()):
         xs, ys = [], []
         for fam in s["families"].values():
             for first in fam["first_step_at_0.9"]:
-                xs.append(fam["designed_start"] + (j - len(summary) / 2) * width)
-                ys.append(first if first is not None else steps * 1.12)
-        ax.scatter(xs, ys, s=14, label=arm, alpha=0.8)
-    ax.axhline(steps * 1.06, color="grey", lw=0.5)
-    ax.text(0.0, steps * 1.14, "never", fontsize=8, va="bottom")
+                xs.append(fam["designed_start"] + (j - (len(summary) - 1) / 2) * width)
+                ys.append(first if first is not None else steps * 1.15)
+        ax.scatter(xs, ys, s=18, label=arm, alpha=0.7)
+    ax.axhline(steps * 1.07, color="grey", lw=0.5)
+    ax.text(-0.02, steps * 1.19, "never (within the run)", fontsize=8, va="bottom")
     ax.set_title(f"first step with a family at >= {LEARNED} zero-shot")
     ax.set_xlabel("designed start rate of the rl family (sampled, SFT model)")
     ax.set_ylabel("RL step")
     ax.set_ylim(0, steps * 1.25)
     axes[0].legend(fontsize=8)
+    for ax in axes[len(datasets):3]:
+        ax.set_visible(False)
     fig.suptitle(f"tiny world, suite '{suite}' (mean +- std over SFT seeds x RL seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -296,7 +298,15 @@ def main():
     ap.add_argument("--arms", nargs="*", default=None, help="only these arms")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                     help="flags passed to every train.py run")
+    ap.add_argument("--replot", action="store_true",
+                    help="only redraw the figure from the committed results/<suite>.json")
     args = ap.parse_args()
+    if args.replot:
+        with open(os.path.join(HERE, "results", f"{args.suite}.json")) as f:
+            d = json.load(f)
+        plot(args.suite, d["summary"], d["steps"],
+             os.path.join(HERE, "results", f"{args.suite}.png"))
+        return
     arms = {a: f for a, f in SUITES[args.suite].items() if not args.arms or a in args.arms}
     variants = {split_flags(f)[1] for f in arms.values()}
     with ThreadPoolExecutor(args.jobs) as ex:
