@@ -6,14 +6,18 @@ earlier attempt (reflect), and *respond* (solve, with or without feedback in the
 Without them a small model cannot use the experience pool at all.
 
 Where the seed data comes from:
-- preset `tiny`: generated from the tiny world (data.py), and the tiny model is trained from
-  scratch. The rl and unseen families are kept out of every example, so RL has something to
-  learn. The model learns to read context on *fresh* nonce names, whose meaning only the
+- preset `tiny`: generated from the tiny world (world.py), and the tiny model is trained from
+  scratch. The sft families are taught; each rl family is shown in plain problems whose
+  procedure follows the prior the world designed for it (its start rate; trained as a soft
+  target, so every SFT seed lands on it); the unseen families never appear except as context
+  names. The model learns to read context on *fresh* nonce names, whose meaning only the
   feedback gives, which is exactly the situation of an rl family early in RL.
-- real models (`--preset smol`, or `--model ID --data ...`): bootstrapped. The base model answers
-  the skill prompts on training problems and only outputs that pass a check are kept (a correct
-  final answer for solve and reflect; a parseable summary for summarize). Or pass your own
-  JSONL of {prompt, response} with `--seed-data`.
+- real models (`--preset qwen`, `--preset smol`, or `--model ID`): bootstrapped. The model
+  answers the skill prompts on training problems and only outputs that pass a check are kept
+  (a correct final answer for respond, reflect and respond-with-feedback; a parseable summary
+  without the gold answer for summarize). This needs a model that already solves some of the
+  problems (Qwen2.5-Instruct on GSM8K does; SmolLM2-135M does not). Or pass your own JSONL of
+  {prompt, response} with `--seed-data`.
 
 Loss is on response tokens only (and the EOS that ends them), never on the prompt.
 Simplified relative to the paper: seed data is synthetic or self-generated (the paper's came
