@@ -274,8 +274,9 @@ def train_step(step, model, ref_model, tok, opt, pool, train_set, args, rng, wor
     m = step_metrics(step, rewards, has_context, rollouts, stats, pool, retrieved, args,
                      phase.seconds)
     if world is not None:   # the tiny world checks the language channel against the truth
-        m.update(world.language_channel(problems, retrieved, summaries, rewards, G, pool,
-                                          step))
+        inter = args.p_feedback > 0 and args.feedback in ("inter", "both")
+        m.update(world.language_channel(problems, retrieved if inter else None, summaries,
+                                         rewards, G, pool, step))
         m.update(world.rl_train_accuracy(problems, rewards, has_context, G))
     samples = [{"step": step, "problem_id": problems[i]["id"], "gold": problems[i]["answer"],
                 "prompt": all_prompts[i * G + j], "response": rollouts.texts[i * G + j],

@@ -264,13 +264,14 @@ class TinyWorld:
           (an unparseable one counts as wrong);
         - summary_correct_given_right: the same, among groups with at least one right attempt
           (a summary of only wrong attempts cannot know the principle).
-        `retrieved` holds, per problem, the ids it retrieved; summaries is None when none were
-        asked for. A metric with nothing to measure is None (absent, not faked)."""
+        `retrieved` holds, per problem, the ids it retrieved (None: no inter-sample retrieval
+        was made); summaries is None when none were asked for. A metric with nothing to
+        measure is None (absent, not faked)."""
         family_of = {pid: entries[0].meta.get("family") for pid, entries in pool.entries.items()
                      if entries[0].step < step}   # in the pool before this step's insert
-        same = [family_of.get(pid) == p["family"] for p, ids in zip(problems, retrieved)
+        same = [family_of.get(pid) == p["family"] for p, ids in zip(problems, retrieved or [])
                 for pid in ids]
-        found = [float(bool(ids)) for p, ids in zip(problems, retrieved)
+        found = [float(bool(ids)) for p, ids in zip(problems, retrieved or [])
                  if any(f == p["family"] and pid != p["id"] for pid, f in family_of.items())]
         judged, given_right = [], []
         for i, (p, s) in enumerate(zip(problems, summaries or [])):

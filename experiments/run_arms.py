@@ -149,6 +149,9 @@ def read_run(run_dir):
     def mean_of(key, rows=steps):
         vals = [r[key] for r in rows if r.get(key) is not None]
         return statistics.mean(vals) if vals else None
+    if all(r.get("retrieval_hit_rate") is None for r in steps):
+        for r in steps:   # no inter-sample retrieval (intra only, oracle): no recall either
+            r["retrieval_recall"] = None   # (runs logged before train.py said so logged 0)
     first_learned = {}
     for name in evals[0].get("eval_families", {}):
         hit = [r["step"] for r in evals if r["eval_families"][name] >= LEARNED]

@@ -15,6 +15,7 @@ a, b, c learned from every (numbers, procedure) pair a model sees in SFT's plain
 in RL's training problems. Chance is 1/9.
 
     python experiments/world_properties.py [--models runs/tiny/sft ...] [--k 32]
+    python experiments/world_properties.py --classifiers-only   # the classifiers alone
 
 Writes experiments/results/world_properties.json (command, machine, per model and a summary
 over models: for each rl family its designed rate, its rate per model, and the largest gap).
@@ -132,18 +133,28 @@ def numbers_only_classifiers(world):
     counts = [Counter((t[i], proc) for t, proc in pairs) for i in range(3)]
 
     def naive_bayes(problem):
+        """(1 if the most probable procedure is the true one, the posterior of the true one)."""
         t = problem["numbers"]
         score = {p: math.log(prior[p]) + sum(
             math.log((counts[i][(t[i], p)] + 1) / (prior[p] + len(W.OPERANDS)))
             for i in range(3)) for p in W.PROCEDURES}
-        return float(max(score, key=score.get) == world.by_name[problem["family"]].procedure)
+        truth = world.by_name[problem["family"]].procedure
+        top = max(score.values())
+        posterior = math.exp(score[truth] - top) / sum(math.exp(v - top) for v in score.values())
+        return float(max(score, key=score.get) == truth), posterior
 
     out = {}
     for kind in ("rl", "unseen"):
         test = world.problems(kind, "test")
+        hits, posteriors = zip(*map(naive_bayes, test))
+        acc = statistics.mean(hits)
         out[f"{kind}-test"] = {
             "validity_weighted": statistics.mean(map(by_validity, test)),
-            "naive_bayes": statistics.mean(map(naive_bayes, test)), "chance": 1 / 9}
+            # argmax accuracy over the 216 test problems, and its standard error: a noisy
+            # number (chance +- 0.021), so also the mean posterior of the true procedure,
+            # the accuracy of a classifier that samples its guess from the posterior
+            "naive_bayes": acc, "naive_bayes_stderr": math.sqrt(acc * (1 - acc) / len(test)),
+            "naive_bayes_posterior": statistics.mean(posteriors), "chance": 1 / 9}
     return out
 
 
@@ -154,7 +165,19 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                   "world_properties.json"))
+    ap.add_argument("--classifiers-only", action="store_true",
+                    help="recompute only the numbers-only classifiers in --out (no model)")
     args = ap.parse_args(argv)
+    if args.classifiers_only:
+        with open(args.out) as f:
+            out = json.load(f)
+        out["numbers_only_classifiers"] = numbers_only_classifiers(W.TinyWorld())
+        out["classifiers_command"] = "python " + " ".join(
+            [os.path.relpath(__file__)] + (argv or sys.argv[1:]))
+        print(json.dumps(out["numbers_only_classifiers"], indent=1))
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
+        return
     t0 = time.time()
     world = W.TinyWorld()
     sets = data.eval_datasets("tiny")

@@ -182,6 +182,8 @@ def test_language_channel_precision_recall_and_summaries():
     assert m["summary_correct"] == 0.5 and m["summary_correct_given_right"] == 1.0
     m = WORLD.language_channel([q1, q2], [[], []], None, rewards, 2, pool, step=1)
     assert m["retrieval_recall"] == 0.0 and m["summary_correct"] is None
+    m = WORLD.language_channel([q1, q2], None, None, rewards, 2, pool, step=1)   # no retrieval
+    assert m["retrieval_recall"] is None and m["retrieval_precision"] is None
 
 
 def test_rl_train_accuracy_splits_by_family_and_rollout_kind():
