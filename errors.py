@@ -2,7 +2,8 @@
 
 Not part of the paper: this is the project's promise that bad input (a missing file, a bad
 JSONL line, a flag out of range) ends with one line naming the cause and exit code 2, never a
-deep traceback and never a half-written file.
+deep traceback and never a half-written file. Running out of GPU memory is reported the same
+way, with the flag that helps (`oom_hint`).
 """
 import sys
 from contextlib import contextmanager

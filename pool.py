@@ -42,9 +42,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 import data
-import world as W
 import prompts
 import rundir
+import world as W
 from errors import UserError, run_cli
 
 # The paper caps the pool at 32 entries per problem.

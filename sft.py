@@ -41,6 +41,8 @@ import prompts
 import rundir
 import world as W
 from errors import UserError, oom_hint, run_cli
+from pool import Entry, Pool, parse_summary
+from reward import extract_answer, reward
 
 # =============================================================================================
 # Seed data for the tiny world
@@ -207,9 +209,6 @@ def bootstrap_seed_data(model, tok, problems, n_samples, max_new_tokens, tempera
       lessons of similar *other* problems (the same retrieval and gamma as RL) and answers with
       them in context; keep a correct answer.
     The gold answer is used only to *filter* outputs, never shown in a prompt."""
-    import model as M
-    from pool import Entry, Pool, parse_summary
-    from reward import reward
     rng = random.Random(seed)
     torch.manual_seed(seed)
 
@@ -266,7 +265,6 @@ def encode_examples(tok, examples: list[dict], max_len: int) -> list[tuple]:
     A soft target is the distribution an example's first response token is trained towards
     instead of the token itself: an rl family's procedure prior (see `procedure_prior`), as
     (token ids, probabilities)."""
-    import model as M
     if not examples:
         return []
     prompts = M.encode_prompts(tok, [ex["prompt"] for ex in examples])
@@ -305,7 +303,6 @@ def batch_loss(model, batch) -> torch.Tensor:
     model learns the distribution itself, without the noise of which draws its last batches
     happened to hold (with drawn tokens, 140 examples per rl family left the sampled rates
     up to 0.15 off their design)."""
-    import model as M
     input_ids, attn, labels, soft = batch
     with M.autocast(model):
         if not any(soft):   # the model shifts the labels itself
@@ -392,9 +389,6 @@ def skill_report(model, tok, val_examples, max_new_tokens, micro_batch, per_skil
     often it matches the target: the answer for solving / reflecting, the parsed principles and
     pitfalls for summarizing, and for the tiny world's pitfalls-only prompts, a procedure that
     avoids every listed pitfall (the target there is one of several right choices). Greedy."""
-    import model as M
-    from pool import parse_summary
-    from reward import extract_answer
     by_skill = {}
     for ex in val_examples:
         by_skill.setdefault(ex["skill"], [])
