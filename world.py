@@ -165,9 +165,9 @@ class TinyWorld:
         # name I do not know -> follow the principle in the feedback"). The rl and unseen names
         # are used that way too, each time with a *random* procedure given by the context: that
         # teaches nothing about what those families do, but teaches that for them, too, the
-        # context decides (without it, the right principle in context reached only 0.57 of
-        # rl-test for one SFT seed), and gives an unseen name an embedding (a name never seen is
-        # a random vector). The rl families' plain prior stays as designed because SFT teaches
+        # context decides (in a prototype without it, the right principle in context reached
+        # only 0.57 of rl-test for one SFT seed), and gives an unseen name an embedding (a name
+        # never seen is a random vector). The rl families' plain prior stays as designed because SFT teaches
         # it as a soft target (sft.py).
         self.fresh_names = _nonce_names("bdgkptflmnrs", n_fresh_names, rng, taken)
         self.context_names = self.fresh_names + [f.name for f in self.families
