@@ -87,6 +87,7 @@ def ensure_sft(sft_seed, variant=""):
            "--overwrite", *SFT_VARIANTS[variant]]
     env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
     t = time.time()
+    os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out + ".log", "w") as log:
         rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     print(f"sft seed {sft_seed} {variant}: exit {rc} in {time.time() - t:.0f} s", flush=True)
