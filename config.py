@@ -38,7 +38,7 @@ PRESETS = {
 }
 
 # Flags that may change on --resume: they change how fast or where a run computes, not what.
-RESUMABLE = {"steps", "resume", "overwrite", "device", "sample_micro_batch", "logprob_tokens",
+RESUMABLE = {"steps", "resume", "overwrite", "run_dir", "device", "sample_micro_batch", "logprob_tokens",
              "grad_checkpointing", "eval_every", "ckpt_every", "final_eval", "eval_limit",
              "max_bad_updates"}
 
@@ -74,15 +74,21 @@ def build_parser():
     g("--max-grad-norm", type=float, default=1.0, help="gradient clipping")
 
     g = ap.add_argument_group("ablations and diagnostics").add_argument
-    g("--feedback", default="both", choices=["both", "intra", "inter", "oracle"],
-      help="which feedback: intra-sample reflection, inter-sample lessons, both, or (tiny "
-           "world only) the family's true principle as a diagnostic upper bound")
+    g("--feedback", default="both", choices=["both", "intra", "inter", "oracle", "placebo"],
+      help="which feedback: intra-sample reflection, inter-sample lessons, both, (tiny world "
+           "only) the family's true principle as a diagnostic upper bound, or a placebo: the "
+           "blocks, counts and lengths of 'both', filled with content that carries no "
+           "experience of the run (a control for what context does by its mere presence)")
     g("--inter-format", default="summary", choices=["summary", "raw"],
       help="inter-sample block: distilled principles/pitfalls, or raw retrieved attempts")
     g("--reflection", default="agnostic", choices=["agnostic", "leaky"],
       help="intra-sample attempt: reward-agnostic (LANPO) or the leaky teaching ablation")
-    g("--score-context", default="prompt", choices=["prompt", "plain"],
-      help="score a feedback-aware response under its own prompt (the paper) or the plain one")
+    g("--score-context", default="prompt", choices=["prompt", "plain", "corrected"],
+      help="score a feedback-aware response under its own prompt (the paper), under the plain "
+           "one without an importance weight (biased), or under the plain one with a truncated "
+           "per-token importance weight pi(y|x) / pi(y|x,c) capped at --is-cap")
+    g("--is-cap", type=float, default=2.0,
+      help="--score-context corrected: upper cap of the per-token importance weight")
 
     g = ap.add_argument_group("the run").add_argument
     g("--preset", default="tiny", help=f"{', '.join(PRESETS)}; sets the defaults shown as None")
@@ -149,10 +155,14 @@ def resolve_config(args):
         (args.summary_attempts >= 1 and args.summary_tokens >= 1,
          "--summary-attempts and --summary-tokens must be at least 1"),
         (args.max_grad_norm > 0, "--max-grad-norm must be positive"),
+        (args.is_cap > 0, "--is-cap must be positive"),
     ]
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
+    if args.feedback == "placebo" and args.inter_format == "raw":
+        raise UserError("--feedback placebo fills the summary blocks; it cannot be combined "
+                        "with --inter-format raw")
     if args.feedback == "oracle" and args.data != "tiny":
         raise UserError("--feedback oracle needs the tiny world (--data tiny): only it knows "
                         "each problem's true principle")

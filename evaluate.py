@@ -188,6 +188,17 @@ def final_eval(model, tok, pool, eval_sets, args, metrics_path):
 
 
 
+def sampled_eval(model, tok, problems, args, world, k=8):
+    """Zero-shot mean@k at temperature 1 (sampled, not greedy), overall and per tiny-world
+    family. Greedy mean@1 moves in whole problems and, on the tiny world, in whole families (a
+    family's 24 test problems flip together once its procedure wins the argmax); the sampled
+    rate is the policy's own probability of the right procedure, a finer instrument."""
+    cfg = argparse.Namespace(**{**vars(eval_cfg(args)), "greedy": False, "temperature": 1.0})
+    res = evaluate(model, tok, problems, "zero-shot", cfg, k=k, seed=1)
+    return {f"mean@{k}": res[f"mean@{k}"], f"pass@{k}": res[f"pass@{k}"],
+            "families": world.per_family(problems, res["per_problem"]) if world else None}
+
+
 def add_eval_args(ap):
     """Decoding flags shared by evaluate.py and train.py's final evaluation."""
     ap.add_argument("--k", type=int, default=1, help="samples per problem (mean@k, pass@k)")

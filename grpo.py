@@ -24,6 +24,8 @@ How the per-token losses are averaged is the one place where the literature disa
   "token-mean"    DAPO (Yu et al. 2025): sum over every token of the batch / number of tokens;
   "seq-sum-norm"  Dr. GRPO (Liu et al. 2025): per-response sum / a constant max_len, then mean.
 """
+import math
+
 import torch
 from torch import Tensor
 
@@ -110,7 +112,7 @@ def _check_aggregation(aggregation: str) -> None:
 
 def policy_loss(logp: Tensor, old_logp: Tensor, ref_logp, advantages: Tensor, mask: Tensor,
                 clip_eps: float = 0.2, beta: float = 0.04, aggregation: str = "seq-mean",
-                max_len=None):
+                max_len=None, is_weight=None):
     """GRPO loss for a batch of N responses padded to T tokens. Returns (loss, stats).
 
     logp, old_logp, ref_logp, mask: [N, T]. advantages: [N], the same on every token of a
@@ -118,6 +120,11 @@ def policy_loss(logp: Tensor, old_logp: Tensor, ref_logp, advantages: Tensor, ma
     through logp. Whatever sits where mask == 0 (prompt, padding; even -inf or nan) is ignored.
     For "seq-sum-norm", max_len defaults to T; when the batch is split into micro-batches, pass
     the same max_len to every one of them (see microbatch_weight).
+
+    is_weight [N, T] (optional): a per-token importance weight for responses that were sampled
+    from another distribution than the one scored (see truncated_is_weight). It multiplies each
+    token's whole loss (surrogate and KL: both are expectations under the scored policy) and is
+    detached: it re-weights samples, it is not something to optimize.
     """
     _check_aggregation(aggregation)
     if logp.dim() != 2 or mask.shape != logp.shape or old_logp.shape != logp.shape:
@@ -149,7 +156,11 @@ def policy_loss(logp: Tensor, old_logp: Tensor, ref_logp, advantages: Tensor, ma
     # k3 = exp(ref - logp) - (ref - logp) - 1   (Schulman 2020), 0 if there is no reference
     kl = zero if ref_logp is None else kl_k3(logp, torch.where(m, ref_logp.detach(), zero))
     # loss_t = -surrogate_t + beta * k3_t   (GRPO maximizes the objective; we minimize its negative)
-    per_token = torch.where(m, -surrogate + beta * kl, zero)
+    per_token = -surrogate + beta * kl
+    if is_weight is not None:
+        # E_{y ~ pi}[f(y)] = E_{y ~ mu}[w(y) f(y)]: the weight makes mu's samples count as pi's
+        per_token = torch.where(m, is_weight.detach().to(logp.dtype), zero) * per_token
+    per_token = torch.where(m, per_token, zero)
     # aggregate: seq-mean (GRPO) | token-mean (DAPO) | seq-sum-norm (Dr. GRPO), see _aggregate
     loss = _aggregate(per_token, m, aggregation, max_len)
 
@@ -164,10 +175,30 @@ def policy_loss(logp: Tensor, old_logp: Tensor, ref_logp, advantages: Tensor, ma
             "pg_loss": _aggregate(torch.where(m, -surrogate, zero), m, aggregation, max_len).item(),
             "kl": token_mean(kl),
             "ratio": token_mean(ratio),
+            "is_weight": 1.0 if is_weight is None else token_mean(is_weight.to(logp.dtype)),
             # clipping changed the objective: the clipped term is strictly the smaller one
             "clip_frac": token_mean((clipped < unclipped).to(logp.dtype)),
         }
     return loss, stats
+
+
+def truncated_is_weight(target_logp: Tensor, behavior_logp: Tensor, cap: float) -> Tensor:
+    """Per-token truncated importance weight w_t = min(pi(y_t | .) / mu(y_t | .), cap), detached.
+
+    Used when a response y was sampled from a behavior policy mu (for LANPO: pi(. | x, c), the
+    policy *with* a context) but the loss is about another policy pi (pi(. | x), without it).
+    The exact correction is the sequence ratio prod_t pi/mu, whose variance explodes with length;
+    the per-token ratio, capped from above, is the usual biased but low-variance compromise:
+    truncated importance sampling (Ionides 2008, "Truncated importance sampling"), the truncated
+    per-step weights min(rho_bar, pi/mu) of IMPALA's V-trace (Espeholt et al. 2018), and the
+    per-token, cap-2 "TIS" correction of Yao et al. 2025 ("Your efficient RL framework secretly
+    brings you off-policy RL training") for a sampler that differs from the trainer.
+    w = exp(target - behavior), clamped to at most `cap`; positions outside the response may
+    hold anything (the loss masks them)."""
+    if cap <= 0:
+        raise ValueError(f"the importance-weight cap must be positive, got {cap}")
+    d = (target_logp.detach() - behavior_logp.detach()).clamp(max=math.log(cap))
+    return torch.exp(d)
 
 
 def microbatch_weight(mask_mb: Tensor, n_seqs_total: int, n_tokens_total: int,

@@ -64,14 +64,22 @@ def build_prompts(problems, pool, args, rng, world=None):
     retrieved (for the metrics).
 
     The gold answer is never an argument here: prompts are built from the question and the
-    pool alone. Inter-sample retrieval excludes the problem's own id."""
+    pool alone. Inter-sample retrieval excludes the problem's own id.
+
+    `--feedback placebo` builds exactly the contexts of `both` (same retrieval, same blocks,
+    same number of principles and pitfalls, an intra block where `both` has one) and then
+    replaces their content by content that carries no experience of the run (placebo_lessons,
+    placebo_attempt). LANPO minus placebo is the effect of experience; placebo minus GRPO is
+    what a context does by being there (the tiny world's SFT taught "listed pitfalls: choose
+    among the other procedures", which explores whatever the pitfalls say)."""
     G, k = args.group_size, n_feedback(args.p_feedback, args.group_size)
+    placebo = args.feedback == "placebo"
     all_prompts, has_context, retrieved = [], [], []
     for p in problems:
         principles, pitfalls, raw, found = [], [], None, []
         if k and args.feedback == "oracle":
             principles = [world.oracle_principle(p)]
-        elif k and args.feedback in ("inter", "both"):
+        elif k and args.feedback in ("inter", "both", "placebo"):
             # Relevant Abstraction: similar *other* problems, filtered by gamma
             found = [pid for pid, _ in pool.retrieve(p["question"], exclude_id=p["id"],
                                                      k=args.top_k, gamma=args.gamma)]
@@ -79,12 +87,17 @@ def build_prompts(problems, pool, args, rng, world=None):
                 raw = pool.raw_attempts(found, rng) or None
             else:
                 principles, pitfalls = pool.lessons(found)
+            if placebo and (principles or pitfalls):
+                principles, pitfalls = placebo_lessons(p, pool, len(principles), len(pitfalls),
+                                                       rng, world)
         retrieved.append(found)
         for i in range(G):
             attempt = None
-            if i < k and args.feedback in ("intra", "both"):
+            if i < k and args.feedback in ("intra", "both", "placebo"):
                 # Reward-Agnostic Reflection: an earlier attempt at this very problem
                 attempt = _earlier_attempt(pool, p["id"], args.reflection, rng)
+                if placebo and attempt is not None:
+                    attempt = placebo_attempt(p, pool, rng, world)
             if i < k and (principles or pitfalls or raw or attempt is not None):
                 all_prompts.append(prompts.feedback_prompt(
                     p["question"], principles, pitfalls, attempt=attempt, raw_attempts=raw,
@@ -94,6 +107,32 @@ def build_prompts(problems, pool, args, rng, world=None):
                 all_prompts.append(prompts.solve_prompt(p["question"]))
                 has_context.append(False)
     return all_prompts, has_context, retrieved
+
+
+def placebo_lessons(problem, pool, n_principles, n_pitfalls, rng, world=None):
+    """Placebo principles and pitfalls, as many as the real lessons had. On the tiny world:
+    procedures drawn uniformly at random (the right one as likely as any other), so the block
+    looks like a summary and says nothing learned. Elsewhere: the lessons of one random
+    *other* problem of the pool, not chosen by similarity (experience, but not relevant)."""
+    if world is not None:
+        procs = rng.sample(W.PROCEDURES, n_principles + n_pitfalls)
+        texts = [W.procedure_text(q) for q in procs]
+        return texts[:n_principles], texts[n_principles:]
+    others = sorted(pid for pid in pool.entries if pid != problem["id"])
+    if not others:
+        return [], []
+    principles, pitfalls = pool.lessons([rng.choice(others)])
+    return principles[:n_principles], pitfalls[:n_pitfalls]
+
+
+def placebo_attempt(problem, pool, rng, world=None):
+    """A placebo for the intra-sample block. On the tiny world: a worked solution of this
+    problem's numbers by a procedure drawn at random (what an attempt looks like, knowing
+    nothing). Elsewhere: an attempt at a random other problem of the pool."""
+    if world is not None:
+        return W.solution_text(rng.choice(W.PROCEDURES), *problem["numbers"])
+    others = sorted(pid for pid in pool.entries if pid != problem["id"])
+    return rng.choice(pool.entries[rng.choice(others)]).attempt if others else None
 
 
 def _earlier_attempt(pool, problem_id, reflection, rng):
@@ -127,6 +166,14 @@ def scoring_prompt_ids(tok, problems, sampled_prompt_ids, has_context, args):
     same problem), plain scoring can teach the model to reproduce that problem's answer, which
     is the memorization the paper warns of for same-problem feedback.
 
+    `corrected` (plain scoring made unbiased-ish): the same plain prompt, and update() weights
+    each token of a feedback-aware response by the truncated importance ratio
+    pi(y_t | x, y_<t) / pi(y_t | x, c, y_<t), capped at --is-cap (grpo.truncated_is_weight).
+    `plain` is the same estimator with the weight dropped, i.e. set to 1: A * grad log pi(y | x)
+    for y ~ pi(. | x, c), with one inner epoch a PPO ratio of exactly 1 (so the clip never acts)
+    and a k3 KL taken on samples that did not come from pi(. | x). It is reward-weighted
+    context distillation, a guidance method, not the paper's on-policy update.
+
     Everything the loss computes for a row (log-probs, old log-probs, reference log-probs) uses
     the prompt returned here; the response tokens and the rewards are the same either way."""
     if args.score_context == "prompt":
@@ -140,6 +187,10 @@ def scoring_prompt_ids(tok, problems, sampled_prompt_ids, has_context, args):
 def update(model, ref_model, opt, rollouts, score_ids, advantages, args):
     """Steps 5-6: the GRPO update. Returns the loss statistics, or None when the update was
     skipped because the loss or the gradient was not finite.
+
+    With `--score-context corrected`, rows scored under another prompt than the one they were
+    sampled with (score_ids[i] != rollouts.prompt_ids[i]) get a per-token truncated importance
+    weight: the policy that sampled them, pi(. | x, c), scores them once more, under no gradient.
 
     The batch is cut into micro-batches of at most --logprob-tokens padded tokens (to bound
     memory; see model.token_chunks); each micro-batch's loss is weighted so that the gradients
@@ -162,7 +213,12 @@ def update(model, ref_model, opt, rollouts, score_ids, advantages, args):
     # pi_ref and pi_old are fixed for the whole step: computed once, without gradients.
     with torch.no_grad():
         ref = [logprobs_of(ref_model, c) for c in chunks] if args.beta > 0 else [None] * len(chunks)
-        old = [logprobs_of(model, c) for c in chunks] if args.inner_epochs > 1 else None
+        old = [logprobs_of(model, c) for c in chunks] \
+            if args.inner_epochs > 1 or args.score_context == "corrected" else None
+        weights = [None] * len(chunks)
+        if args.score_context == "corrected":
+            weights = [off_policy_weight(model, rollouts, score_ids, c, old[j], args)
+                       for j, c in enumerate(chunks)]
     model.train()
     stats_acc, grad_norm = [], torch.tensor(0.0)
     for _ in range(args.inner_epochs):
@@ -175,7 +231,7 @@ def update(model, ref_model, opt, rollouts, score_ids, advantages, args):
             loss, stats = grpo.policy_loss(logp, old_logp, ref[j], adv_dev[c], mask_dev[c],
                                            clip_eps=args.clip, beta=args.beta,
                                            aggregation=args.aggregation,
-                                           max_len=args.max_new_tokens)
+                                           max_len=args.max_new_tokens, is_weight=weights[j])
             w = grpo.microbatch_weight(mask[c], n_rows, n_tokens, args.aggregation)
             (loss * w).backward()
             epoch_loss += w * stats["loss"]
@@ -195,9 +251,25 @@ def update(model, ref_model, opt, rollouts, score_ids, advantages, args):
                 "grad_norm": 0.0}
     total_w = sum(w for w, _ in stats_acc)
     out = {key: sum(w * s[key] for w, s in stats_acc) / total_w
-           for key in ("loss", "pg_loss", "kl", "clip_frac", "ratio")}
+           for key in ("loss", "pg_loss", "kl", "clip_frac", "ratio", "is_weight")}
     out["grad_norm"] = float(grad_norm)
     return out
+
+
+def off_policy_weight(model, rollouts, score_ids, rows, target_logp, args):
+    """Per-token truncated importance weights of `rows` for `--score-context corrected`:
+    min(pi_old(y_t | x) / pi_old(y_t | x, c), cap) where the row was sampled under a context
+    (pi_old(. | x, c) is the policy that sampled it), exactly 1 where it was not (sampled and
+    scored under the same plain prompt). target_logp: the rows' log-probs under score_ids."""
+    off = [j for j, i in enumerate(rows) if score_ids[i] != rollouts.prompt_ids[i]]
+    w = torch.ones_like(target_logp)
+    if off:
+        idx = [rows[j] for j in off]
+        behavior = M.token_logprobs(model, [rollouts.prompt_ids[i] for i in idx],
+                                    rollouts.response_ids[idx], rollouts.response_mask[idx],
+                                    temperature=args.temperature)
+        w[off] = grpo.truncated_is_weight(target_logp[off], behavior, args.is_cap)
+    return w
 
 
 # =============================================================================================
@@ -265,7 +337,7 @@ def train_step(step, model, ref_model, tok, opt, pool, train_set, args, rng, wor
     # 7. the step's trajectories enter the pool, with the current model's summaries
     summaries = None   # None: no summary was asked for (GRPO, intra-only, raw, oracle)
     with phase("pool"), oom_hint("writing summaries", "lower --sample-micro-batch"):
-        if args.p_feedback > 0 and args.feedback in ("inter", "both") and \
+        if args.p_feedback > 0 and args.feedback in ("inter", "both", "placebo") and \
                 args.inter_format == "summary":
             summaries = summarize_groups(model, tok, problems, rollouts.texts, rewards, args, rng)
         if args.p_feedback > 0 and args.feedback != "oracle":
@@ -274,10 +346,11 @@ def train_step(step, model, ref_model, tok, opt, pool, train_set, args, rng, wor
     m = step_metrics(step, rewards, has_context, rollouts, stats, pool, retrieved, args,
                      phase.seconds)
     if world is not None:   # the tiny world checks the language channel against the truth
-        inter = args.p_feedback > 0 and args.feedback in ("inter", "both")
+        inter = args.p_feedback > 0 and args.feedback in ("inter", "both", "placebo")
         m.update(world.language_channel(problems, retrieved if inter else None, summaries,
                                          rewards, G, pool, step))
         m.update(world.rl_train_accuracy(problems, rewards, has_context, G))
+        m["rl_family_successes"] = world.family_successes(problems, rewards, has_context, G)
     samples = [{"step": step, "problem_id": problems[i]["id"], "gold": problems[i]["answer"],
                 "prompt": all_prompts[i * G + j], "response": rollouts.texts[i * G + j],
                 "reward": rewards[i * G + j], "feedback_aware": has_context[i * G + j]}
@@ -306,7 +379,7 @@ def step_metrics(step, rewards, has_context, rollouts, stats, pool, retrieved, a
     G = args.group_size
     lengths = rollouts.response_mask.sum(1).tolist()
     n_problems = len(rewards) // G
-    inter = args.p_feedback > 0 and args.feedback in ("inter", "both")
+    inter = args.p_feedback > 0 and args.feedback in ("inter", "both", "placebo")
     m = {"step": step,
          "reward": _mean(rewards),
          "reward_feedback": _mean([r for r, c in zip(rewards, has_context) if c]),
@@ -418,8 +491,11 @@ def main(argv=None):
     curves = rundir.plot_curves(args.run_dir)
     if args.final_eval:
         results = E.final_eval(model, tok, pool, eval_sets, args, metrics_path)
-        rundir.atomic_write(os.path.join(args.run_dir, "eval.json"),
-                            json.dumps({"step": args.steps, "results": results}, indent=1))
+        out = {"step": args.steps, "results": results}
+        if world is not None:   # the finer instrument: sampled mean@8 per rl family
+            out["sampled"] = {"rl-test": E.sampled_eval(model, tok, eval_sets["rl-test"], args,
+                                                        world)}
+        rundir.atomic_write(os.path.join(args.run_dir, "eval.json"), json.dumps(out, indent=1))
     print(f"run saved in {args.run_dir}" + (f" (curves: {curves})" if curves else ""))
 
 

@@ -292,6 +292,20 @@ class TinyWorld:
                                                if rl and c == (kind == "feedback")])
                 for kind in ("plain", "feedback")}
 
+    def family_successes(self, problems, rewards, has_context, G) -> dict:
+        """This step's rollouts and successes per rl family and rollout kind:
+        {family: [right plain, plain rollouts, right feedback-aware, feedback-aware rollouts]}.
+        Counted, not estimated: whether GRPO ever saw a success on a family is read here."""
+        out = {}
+        for i, p in enumerate(problems):
+            if self.by_name[p["family"]].kind != "rl":
+                continue
+            row = out.setdefault(p["family"], [0, 0, 0, 0])
+            for r, c in zip(rewards[i * G:(i + 1) * G], has_context[i * G:(i + 1) * G]):
+                row[2 * c] += int(r > 0)
+                row[2 * c + 1] += 1
+        return out
+
     def per_family(self, problems, correct) -> dict:
         """Accuracy per family, from per-problem scores: which families a run has learned."""
         by = {}

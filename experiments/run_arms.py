@@ -18,9 +18,12 @@ the family's greedy zero-shot accuracy reached 0.9 (None: never), beside the sta
 world designed for it: which starting rates each method can lift, and how fast.
 """
 import argparse
+import glob
 import json
 import os
 import platform
+import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,6 +46,27 @@ SUITES = {
         "lanpo-plain": ["--score-context", "plain"],
         "oracle": ["--feedback", "oracle"],
         "oracle-plain": ["--feedback", "oracle", "--score-context", "plain"],
+    },
+    # The controls a LANPO result has to survive (all with the same budget and flags otherwise):
+    # the paper's scoring (prompt) and the two extensions (plain: no importance weight, biased;
+    # corrected: a truncated per-token importance weight), each with the real pool and with a
+    # placebo context (same blocks and counts, no experience of the run in them).
+    "controls": {
+        "grpo": ["--p-feedback", "0"],
+        "lanpo": [],
+        "lanpo-plain": ["--score-context", "plain"],
+        "lanpo-corrected": ["--score-context", "corrected"],
+        "placebo": ["--feedback", "placebo"],
+        "placebo-plain": ["--feedback", "placebo", "--score-context", "plain"],
+        "placebo-corrected": ["--feedback", "placebo", "--score-context", "corrected"],
+    },
+    # GRPO given more exploration, at the same number of rollouts per step (64): a higher
+    # sampling temperature (chosen by experiments/temperature_sweep.py) and 16 rollouts for each
+    # of 4 problems instead of 8 for 8.
+    "exploration": {
+        "grpo": ["--p-feedback", "0"],
+        "grpo-T1.5": ["--p-feedback", "0", "--temperature", "1.5"],
+        "grpo-G16": ["--p-feedback", "0", "--group-size", "16", "--problems-per-step", "4"],
     },
     # Feedback ratio, similarity threshold, feedback type, raw trajectories, leaky reflection.
     # All with the default scoring (prompt): they ablate the paper's method. The default arm
@@ -104,34 +128,65 @@ def split_flags(flags):
     return flags, ""
 
 
-def finished_run(flags, sft_seed, seed, args):
-    """A finished run with exactly these flags and seeds in any suite."""
-    for suite, arms in SUITES.items():
-        for arm, f in arms.items():
-            d = os.path.join(HERE, "runs", suite, arm, f"sft{sft_seed}-rl{seed}")
-            if f == flags and os.path.exists(os.path.join(d, "eval.json")):
+def candidate_runs(flags, sft_seed, seed):
+    """Finished runs (any suite, any results name) with exactly these flags and seeds, with
+    their config: each arm directory records its flags in flags.json."""
+    out = []
+    for arm_dir in sorted(glob.glob(os.path.join(HERE, "runs", "*", "*"))):
+        d = os.path.join(arm_dir, f"sft{sft_seed}-rl{seed}")
+        try:
+            with open(os.path.join(arm_dir, "flags.json")) as fh:
+                same = json.load(fh) == flags
+            if same and os.path.exists(os.path.join(d, "eval.json")):
                 with open(os.path.join(d, "config.json")) as fh:
-                    cfg = json.load(fh)
-                if cfg["steps"] == args.steps and cfg["eval_every"] == args.eval_every:
-                    return d
+                    out.append((d, json.load(fh)))
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def finished_run(flags, sft_seed, seed, args):
+    """A finished run with exactly these flags, seeds, steps and eval interval."""
+    for d, cfg in candidate_runs(flags, sft_seed, seed):
+        if cfg["steps"] == args.steps and cfg["eval_every"] == args.eval_every:
+            return d
     return None
+
+
+def shorter_run(flags, sft_seed, seed, args):
+    """The longest finished run with these flags and seeds but fewer steps (same eval
+    interval): a long run continues it with --resume (identical, on CPU, to a run made long
+    from the start: tests/test_train.py), so its first steps are the short run's steps."""
+    runs = [(cfg["steps"], d) for d, cfg in candidate_runs(flags, sft_seed, seed)
+            if cfg["steps"] < args.steps and cfg["eval_every"] == args.eval_every]
+    return max(runs)[1] if runs else None
 
 
 def run_one(suite, arm, flags, sft_seed, seed, args):
     done = finished_run(flags, sft_seed, seed, args)
     if done:
         return done
-    run_dir = os.path.join(HERE, "runs", suite, arm, f"sft{sft_seed}-rl{seed}")
+    arm_dir = os.path.join(HERE, "runs", args.name or suite, arm)
+    run_dir = os.path.join(arm_dir, f"sft{sft_seed}-rl{seed}")
+    os.makedirs(arm_dir, exist_ok=True)
+    with open(os.path.join(arm_dir, "flags.json"), "w") as fh:
+        json.dump(flags, fh)
     train_flags, variant = split_flags(flags)
+    start = shorter_run(flags, sft_seed, seed, args)
+    if start and start != run_dir:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.copytree(start, run_dir)
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--init", sft_dir(sft_seed, variant),
            "--run-dir", run_dir, "--seed", str(seed), "--steps", str(args.steps),
-           "--eval-every", str(args.eval_every), "--overwrite", *train_flags, *args.extra]
+           "--eval-every", str(args.eval_every),
+           *(["--resume"] if start else ["--overwrite"]), *train_flags, *args.extra]
     env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
     t = time.time()
     os.makedirs(os.path.dirname(run_dir), exist_ok=True)
     with open(run_dir + ".log", "w") as log:
         rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    print(f"{suite}/{arm}/sft{sft_seed}-rl{seed}: exit {rc} in {time.time() - t:.0f} s",
+    print(f"{args.name or suite}/{arm}/sft{sft_seed}-rl{seed}: exit {rc} in "
+          f"{time.time() - t:.0f} s" + (f" (continued from {start})" if start else ""),
           flush=True)
     if rc != 0:
         raise SystemExit(f"run failed, see {run_dir}.log")
@@ -142,7 +197,8 @@ def read_run(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     with open(os.path.join(run_dir, "eval.json")) as f:
-        ev = json.load(f)["results"]
+        ev_all = json.load(f)
+    ev = ev_all["results"]
     steps = [r for r in rows if "reward" in r]
     evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
     curve = {r["step"]: {k[5:]: v for k, v in r.items() if k.startswith("eval/")} for r in evals}
@@ -157,8 +213,26 @@ def read_run(run_dir):
     for name in evals[0].get("eval_families", {}):
         hit = [r["step"] for r in evals if r["eval_families"][name] >= LEARNED]
         first_learned[name] = hit[0] if hit else None
+    # rollouts and successes per rl family and kind, summed over the run (counted each step)
+    successes = {}
+    first_plain_success = {}
+    for r in steps:
+        for fam, v in (r.get("rl_family_successes") or {}).items():
+            acc = successes.setdefault(fam, [0, 0, 0, 0])
+            for i in range(4):
+                acc[i] += v[i]
+            if v[0] and fam not in first_plain_success:
+                first_plain_success[fam] = r["step"]
+    # two feedback-aware and two plain completions of the last step, quoted as they were
+    with open(os.path.join(run_dir, "samples.jsonl")) as f:
+        samples = [json.loads(line) for line in f if line.strip()]
+    last = [x for x in samples if x["step"] == samples[-1]["step"]] if samples else []
     return {
         "final": {ds: {mode: m["mean@1"] for mode, m in res.items()} for ds, res in ev.items()},
+        "sampled": ev_all.get("sampled", {}),
+        "family_successes": successes,
+        "first_plain_success": first_plain_success,
+        "example_samples": last[:4],
         "pool_hit_rate": {ds: res["pool"]["retrieval_hit_rate"] for ds, res in ev.items()
                           if "pool" in res},
         "self_correct_first": {ds: res["self-correct"]["first_accuracy"]
@@ -168,7 +242,7 @@ def read_run(run_dir):
         "families_final": evals[-1].get("eval_families", {}),
         "first_learned": first_learned,
         "train": {k: mean_of(k) for k in
-                  ("reward", "reward_feedback", "reward_plain", "zero_std_frac", "kl",
+                  ("reward", "reward_feedback", "reward_plain", "zero_std_frac", "kl", "is_weight",
                    "response_length", "coverage", "retrieval_hit_rate", "retrieval_precision",
                    "retrieval_recall", "summary_correct", "summary_correct_given_right",
                    "train_acc_rl_plain", "train_acc_rl_feedback", "t_generation", "t_update",
@@ -177,6 +251,9 @@ def read_run(run_dir):
         # test accuracy on the same families (the leakage signature)
         "train_end": {k: mean_of(k, steps[-50:])
                       for k in ("train_acc_rl_plain", "train_acc_rl_feedback")},
+        # the first 50 steps: how much the contexts explore before anything is learned
+        "train_start": {k: mean_of(k, steps[:50])
+                        for k in ("train_acc_rl_plain", "train_acc_rl_feedback")},
         "zero_std_by_step": [r["zero_std_frac"] for r in steps],
         # seconds of training (all four phases, evaluations excluded) up to each eval step
         "seconds_at": {s: sum(r["t_generation"] + r["t_reward"] + r["t_update"] + r["t_pool"]
@@ -190,6 +267,63 @@ def mean_std(xs):
         return None
     return {"mean": statistics.mean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
             "n": len(xs)}
+
+
+def cluster_bootstrap(by_run, n_boot=10_000, seed=0):
+    """95% interval of the mean over runs {(sft seed, rl seed): value}, resampling at both
+    levels a user's draw has: SFT seeds with replacement, then RL seeds within each (runs of
+    one SFT model are not independent draws). Percentile interval (Efron & Tibshirani 1993)."""
+    by_sft = {}
+    for (ss, _), v in by_run.items():
+        if v is not None:
+            by_sft.setdefault(ss, []).append(v)
+    if not by_sft:
+        return None
+    keys, rng, means = sorted(by_sft), random.Random(seed), []
+    for _ in range(n_boot):
+        vals = []
+        for ss in rng.choices(keys, k=len(keys)):
+            vals += rng.choices(by_sft[ss], k=len(by_sft[ss]))
+        means.append(statistics.mean(vals))
+    means.sort()
+    flat = [v for vs in by_sft.values() for v in vs]
+    return {"mean": statistics.mean(flat), "lo": means[int(0.025 * n_boot)],
+            "hi": means[int(0.975 * n_boot) - 1], "n": len(flat), "sft_seeds": len(keys)}
+
+
+def rl_test_value(r, what):
+    """One run's number: greedy zero-shot mean@1 or sampled mean@8, on rl-test."""
+    if what == "greedy":
+        return r["final"]["rl-test"]["zero-shot"]
+    return (r.get("sampled", {}).get("rl-test") or {}).get("mean@8")
+
+
+# Contrasts reported with their intervals: (arm, minus this arm). Paired by (SFT seed, RL seed):
+# both runs start from the same SFT model with the same seed.
+CONTRASTS = {
+    "controls": [("lanpo", "grpo"), ("lanpo", "placebo"), ("placebo", "grpo"),
+                 ("lanpo-plain", "grpo"), ("lanpo-plain", "placebo-plain"),
+                 ("placebo-plain", "grpo"),
+                 ("lanpo-corrected", "grpo"), ("lanpo-corrected", "placebo-corrected"),
+                 ("placebo-corrected", "grpo"), ("lanpo-plain", "lanpo-corrected")],
+    "exploration": [("grpo-T1.5", "grpo"), ("grpo-G16", "grpo")],
+}
+
+
+def contrasts(suite, runs):
+    out = {}
+    for a, b in CONTRASTS.get(suite, []):
+        if a not in runs or b not in runs:
+            continue
+        ra = {(ss, rs): r for ss, rs, r in runs[a]}
+        rb = {(ss, rs): r for ss, rs, r in runs[b]}
+        both = sorted(set(ra) & set(rb))
+        out[f"{a} - {b}"] = {
+            what: cluster_bootstrap({k: None if rl_test_value(ra[k], what) is None else
+                                     rl_test_value(ra[k], what) - rl_test_value(rb[k], what)
+                                     for k in both})
+            for what in ("greedy", "sampled")}
+    return out
 
 
 def summarize(runs, sft_seeds):
@@ -211,6 +345,11 @@ def summarize(runs, sft_seeds):
             s["train"][k] = mean_std([r["train"][k] for r in per_run])
         s["train_end"] = {k: mean_std([r["train_end"][k] for r in per_run])
                           for k in ("train_acc_rl_plain", "train_acc_rl_feedback")}
+        s["train_start"] = {k: mean_std([r["train_start"][k] for r in per_run])
+                            for k in ("train_acc_rl_plain", "train_acc_rl_feedback")}
+        s["ci95"] = {what: cluster_bootstrap({(ss, rs): rl_test_value(r, what)
+                                              for ss, rs, r in items})
+                     for what in ("greedy", "sampled")}
         s["pool_hit_rate"] = {ds: mean_std([r["pool_hit_rate"].get(ds) for r in per_run])
                               for ds in per_run[0]["pool_hit_rate"]}
         for f in world.families_of("rl"):
@@ -220,7 +359,18 @@ def summarize(runs, sft_seeds):
                 "start_greedy": mean_std([r["families_start"].get(f.name) for r in per_run]),
                 "final_greedy": mean_std([r["families_final"].get(f.name) for r in per_run]),
                 "first_step_at_0.9": firsts,
-                "learned_in": sum(x is not None for x in firsts), "runs": len(firsts)}
+                "learned_in": sum(x is not None for x in firsts), "runs": len(firsts),
+                # sampled mean@8 of the final model on the family's test problems
+                "final_sampled": mean_std([((r.get("sampled", {}).get("rl-test") or {})
+                                            .get("families") or {}).get(f.name)
+                                           for r in per_run]),
+                # training rollouts of the family over the whole run, summed over runs:
+                # [right plain, plain, right feedback-aware, feedback-aware]
+                "train_successes": [sum(r["family_successes"].get(f.name, [0] * 4)[i]
+                                        for r in per_run) for i in range(4)],
+                "runs_with_a_plain_success": sum(f.name in r["first_plain_success"]
+                                                 for r in per_run),
+                "first_plain_success": [r["first_plain_success"].get(f.name) for r in per_run]}
         steps = sorted(per_run[0]["curve"], key=int)
         s["curve_steps"] = [int(x) for x in steps]
         s["curve"] = {ds: [mean_std([r["curve"][x].get(ds) for r in per_run]) for x in steps]
@@ -302,6 +452,8 @@ def main():
     ap.add_argument("--arms", nargs="*", default=None, help="only these arms")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                     help="flags passed to every train.py run")
+    ap.add_argument("--name", default=None,
+                    help="results file name (default: the suite's); e.g. controls_long")
     ap.add_argument("--replot", action="store_true",
                     help="only redraw the figure from the committed results/<suite>.json")
     args = ap.parse_args()
@@ -327,12 +479,16 @@ def main():
     out = {"command": "python experiments/run_arms.py " + " ".join(sys.argv[1:]),
            "suite": args.suite, "arms": arms, "sft_seeds": args.sft_seeds, "seeds": args.seeds,
            "steps": args.steps, "eval_every": args.eval_every, "extra": args.extra,
+           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                    capture_output=True, text=True).stdout.strip(),
+           "contrasts": contrasts(args.suite, runs),
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                        "torch_threads_per_job": 1, "jobs": args.jobs},
            "summary": summary}
-    with open(os.path.join(HERE, "results", f"{args.suite}.json"), "w") as f:
+    name = args.name or args.suite
+    with open(os.path.join(HERE, "results", f"{name}.json"), "w") as f:
         json.dump(out, f, indent=1)
-    plot(args.suite, summary, args.steps, os.path.join(HERE, "results", f"{args.suite}.png"))
+    plot(name, summary, args.steps, os.path.join(HERE, "results", f"{name}.png"))
     print(f"\n{'arm':<14}" + "".join(f"{k:>30}" for k in next(iter(summary.values()))["final"]
                                      if "zero-shot" in k))
     for arm, s in summary.items():
