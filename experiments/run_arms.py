@@ -65,7 +65,7 @@ SUITES = {
     # of 4 problems instead of 8 for 8.
     "exploration": {
         "grpo": ["--p-feedback", "0"],
-        "grpo-T1.5": ["--p-feedback", "0", "--temperature", "1.5"],
+        "grpo-T1.25": ["--p-feedback", "0", "--temperature", "1.25"],
         "grpo-G16": ["--p-feedback", "0", "--group-size", "16", "--problems-per-step", "4"],
     },
     # Feedback ratio, similarity threshold, feedback type, raw trajectories, leaky reflection.
@@ -306,7 +306,7 @@ CONTRASTS = {
                  ("placebo-plain", "grpo"),
                  ("lanpo-corrected", "grpo"), ("lanpo-corrected", "placebo-corrected"),
                  ("placebo-corrected", "grpo"), ("lanpo-plain", "lanpo-corrected")],
-    "exploration": [("grpo-T1.5", "grpo"), ("grpo-G16", "grpo")],
+    "exploration": [("grpo-T1.25", "grpo"), ("grpo-G16", "grpo")],
 }
 
 

@@ -20,7 +20,8 @@ WORLD = W.TinyWorld()
 
 def update_args(**kw):
     base = dict(beta=0.04, inner_epochs=2, temperature=1.0, logprob_tokens=64, clip=0.2,
-                aggregation="seq-mean", max_new_tokens=8, max_grad_norm=1.0)
+                aggregation="seq-mean", max_new_tokens=8, max_grad_norm=1.0,
+                score_context="prompt", is_cap=2.0)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -36,9 +37,11 @@ def meta_friendly(monkeypatch):
                             lambda self, real=real, fake=fake: fake if self.is_meta else real(self))
 
 
-def test_update_keeps_every_tensor_on_the_models_device(meta_friendly):
+@pytest.mark.parametrize("score_context", ["prompt", "corrected"])
+def test_update_keeps_every_tensor_on_the_models_device(meta_friendly, score_context):
     """Rollouts come back from sampling on the CPU; the update must move what the loss needs to
-    the model's device. With the model on `meta`, any CPU tensor left in the loss raises."""
+    the model's device. With the model on `meta`, any CPU tensor left in the loss raises.
+    `corrected` also builds importance weights (rows scored under another prompt)."""
     model, tok = build_tiny()
     probs = WORLD.problems("rl", "train")[:2]
     texts = [p["question"] for p in probs for _ in range(4)]
@@ -48,7 +51,11 @@ def test_update_keeps_every_tensor_on_the_models_device(meta_friendly):
     policy, ref = model.to("meta"), build_tiny()[0].to("meta")
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
     adv = torch.tensor([1., -1., .5, -.5] * 2)                 # CPU, as grpo computes it
-    stats = train.update(policy, ref, opt, rollouts, rollouts.prompt_ids, adv, update_args())
+    score_ids = list(rollouts.prompt_ids)
+    if score_context == "corrected":   # the first rows scored under another prompt
+        score_ids[:2] = [rollouts.prompt_ids[-1]] * 2
+    stats = train.update(policy, ref, opt, rollouts, score_ids, adv,
+                         update_args(score_context=score_context))
     assert stats is not None
     assert all(p.device.type == "meta" for p in policy.parameters())
 
