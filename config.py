@@ -38,9 +38,10 @@ PRESETS = {
 }
 
 # Flags that may change on --resume: they change how fast or where a run computes, not what.
+# precision_used follows from --precision and the device (train.py logs it in every step).
 RESUMABLE = {"steps", "resume", "overwrite", "device", "sample_micro_batch", "logprob_tokens",
              "grad_checkpointing", "eval_every", "ckpt_every", "final_eval", "eval_limit",
-             "max_bad_updates"}
+             "max_bad_updates", "precision_used"}
 
 
 def build_parser():
@@ -108,7 +109,8 @@ def build_parser():
     g = ap.add_argument_group("runtime and memory").add_argument
     g("--device", default="auto", help="auto, cpu or cuda")
     g("--precision", default=None, choices=M.PRECISIONS,
-      help="auto: bf16 autocast over float32 weights on a GPU, float32 elsewhere")
+      help="auto: bf16 autocast over float32 weights on a GPU that does bf16 natively "
+           "(compute capability 8.0+), float32 elsewhere")
     g("--sample-micro-batch", type=int, default=None, help="rows per generate call")
     g("--logprob-tokens", type=int, default=None,
       help="padded tokens per log-prob micro-batch (lower it on out-of-memory)")
