@@ -267,6 +267,23 @@ def test_the_guard_changes_no_real_position(saved):
     assert torch.equal(guarded[real], plain[real])
 
 
+# --- 6. requirements ---------------------------------------------------------------------------
+
+def test_requirements_ask_for_a_torch_that_transformers_5_uses():
+    """transformers 5.x disables its torch integration below torch 2.6 (the models would not
+    load), so the lower bound, and the comment that explains it, say 2.6."""
+    import os
+    import re
+    from packaging.version import Version
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "requirements.txt")
+    text = open(path).read()
+    [bound] = re.findall(r"^torch>=([\d.]+)", text, flags=re.M)
+    assert Version(bound) >= Version("2.6")
+    assert not re.search(r"torch >= ?2\.[0-5]\b", text)   # no comment with an older bound
+    assert Version(torch.__version__.split("+")[0]) >= Version(bound)
+
+
 # --- 8. paper-cuts ----------------------------------------------------------------------------
 
 def test_a_checkpoint_saved_on_a_gpu_loads_on_a_cpu_host(tmp_path, monkeypatch):
@@ -288,18 +305,19 @@ def test_cuda_random_streams_restore_on_fewer_gpus(monkeypatch, capsys):
     restored = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, d="cuda": restored.append((s, d)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda s, d="cuda": restored.append((int(s[0]), d)))
     rng = random.Random(0)
     state = {"python": rng.getstate(), "torch": torch.get_rng_state(),
-             "cuda": ["gpu0-state", "gpu1-state"]}
+             "cuda": [torch.tensor([10], dtype=torch.uint8), torch.tensor([11], dtype=torch.uint8)]}
     rundir.set_rng_state(random.Random(1), state)
-    assert restored == [("gpu0-state", 0)]
+    assert restored == [(10, 0)]
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "2 CUDA random streams" in err
     restored.clear()
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     rundir.set_rng_state(random.Random(1), state)
-    assert restored == [("gpu0-state", 0), ("gpu1-state", 1)]
+    assert restored == [(10, 0), (11, 1)]
     assert capsys.readouterr().err == ""
 
 
