@@ -260,10 +260,12 @@ def _pad_safe_sdpa(model):
 
 def check_finite_left_padded(model, tokenizer, prompts=("Hi.", "What is 12 times 7? Think "
                                                         "step by step and show your work.")):
-    """For a GPU smoke test: the logits of a left-padded batch (prompts of different lengths,
-    so the short one is padded) are finite at every position, and the short prompt's logits
-    equal its unpadded ones (to bf16 tolerance). Raises AssertionError if not; returns the
-    largest difference."""
+    """For a GPU smoke test of the guard above: the logits of a left-padded batch (prompts of
+    different lengths, so the short one is padded) are finite at every position, padded ones
+    included, and each prompt's logits equal those of the prompt alone, unpadded: to 0.1% of
+    the largest logit in float32, 5% under bf16 autocast (a batch of another shape rounds
+    differently; wrong positions or a leak from the padding are off by the logits' own size).
+    Raises AssertionError if not; returns the largest difference, for the log."""
     rows = encode_prompts(tokenizer, list(prompts))
     if len({len(r) for r in rows}) < 2:
         raise ValueError("give prompts of different token lengths, so that one is padded")
@@ -275,13 +277,15 @@ def check_finite_left_padded(model, tokenizer, prompts=("Hi.", "What is 12 times
         alone = [model(input_ids=torch.tensor([r], device=device)).logits[0].float()
                  for r in rows]
     assert torch.isfinite(padded).all(), "non-finite logits in a left-padded batch"
+    share = 1e-3 if getattr(model, "autocast_dtype", None) is None else 5e-2
     worst = 0.0
     for i, r in enumerate(rows):
         got, want = padded[i, ids.shape[1] - len(r):], alone[i]
-        worst = max(worst, float((got - want).abs().max()))
-        atol, rtol = (1e-4, 1e-4) if getattr(model, "autocast_dtype", None) is None else (0.1, 0.02)
-        assert torch.allclose(got, want, atol=atol, rtol=rtol), \
-            f"left padding changed the logits of prompt {i} (max diff {worst:.3g})"
+        diff = float((got - want).abs().max())
+        worst = max(worst, diff)
+        tol = share * float(want.abs().max())
+        assert diff <= tol, (f"left padding changed the logits of prompt {i}: max difference "
+                             f"{diff:.3g} > {tol:.3g}")
     return worst
 
 
@@ -454,9 +458,14 @@ class OneDtypeCache(DynamicCache):
 
 
 def _one_dtype_cache(model) -> dict:
-    """generate()'s past_key_values under autocast; nothing (its own cache) otherwise."""
+    """generate()'s cache argument under autocast; nothing (its own cache) otherwise. The
+    argument is `cache` in recent transformers 5.x (whose models take `cache`), and
+    `past_key_values` before."""
     dtype = getattr(model, "autocast_dtype", None)
-    return {} if dtype is None else {"past_key_values": OneDtypeCache(dtype, config=model.config)}
+    if dtype is None:
+        return {}
+    name = "cache" if _accepts(model, "cache") else "past_key_values"
+    return {name: OneDtypeCache(dtype, config=model.config)}
 
 
 # --- Log-probabilities --------------------------------------------------------------------
