@@ -96,16 +96,21 @@ def test_auto_is_bf16_only_on_the_chosen_gpu_when_it_does_bf16_natively(two_gpus
     assert out.count("\n") == 1 and out.startswith("precision: bf16") and "cuda:1" in out
 
 
-def test_the_precision_used_is_in_config_json_and_every_metrics_row(tiny_dir, tmp_path, capsys):
+def test_the_precision_used_is_in_config_json_and_every_metrics_row(tiny_dir, tmp_path, capsys,
+                                                                    monkeypatch):
+    """Also the KL of a whole run: 0 at step 1 (policy = reference), positive once the policy
+    has moved, as it would not be if train.py made the policy its own reference."""
+    monkeypatch.setattr(train, "reward", lambda text, gold: float(len(text) % 3 == 0))
     run = tmp_path / "rl"
-    train.main(["--init", tiny_dir, "--run-dir", str(run), "--steps", "2",
-                "--problems-per-step", "2", "--group-size", "2", "--max-new-tokens", "4",
-                "--eval-every", "1", "--eval-limit", "2", "--no-final-eval"])
+    train.main(["--init", tiny_dir, "--run-dir", str(run), "--steps", "3",
+                "--problems-per-step", "2", "--group-size", "4", "--max-new-tokens", "6",
+                "--eval-every", "2", "--eval-limit", "2", "--no-final-eval", "--lr", "1e-2"])
     assert json.loads((run / "config.json").read_text())["precision_used"] == "fp32"
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
-    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert all(r["precision"] == "fp32" for r in rows)
     assert "precision: fp32" in capsys.readouterr().out
+    assert rows[1]["kl"] == 0.0 and rows[3]["kl"] > 1e-6, [r.get("kl") for r in rows]
 
 
 # --- 3. the KL to the reference ---------------------------------------------------------------
