@@ -213,7 +213,8 @@ def run_defaults(model_dir: str, data_name: str, preset: str | None = None):
     directory that holds final/ and checkpoint/). The preset is --preset, else tiny for the
     tiny world and qwen (the one-GPU preset) for real data."""
     d = os.path.abspath(os.path.expanduser(model_dir))
-    for path in (os.path.join(d, "sft_config.json"), os.path.join(os.path.dirname(d), "config.json")):
+    for path in (os.path.join(d, "sft_config.json"),
+                 os.path.join(os.path.dirname(d), "config.json")):
         if os.path.isfile(path):
             with open(path) as f:
                 run = json.load(f)
