@@ -38,9 +38,12 @@ PRESETS = {
 }
 
 # Flags that may change on --resume: they change how fast or where a run computes, not what.
-RESUMABLE = {"steps", "resume", "overwrite", "run_dir", "device", "sample_micro_batch", "logprob_tokens",
+# run_dir: a run directory may be moved (or copied to continue a run) without changing what it
+# computes. precision_used follows from --precision and the device (train.py logs it each step).
+RESUMABLE = {"steps", "resume", "overwrite", "run_dir", "device", "sample_micro_batch",
+             "logprob_tokens",
              "grad_checkpointing", "eval_every", "ckpt_every", "final_eval", "eval_limit",
-             "max_bad_updates"}
+             "max_bad_updates", "precision_used"}
 
 
 def build_parser():
@@ -114,7 +117,8 @@ def build_parser():
     g = ap.add_argument_group("runtime and memory").add_argument
     g("--device", default="auto", help="auto, cpu or cuda")
     g("--precision", default=None, choices=M.PRECISIONS,
-      help="auto: bf16 autocast over float32 weights on a GPU, float32 elsewhere")
+      help="auto: bf16 autocast over float32 weights on a GPU that does bf16 natively "
+           "(compute capability 8.0+), float32 elsewhere")
     g("--sample-micro-batch", type=int, default=None, help="rows per generate call")
     g("--logprob-tokens", type=int, default=None,
       help="padded tokens per log-prob micro-batch (lower it on out-of-memory)")

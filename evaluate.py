@@ -25,10 +25,12 @@ Usable on its own (`python evaluate.py --model DIR ...`) and called by train.py 
 import argparse
 import json
 import math
+import os
 import statistics
 
 import torch
 
+import config
 import model as M
 import prompts
 import rundir
@@ -207,12 +209,31 @@ def add_eval_args(ap):
     ap.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=None,
                     help="greedy decoding (default: greedy when k = 1)")
     ap.add_argument("--max-new-tokens", type=int, default=None,
-                    help="response length limit (default: 48 tiny, 256 otherwise)")
+                    help="response length limit (default: the run's, see run_defaults)")
     ap.add_argument("--gamma", type=float, default=0.5, help="pool mode: similarity threshold "
                     "(train.py's default)")
     ap.add_argument("--top-k", type=int, default=4, help="pool mode: retrieved problems")
     ap.add_argument("--sample-micro-batch", type=int, default=256,
                     help="rows per generate call (lower it on out-of-memory)")
+
+
+def run_defaults(model_dir: str, data_name: str, preset: str | None = None):
+    """(max_new_tokens, precision, where they came from) for a model with no flags given: the
+    settings of the run that made it, else of the preset. The run's settings are those of
+    sft.py (sft_config.json inside an SFT output) or of train.py (config.json of the run
+    directory that holds final/ and checkpoint/). The preset is --preset, else tiny for the
+    tiny world and qwen (the one-GPU preset) for real data."""
+    d = os.path.abspath(os.path.expanduser(model_dir))
+    for path in (os.path.join(d, "sft_config.json"),
+                 os.path.join(os.path.dirname(d), "config.json")):
+        if os.path.isfile(path):
+            with open(path) as f:
+                run = json.load(f)
+            if "max_new_tokens" in run and "precision" in run:   # not a model's config.json
+                return run["max_new_tokens"], run["precision"], path
+    preset = preset or ("tiny" if data_name == "tiny" else "qwen")
+    p = config.PRESETS[preset]
+    return p["max_new_tokens"], p["precision"], f"preset {preset}"
 
 
 def main(argv=None):
@@ -237,7 +258,11 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=None, help="first N problems of each dataset")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--precision", default=None, choices=M.PRECISIONS,
-                    help="default: fp32 for the tiny world, auto (bf16 autocast on a GPU) else")
+                    help="default: the run's (see run_defaults); auto is bf16 autocast on a GPU "
+                         "that does bf16 natively")
+    ap.add_argument("--preset", default=None, choices=list(config.PRESETS),
+                    help="where the defaults come from when the model's run left no settings "
+                         "(default: tiny for --data tiny, qwen otherwise)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     add_eval_args(ap)
@@ -246,11 +271,17 @@ def main(argv=None):
         raise UserError("--k must be at least 1")
     datasets = data.eval_datasets(args.data, args.limit, args.question_field, args.answer_field,
                                   whole_file=args.whole_file)
-    if args.max_new_tokens is None:
-        args.max_new_tokens = 48 if args.data == "tiny" else 256
-    precision = args.precision or ("fp32" if args.data == "tiny" else "auto")
+    max_new, precision, source = run_defaults(args.model, args.data, args.preset)
+    if args.max_new_tokens is None or args.precision is None:
+        args.max_new_tokens = args.max_new_tokens or max_new
+        args.precision = args.precision or precision
+        print(f"defaults from {source}: max_new_tokens {args.max_new_tokens}, "
+              f"precision {args.precision}")
+    precision = M.choose_precision(args.precision, args.device)
+    # frozen: inference in the training arithmetic (bf16 autocast on a bf16 GPU) with bf16
+    # Linear weights, not a float32 copy of a model that will not be trained
     model, tok = M.load_model(args.model, gguf_file=args.gguf_file, device=args.device,
-                              precision=precision)
+                              precision=precision, frozen=True)
     pool = Pool.load(args.pool) if args.pool else None
     modes = MODES if args.mode == "all" else (args.mode,)
     if pool is None:

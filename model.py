@@ -19,18 +19,26 @@ Simplifications, on purpose:
   model's generation config lists); nothing else (no stop strings).
 - Precision: the weights that are trained stay in float32 (bf16 weights would swallow small
   updates: an AdamW step of lr 1e-6 on a weight near 1 is below bf16's resolution), and on a GPU
-  the forward passes run under bf16 autocast. A frozen model (the KL reference) may be loaded in
-  bf16 outright. The tiny world keeps float32 everywhere.
+  that does bf16 natively the forward passes run under bf16 autocast. A frozen model (the KL
+  reference, an evaluated model) computes in exactly the policy's arithmetic at about bf16's
+  memory (see `_bf16_linears`), so the KL to the reference is 0 at step 0, as the paper's
+  objective says. The tiny world keeps float32 everywhere.
+- Left padding: a padded position attends to nothing, and a fully masked row of attention is
+  NaN for some GPU kernels; such rows are given something to attend to (`_pad_safe_sdpa`).
 """
 import importlib.util
 import inspect
+import json
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import (AttentionInterface, AutoConfig, AutoModelForCausalLM, AutoTokenizer,
+                          DynamicCache, GenerationConfig)
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils import logging as hf_logging
 
 import rundir
@@ -66,20 +74,44 @@ def resolve_device(name: str = "auto") -> torch.device:
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def bf16_native(device: torch.device) -> bool:
+    """Does this device compute bf16 in hardware? CUDA: compute capability 8.0 (Ampere) or
+    newer, asked of *this* device: torch.cuda.is_bf16_supported() asks the current device, and
+    by default says yes to GPUs that only emulate bf16 (slower than fp32 there). ROCm: every GPU
+    torch supports does bf16 (torch.cuda.is_bf16_supported says so too)."""
+    if device.type != "cuda":
+        return False
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto": bf16 autocast on a GPU that supports bf16, fp32 everywhere else. We never use
-    fp16: without a loss scaler, RL gradients underflow in it."""
+    """"auto": bf16 autocast on a GPU that does bf16 natively, fp32 everywhere else. We never
+    use fp16: without a loss scaler, RL gradients underflow in it."""
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     if precision == "auto":
-        bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return "bf16" if bf16_ok else "fp32"
+        return "bf16" if bf16_native(device) else "fp32"
     return precision
 
 
+def choose_precision(precision: str, device) -> str:
+    """resolve_precision, said in one line on stdout (train.py and evaluate.py call it once)."""
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    used = resolve_precision(precision, device)
+    why = {"fp32": "float32 weights and arithmetic",
+           "bf16": "float32 weights, bf16 autocast"}[used]
+    if precision == "auto":
+        native = "does" if bf16_native(device) else "does not do"
+        why += f"; auto: {device} {native} bf16 natively"
+    print(f"precision: {used} ({why})")
+    return used
+
+
 def autocast(model):
-    """The context a forward pass of `model` runs in: bf16 autocast for a float32 model that
-    load_model marked for it (a GPU run with precision bf16), nothing otherwise."""
+    """The context a forward pass of `model` runs in: bf16 autocast for a model that load_model
+    marked for it (precision bf16: the policy, and a frozen model), nothing otherwise."""
     dtype = getattr(model, "autocast_dtype", None)
     if dtype is None:
         return nullcontext()
@@ -115,11 +147,14 @@ def load_model(name_or_dir: str, gguf_file: str | None = None, device="auto", pr
 
     precision (see resolve_precision): with "bf16", a model that will be trained keeps float32
     weights and runs its forward passes under bf16 autocast; a `frozen` one (the reference
-    model) is loaded in bf16 outright, at half the memory. Gradient checkpointing, when on,
-    only acts while the model is in train mode (transformers checks self.training)."""
+    model, a model to evaluate) runs under the same autocast in exactly the same arithmetic,
+    with its Linear weights stored in bf16 (`_bf16_linears`). Gradient checkpointing, when on,
+    only acts while the model is in train mode (transformers checks self.training).
+
+    The model remembers the dtype its checkpoint was saved in (`save_dtype`, bf16 for Qwen2.5),
+    and save_model writes it back in that dtype."""
     device = device if isinstance(device, torch.device) else resolve_device(device)
     precision = resolve_precision(precision, device)
-    dtype = torch.bfloat16 if precision == "bf16" and frozen else torch.float32
     path = os.path.expanduser(name_or_dir)
     if gguf_file is None and os.path.isfile(path) and path.endswith(".gguf"):
         path, gguf_file = os.path.split(os.path.abspath(path))   # a GGUF path given directly
@@ -134,7 +169,10 @@ def load_model(name_or_dir: str, gguf_file: str | None = None, device="auto", pr
     kw = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_dir, **kw)
-        model = AutoModelForCausalLM.from_pretrained(name_or_dir, dtype=dtype, **kw)
+        # the dtype the checkpoint was saved in; from_pretrained overwrites config.dtype with
+        # the dtype it loads in (float32 here)
+        save_dtype = getattr(AutoConfig.from_pretrained(name_or_dir, **kw), "dtype", None)
+        model = AutoModelForCausalLM.from_pretrained(name_or_dir, dtype=torch.float32, **kw)
     except (OSError, ValueError) as e:   # no such hub id, not a model directory, no network
         raise UserError(f"cannot load model {name_or_dir!r}: {str(e).strip().splitlines()[0]}") from None
     if gguf_file:
@@ -162,17 +200,142 @@ def load_model(name_or_dir: str, gguf_file: str | None = None, device="auto", pr
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
-    model.autocast_dtype = torch.bfloat16 if precision == "bf16" and not frozen else None
+    model.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+    if frozen and precision == "bf16":
+        _bf16_linears(model)
+    model.save_dtype = save_dtype if isinstance(save_dtype, torch.dtype) else None
+    _pad_safe_sdpa(model)
     return model.to(device).eval(), tokenizer
+
+
+def _bf16_linears(model):
+    """A frozen model in the policy's exact arithmetic at about bf16's memory.
+
+    Under bf16 autocast the policy (float32 weights) casts, in every Linear, its input, weight
+    and bias to bf16 before the matmul; everything else (embeddings, norms, the residual stream,
+    softmax) stays float32. So a Linear weight stored in bf16 gives bit for bit the same result
+    (the cast rounds to nearest, whether autocast or .to() does it), and storing every other
+    parameter in float32 keeps the rest the same too. A model loaded in bf16 outright would not
+    compute the same thing: its norms and residual stream are bf16 (on SmolLM2, identical
+    weights then gave a k3 KL of 0.0016 per token at step 0, where the paper's KL is 0).
+    A Linear whose weight is shared with another module (an output layer tied to the input
+    embeddings, as in Qwen2.5-0.5B) stays float32: the embedding lookup is not autocast.
+    Linear layers are nearly all of a transformer's weights, so this costs about bf16's memory
+    (Qwen2.5-0.5B: 1.26 GB against 0.99 GB in bf16 and 1.98 GB in float32)."""
+    not_linear = {id(p) for mod in model.modules() if not isinstance(mod, torch.nn.Linear)
+                  for p in mod.parameters(recurse=False)}
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Linear) and id(mod.weight) not in not_linear:
+            mod.to(torch.bfloat16)
+
+
+# --- Attention with left padding ------------------------------------------------------------
+
+def _sdpa_mask_no_empty_rows(*args, **kwargs):
+    """transformers' SDPA mask, with every row that may attend to nothing allowed to attend to
+    everything. Batches are left-padded, so a padded query position has no key to attend to;
+    CUDA's SDPA kernels may return NaN for such a row (torch's CPU kernel returns 0), and a NaN
+    value at a padded position reaches the real positions through attention (0 * NaN is NaN).
+    transformers 4.x patched these rows the same way (AttentionMaskConverter._unmask_unattended);
+    5.x no longer does. Rows with something to attend to are unchanged, and what a padded
+    position computes is never read."""
+    mask = sdpa_mask(*args, **kwargs)
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    return mask | ~mask.any(-1, keepdim=True)
+
+
+PAD_SAFE_SDPA = "sdpa_pad_safe"
+AttentionInterface.register(PAD_SAFE_SDPA, sdpa_attention_forward)
+AttentionMaskInterface.register(PAD_SAFE_SDPA, _sdpa_mask_no_empty_rows)
+
+
+def _pad_safe_sdpa(model):
+    """Switch a model on SDPA attention to the same kernel with _sdpa_mask_no_empty_rows (eager
+    attention masks with the dtype's minimum, so its rows stay finite; flash attention drops the
+    padding). Not written into a saved config: a saved model loads anywhere as plain sdpa."""
+    if getattr(model.config, "_attn_implementation", None) == "sdpa":
+        model.set_attn_implementation(PAD_SAFE_SDPA)
+
+
+def check_finite_left_padded(model, tokenizer, prompts=("Hi.", "What is 12 times 7? Think "
+                                                        "step by step and show your work.")):
+    """For a GPU smoke test of the guard above: the logits of a left-padded batch (prompts of
+    different lengths, so the short one is padded) are finite at every position, padded ones
+    included, and each prompt's logits equal those of the prompt alone, unpadded: to 0.1% of
+    the largest logit in float32, 5% under bf16 autocast (a batch of another shape rounds
+    differently; wrong positions or a leak from the padding are off by the logits' own size).
+    Raises AssertionError if not; returns the largest difference, for the log."""
+    rows = encode_prompts(tokenizer, list(prompts))
+    if len({len(r) for r in rows}) < 2:
+        raise ValueError("give prompts of different token lengths, so that one is padded")
+    device = device_of(model)
+    ids, attn = _left_pad(rows, tokenizer.pad_token_id, device)
+    positions = (attn.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad(), autocast(model):
+        padded = model(input_ids=ids, attention_mask=attn, position_ids=positions).logits.float()
+        alone = [model(input_ids=torch.tensor([r], device=device)).logits[0].float()
+                 for r in rows]
+    assert torch.isfinite(padded).all(), "non-finite logits in a left-padded batch"
+    share = 1e-3 if getattr(model, "autocast_dtype", None) is None else 5e-2
+    worst = 0.0
+    for i, r in enumerate(rows):
+        got, want = padded[i, ids.shape[1] - len(r):], alone[i]
+        diff = float((got - want).abs().max())
+        worst = max(worst, diff)
+        tol = share * float(want.abs().max())
+        assert diff <= tol, (f"left padding changed the logits of prompt {i}: max difference "
+                             f"{diff:.3g} > {tol:.3g}")
+    return worst
 
 
 def save_model(model, tokenizer, out_dir: str):
     """save_pretrained of both, atomically (rundir.atomic_dir): a crash leaves either the old
-    model or the new one, never a half-written directory."""
+    model or the new one, never a half-written directory.
+
+    The weights are written in the dtype the model was loaded from (`save_dtype`: bf16 for a
+    Qwen2.5 checkpoint), not in the float32 the training keeps in memory: a saved model is for
+    inference and the next stage, and bf16 is half the disk. Only the run's checkpoint/ keeps
+    the float32 master weights (rundir.save_checkpoint). A model of float32 origin (the tiny
+    world) is saved exactly as it is."""
+    dtype = getattr(model, "save_dtype", None)
+    cast = dtype is not None and any(p.is_floating_point() and p.dtype != dtype
+                                     for p in model.parameters())
+
     def write(tmp):
-        model.save_pretrained(tmp)
+        if not cast:
+            model.save_pretrained(tmp)
+        else:
+            # Cast on the CPU (no GPU memory), one tensor per storage, so weights that are tied
+            # (Qwen2.5-0.5B's output layer and embeddings) stay one tensor.
+            memo = {}
+            state = {k: memo.setdefault((v.data_ptr(), v.dtype, v.shape),
+                                        v.to("cpu", dtype) if v.is_floating_point() else v)
+                     for k, v in model.state_dict().items()}
+            model.save_pretrained(tmp, state_dict=state)
+            # save_pretrained writes the in-memory dtype (float32) into config.json
+            cfg_path = os.path.join(tmp, "config.json")
+            with open(cfg_path) as f:
+                cfg = json.load(f)
+            cfg["dtype"] = str(dtype).removeprefix("torch.")
+            with open(cfg_path, "w") as f:
+                json.dump(cfg, f, indent=2, sort_keys=True)
         tokenizer.save_pretrained(tmp)
     rundir.atomic_dir(out_dir, write)
+
+
+# --- GPU memory -----------------------------------------------------------------------------
+
+def reset_peak_memory(device: torch.device):
+    """Start counting the peak GPU memory of `device` (the model's, which need not be the
+    current CUDA device: --device cuda:1). Nothing on other devices."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device: torch.device):
+    """Peak memory allocated on `device` since reset_peak_memory, in GiB; None off a GPU."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
 # --- Prompts ------------------------------------------------------------------------------
@@ -261,7 +424,8 @@ def sample(model, tokenizer, prompts: list[str], n: int = 1, max_new_tokens=64,
         # one generate call per micro-batch: KV cache, positions from the attention mask
         with autocast(model):
             out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
-                                 eos_token_id=stops, pad_token_id=pad_id, use_cache=True, **knobs)
+                                 eos_token_id=stops, pad_token_id=pad_id, use_cache=True,
+                                 **_one_dtype_cache(model), **knobs)
         resp = out[:, ids.shape[1]:].cpu()
         # The mask is computed per micro-batch, before padding to a common width: a row with
         # no EOS is "all generated tokens", which must not include our extra padding columns.
@@ -273,6 +437,35 @@ def sample(model, tokenizer, prompts: list[str], n: int = 1, max_new_tokens=64,
     texts = tokenizer.batch_decode([r[m > 0].tolist() for r, m in zip(response_ids, mask)],
                                    skip_special_tokens=True)
     return Rollouts(rows, response_ids, mask, texts, torch.cat(trunc_parts))
+
+
+class OneDtypeCache(DynamicCache):
+    """A KV cache that stores keys and values in one dtype. Under bf16 autocast, transformers'
+    rotary embedding (Llama, Qwen2, ...) computes cos and sin in float32 from the float32
+    residual stream, so the key after RoPE is float32 (bf16 key times float32 cos) while the
+    value, straight out of a Linear, is bf16: the cache would hold keys at twice the size of the
+    values, and attention would cast the whole cached key to bf16 at every decoding step.
+    Attention casts its inputs to bf16 under autocast anyway (SDPA and matmul are autocast ops),
+    so storing them in bf16 changes nothing it computes."""
+
+    def __init__(self, dtype, **kwargs):
+        super().__init__(**kwargs)
+        self.kv_dtype = dtype
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        return super().update(key_states.to(self.kv_dtype), value_states.to(self.kv_dtype),
+                              layer_idx, *args, **kwargs)
+
+
+def _one_dtype_cache(model) -> dict:
+    """generate()'s cache argument under autocast; nothing (its own cache) otherwise. The
+    argument is `cache` in recent transformers 5.x (whose models take `cache`), and
+    `past_key_values` before."""
+    dtype = getattr(model, "autocast_dtype", None)
+    if dtype is None:
+        return {}
+    name = "cache" if _accepts(model, "cache") else "past_key_values"
+    return {name: OneDtypeCache(dtype, config=model.config)}
 
 
 # --- Log-probabilities --------------------------------------------------------------------

@@ -14,6 +14,7 @@ training never loses work:
 import json
 import os
 import shutil
+import sys
 import uuid
 
 import torch
@@ -94,10 +95,18 @@ def rng_state(py_rng) -> dict:
 
 
 def set_rng_state(py_rng, state: dict):
+    """Restore every stream. CUDA generators are restored one per GPU that exists now: a run
+    resumed with fewer visible GPUs (another host, CUDA_VISIBLE_DEVICES) restores the first ones
+    and says in one line what it left out (torch.cuda.set_rng_state_all would fail on them)."""
     py_rng.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        saved, n = state["cuda"], torch.cuda.device_count()
+        for i, s in enumerate(saved[:n]):
+            torch.cuda.set_rng_state(s, i)
+        if len(saved) > n:
+            print(f"warning: the checkpoint holds {len(saved)} CUDA random streams and {n} "
+                  f"GPU(s) are visible: restored the first {n}", file=sys.stderr)
 
 
 def save_checkpoint(run_dir, step, model, tok, opt, pool, py_rng, counters):
@@ -107,8 +116,11 @@ def save_checkpoint(run_dir, step, model, tok, opt, pool, py_rng, counters):
         os.makedirs(tmp)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        # save_dtype: the dtype final/ is saved in (model.save_model), which the float32
+        # checkpoint itself no longer tells a resumed run
         torch.save({"step": step, "optimizer": opt.state_dict(), "rng": rng_state(py_rng),
-                    "counters": counters}, os.path.join(tmp, "state.pt"))
+                    "counters": counters, "save_dtype": getattr(model, "save_dtype", None)},
+                   os.path.join(tmp, "state.pt"))
         pool.save(os.path.join(tmp, "pool.jsonl"))
     atomic_dir(os.path.join(run_dir, CHECKPOINT), write)
 
@@ -126,7 +138,10 @@ def find_checkpoint(run_dir):
 
 
 def load_state(ckpt: str) -> dict:
-    return torch.load(os.path.join(ckpt, "state.pt"), weights_only=False)
+    """state.pt, every tensor on the CPU whatever device saved it (a run saved on cuda:1
+    resumes on a host with one GPU, or none): the optimizer's load_state_dict moves its
+    state to the parameters' device, and random states are CPU tensors anyway."""
+    return torch.load(os.path.join(ckpt, "state.pt"), map_location="cpu", weights_only=False)
 
 
 # --- The run directory ----------------------------------------------------------------------

@@ -245,6 +245,8 @@ def update(model, ref_model, opt, rollouts, score_ids, advantages, args):
             model.eval()
             return None
         opt.step()
+        # free the gradients now: they would otherwise stay allocated through the next sampling
+        opt.zero_grad(set_to_none=True)
     model.eval()
     if not stats_acc:   # every advantage was zero and beta = 0: nothing to learn this step
         return {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "ratio": 1.0,
@@ -416,6 +418,8 @@ def main(argv=None):
     train_set, eval_sets = data.problems(args.data, args.eval_data, args.eval_limit,
                                          args.question_field, args.answer_field)
     world = W.TinyWorld() if args.data == "tiny" else None
+    # the precision this run computes in (config.json and every metrics row record it)
+    args.precision_used = M.choose_precision(args.precision, args.device)
     print("config:", json.dumps(vars(args), sort_keys=True))
 
     # The policy starts from the SFT model (or the checkpoint); the reference stays frozen at
@@ -424,7 +428,7 @@ def main(argv=None):
     if args.resume and ckpt is None:
         print("no checkpoint yet: starting the run from the beginning")
     model, tok = M.load_model(ckpt or args.init, gguf_file=None if ckpt else args.gguf_file,
-                              device=args.device, precision=args.precision,
+                              device=args.device, precision=args.precision_used,
                               grad_checkpointing=args.grad_checkpointing)
     if world is not None and not W.is_tiny_tokenizer(tok, world):
         raise UserError(f"{args.init} is not a tiny-world model (its tokenizer is not the tiny "
@@ -433,7 +437,7 @@ def main(argv=None):
     ref_model = None
     if args.beta > 0:
         ref_model = M.load_model(args.init, gguf_file=args.gguf_file, device=args.device,
-                                 precision=args.precision, frozen=True)[0]
+                                 precision=args.precision_used, frozen=True)[0]
         ref_model.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     # --seed reaches every draw: Python's (problems, contexts, shuffles) and torch's (sampling)
@@ -444,6 +448,7 @@ def main(argv=None):
     if ckpt:
         state = rundir.load_state(ckpt)
         opt.load_state_dict(state["optimizer"])
+        model.save_dtype = state.get("save_dtype")   # the dtype final/ is saved in
         rundir.set_rng_state(rng, state["rng"])
         start, counters = state["step"], state["counters"]
         counters["bad_in_a_row"] = 0   # a person resumed: give the run a fresh chance
@@ -454,18 +459,18 @@ def main(argv=None):
     rundir.start_run_dir(args, [metrics_path, samples_path], start)
 
     if start == 0 and args.eval_every:
-        rundir.append_jsonl(metrics_path,
-                            [{"step": 0, **E.periodic_eval(model, tok, eval_sets, args, world)}])
+        rundir.append_jsonl(metrics_path, [{"step": 0, "precision": args.precision_used,
+                                            **E.periodic_eval(model, tok, eval_sets, args, world)}])
     bar = tqdm(range(start + 1, args.steps + 1), desc="lanpo" if args.p_feedback else "grpo",
                dynamic_ncols=True, disable=None, initial=start, total=args.steps)
-    on_gpu = M.device_of(model).type == "cuda"
+    device = M.device_of(model)
     for step in bar:
-        if on_gpu:
-            torch.cuda.reset_peak_memory_stats()
+        M.reset_peak_memory(device)
         m, samples = train_step(step, model, ref_model, tok, opt, pool, train_set, args, rng,
                                 world)
-        if on_gpu:
-            m["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        m["precision"] = args.precision_used
+        if device.type == "cuda":
+            m["peak_gpu_gib"] = M.peak_memory_gib(device)
         # A non-finite loss or gradient skips the update; several in a row stop the run.
         skipped = m["skipped_update"]
         counters["bad_in_a_row"] = counters["bad_in_a_row"] + 1 if skipped else 0

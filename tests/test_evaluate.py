@@ -127,3 +127,46 @@ def test_self_correct_first_and_final_accuracy_of_a_known_model(monkeypatch):
     firsts = [f"#### {p['answer']}" if i % 5 else f"#### {int(p['answer']) + 1}"
               for i, p in enumerate(KNOWN)]
     assert all(f"Attempt: {a}" in t for a, t in zip(firsts, reflect))
+
+
+# --- defaults from the run that made the model -----------------------------------------------
+
+def spy_cli(monkeypatch, model_dir, *flags):
+    """evaluate.main on model_dir with the sampler and loader recorded: (the max_new_tokens
+    it sampled with, load_model's keyword arguments)."""
+    seen, loads = [], []
+    real_sample, real_load = M.sample, M.load_model
+    with monkeypatch.context() as m:
+        m.setattr(M, "sample", lambda *a, **k: seen.append(k["max_new_tokens"])
+                  or real_sample(*a, **k))
+        m.setattr(M, "load_model", lambda *a, **k: loads.append(k) or real_load(*a, **k))
+        E.main(["--model", str(model_dir), "--limit", "1", *flags])
+    return set(seen), loads[0]
+
+
+def test_cli_takes_length_and_precision_from_the_training_run(tiny_dir, tmp_path, monkeypatch,
+                                                              capsys):
+    """A model in a train.py run directory (final/) is evaluated with that run's response
+    length and precision, loaded for inference (frozen: bf16 Linear weights on a bf16 GPU)."""
+    import shutil
+    run = tmp_path / "rl"
+    shutil.copytree(tiny_dir, run / "final")
+    (run / "config.json").write_text(json.dumps({"max_new_tokens": 7, "precision": "bf16"}))
+    lengths, load = spy_cli(monkeypatch, run / "final")
+    assert lengths == {7} and load["precision"] == "bf16" and load["frozen"] is True
+    out = capsys.readouterr().out
+    assert "config.json" in out and "precision: bf16" in out
+
+
+def test_cli_takes_them_from_an_sft_output_else_the_preset_else_flags(tiny_dir, tmp_path,
+                                                                      monkeypatch):
+    import shutil
+    sft = tmp_path / "sft"
+    shutil.copytree(tiny_dir, sft)
+    lengths, load = spy_cli(monkeypatch, sft)
+    assert lengths == {32} and load["precision"] == "fp32"       # the tiny preset
+    lengths, load = spy_cli(monkeypatch, sft, "--preset", "smol")
+    assert lengths == {256} and load["precision"] == "fp32"       # auto, on a CPU
+    (sft / "sft_config.json").write_text(json.dumps({"max_new_tokens": 5, "precision": "fp32"}))
+    assert spy_cli(monkeypatch, sft)[0] == {5}
+    assert spy_cli(monkeypatch, sft, "--max-new-tokens", "3")[0] == {3}

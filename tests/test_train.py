@@ -190,9 +190,9 @@ def test_microbatched_update_equals_full_batch(tiny_dir):
         torch.manual_seed(1)
         r = M.sample(model, tok, texts, max_new_tokens=8)
         adv = torch.tensor([1., -1., .5, -.5] * 3)
-        opt = torch.optim.SGD(model.parameters(), lr=0.0)   # lr 0: keep the weights, read grads
+        opt = ReadGrads(model.parameters(), lr=0.0)   # lr 0: keep the weights, read grads
         train.update(model, ref, opt, r, r.prompt_ids, adv, a)
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        grads.append(opt.seen)
     assert grads[0].abs().sum() > 0
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
@@ -215,6 +215,15 @@ SHOWN = re.compile(r"^Attempt \((right|wrong)\): (.*)$", re.M)   # a labelled at
 
 def grads(model):
     return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+class ReadGrads(torch.optim.SGD):
+    """SGD that keeps the gradient it stepped with (`seen`): update() frees the gradients right
+    after the optimizer step."""
+
+    def step(self, closure=None):
+        self.seen = torch.cat([p.grad.flatten() for g in self.param_groups for p in g["params"]])
+        return super().step(closure)
 
 
 def spy(monkeypatch, name):
@@ -267,9 +276,9 @@ def test_update_gradient_is_the_policy_gradient_of_each_aggregation_and_temperat
         for budget in (100_000, 40):   # one chunk; chunks of a few rows
             a = args_for(aggregation=agg, temperature=t, beta=0.0, max_new_tokens=10,
                          max_grad_norm=1e9, logprob_tokens=budget)
-            opt = torch.optim.SGD(model.parameters(), lr=0.0)   # lr 0: read the gradient
+            opt = ReadGrads(model.parameters(), lr=0.0)   # lr 0: read the gradient
             train.update(model, None, opt, r, r.prompt_ids, adv, a)
-            got = grads(model)
+            got = opt.seen
             assert torch.allclose(got, want[agg, t], rtol=1e-4, atol=1e-7), (agg, t, budget)
             assert not any(torch.allclose(got, want[s], rtol=1e-2) for s in settings
                            if s != (agg, t))
@@ -301,10 +310,10 @@ def test_second_inner_epoch_is_clipped_against_the_policy_before_the_first(tiny_
     assert not torch.allclose(want, policy_gradient(ref, r, adv, "seq-mean", 1.0, 10),
                               rtol=1e-2)   # with rho = 1 (old = current) it would differ
     a = args_for(inner_epochs=2, clip=clip, beta=0.0, max_new_tokens=10, max_grad_norm=1e9)
-    stats = train.update(model, None, torch.optim.SGD(model.parameters(), lr=lr), r,
-                         r.prompt_ids, adv, a)
+    opt = ReadGrads(model.parameters(), lr=lr)
+    stats = train.update(model, None, opt, r, r.prompt_ids, adv, a)
     assert stats["clip_frac"] > 0 and stats["ratio"] != 1.0
-    assert torch.allclose(grads(model), want, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(opt.seen, want, rtol=1e-4, atol=1e-6)   # epoch 2's gradient
     assert torch.allclose(torch.cat([p.flatten() for p in model.parameters()]), weights,
                           atol=1e-5)
 
@@ -319,11 +328,11 @@ def test_train_step_updates_with_each_groups_own_advantages(tiny_dir, monkeypatc
     sampled = spy(monkeypatch, "sample")
     a = args_for(p_feedback=0.0, group_size=4, problems_per_step=3, beta=0.0,
                  max_new_tokens=6, max_grad_norm=1e9, scale_rewards=scale)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)   # lr 0: keep the weights, read grads
+    opt = ReadGrads(model.parameters(), lr=0.0)   # lr 0: keep the weights, read grads
     torch.manual_seed(0)
     m, _ = train.train_step(1, model, None, tok, opt, Pool(), problems, a, random.Random(0),
                             WORLD)
-    got = grads(model)
+    got = opt.seen
     (call,) = sampled
     texts, r = call["prompts"], call["result"]
     gold = {p["question"]: p["answer"] for p in problems}
@@ -339,9 +348,9 @@ def test_train_step_updates_with_each_groups_own_advantages(tiny_dir, monkeypatc
             adv[rows] = (g - g.mean()) / (g.std(correction=0) + 1e-6 if scaled else 1.0)
         return adv
     train.update(model, None, opt, r, r.prompt_ids, advantages(scale), a)
-    want = grads(model)
+    want = opt.seen
     train.update(model, None, opt, r, r.prompt_ids, advantages(not scale), a)
-    assert want.abs().sum() > 0 and not torch.allclose(want, grads(model), rtol=1e-2)
+    assert want.abs().sum() > 0 and not torch.allclose(want, opt.seen, rtol=1e-2)
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-7)
 
 
