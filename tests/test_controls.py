@@ -13,7 +13,7 @@ import prompts
 import train
 import world as W
 from pool import Entry, Pool
-from test_train import WORLD, args_for, grads, small_run
+from test_train import WORLD, ReadGrads, args_for, grads, small_run
 
 LESSON_LINE = "Principles: (.*)\nPitfalls: (.*)"
 
@@ -161,9 +161,9 @@ def test_corrected_scoring_gradient_is_the_truncated_importance_weighted_one(tin
     for budget in (100_000, 40):
         a = args_for(score_context="corrected", is_cap=cap, beta=beta, max_new_tokens=8,
                      max_grad_norm=1e9, logprob_tokens=budget)
-        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        opt = ReadGrads(model.parameters(), lr=0.0)   # lr 0: read the gradient
         stats = train.update(model, ref if beta else None, opt, r, score_ids, adv, a)
-        got = grads(model)
+        got = opt.seen
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-7), budget
         assert stats["is_weight"] != 1.0
     unweighted, _ = corrected_gradient(model, ref, r, plain_ids, adv, cap, beta, weighted=False)
@@ -172,9 +172,9 @@ def test_corrected_scoring_gradient_is_the_truncated_importance_weighted_one(tin
     assert not torch.allclose(got, attached, rtol=1e-2)
     # and --score-context plain is exactly the unweighted one
     a = args_for(score_context="plain", beta=beta, max_new_tokens=8, max_grad_norm=1e9)
-    train.update(model, ref if beta else None, torch.optim.SGD(model.parameters(), lr=0.0), r,
-                 score_ids, adv, a)
-    assert torch.allclose(grads(model), unweighted, rtol=1e-4, atol=1e-7)
+    opt = ReadGrads(model.parameters(), lr=0.0)
+    train.update(model, ref if beta else None, opt, r, score_ids, adv, a)
+    assert torch.allclose(opt.seen, unweighted, rtol=1e-4, atol=1e-7)
 
 
 def test_truncated_is_weight_is_capped_detached_and_one_on_policy():
