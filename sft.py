@@ -197,8 +197,34 @@ def load_seed_jsonl(path: str) -> list[dict]:
     return out
 
 
+BOOTSTRAP_FILE = "bootstrap.jsonl"   # in the output directory, while bootstrapping
+
+
+def _read_progress(path, header):
+    """Records of an interrupted bootstrap at `path` ({} if none), keyed by (stage, problem id).
+    The first line is the header (the settings that decide what is sampled): another header
+    means another bootstrap, refused. A torn last line (the crash came mid-write) is dropped."""
+    if path is None or not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        lines = f.read().splitlines()
+    rows = []
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    if not rows:
+        return {}
+    if rows[0].get("header") != header:
+        raise UserError(f"{path} was bootstrapped with other settings ({rows[0].get('header')}); "
+                        "pass --overwrite to start again")
+    return {(r["stage"], r["problem_id"]): r for r in rows[1:]}
+
+
 def bootstrap_seed_data(model, tok, problems, n_samples, max_new_tokens, temperature,
-                        micro_batch, seed, gamma=0.5) -> list[dict]:
+                        micro_batch, seed, gamma=0.5, progress_path=None,
+                        header=None) -> list[dict]:
     """Self-generated seed data for a real model that already solves some problems (rejection
     sampling on the three skills, at most one example per skill and problem):
     - respond: n samples of the plain prompt per problem; keep one that is correct;
@@ -210,49 +236,91 @@ def bootstrap_seed_data(model, tok, problems, n_samples, max_new_tokens, tempera
     - respond with feedback: the kept summaries go into a pool, each problem retrieves the
       lessons of similar *other* problems (the same retrieval and gamma as RL) and answers with
       them in context; keep a correct answer.
-    The gold answer is used only to *filter* outputs, never shown in a prompt."""
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
+    The gold answer is used only to *filter* outputs, never shown in a prompt.
+
+    This is the expensive part of `sft.py --preset qwen` (thousands of sampled answers), so it
+    is written as it is made: problems go in batches (one generate call of `micro_batch` rows
+    for the answers), and after each batch one JSONL line per problem is appended to
+    `progress_path` and flushed. A restart with the same settings reads them back and samples
+    only the problems not yet done. Each batch draws from its own seed (seed, batch index), so
+    an interrupted and restarted bootstrap keeps what it had and samples the rest as an
+    uninterrupted one would."""
+    header = header or {}
+    done = _read_progress(progress_path, header)
+    if progress_path and not done:
+        rundir.atomic_write(progress_path, json.dumps({"header": header}) + "\n")
+    elif done:
+        print(f"bootstrap: {len(done)} records from {progress_path} are reused")
 
     def answers(prompt_texts, n=1):
         r = M.sample(model, tok, prompt_texts, n=n, max_new_tokens=max_new_tokens,
                      temperature=temperature, micro_batch=micro_batch)
         return [r.texts[i * n:(i + 1) * n] for i in range(len(prompt_texts))]
 
-    groups = answers([prompts.solve_prompt(p["question"]) for p in problems], n_samples)
-    rewards = [[reward(t, p["answer"]) for t in g] for g, p in zip(groups, problems)]
-    out = []
-    for p, g, rw in zip(problems, groups, rewards):
-        right = [t for t, ok in zip(g, rw) if ok]
-        if right:
-            out.append({"prompt": prompts.solve_prompt(p["question"]), "response": right[0],
-                        "skill": "solve"})
-    # summaries of groups with something to contrast, and reflections on a random attempt
-    summarize = [(p, prompts.summarize_prompt(p["question"], list(zip(g, map(bool, rw)))))
-                 for p, g, rw in zip(problems, groups, rewards)]
-    reflect = [(p, prompts.feedback_prompt(p["question"], attempt=rng.choice(g)))
-               for p, g in zip(problems, groups)]
-    texts = answers([t for _, t in summarize + reflect])
+    def batches(stage, todo, size):
+        """(batch index, problems of that batch not done yet, seeded rng) per batch."""
+        for j, start in enumerate(range(0, len(todo), size)):
+            batch = [p for p in todo[start:start + size] if (stage, p["id"]) not in done]
+            if batch:
+                torch.manual_seed(seed * 100_003 + j)
+                yield batch, random.Random(f"{seed}-{stage}-{j}")
+
+    def save(stage, records):
+        rows = [{"stage": stage, **r} for r in records]
+        if progress_path:
+            rundir.append_jsonl(progress_path, rows)
+        done.update({(stage, r["problem_id"]): r for r in rows})
+
+    # Stage 1: respond, summarize, inspect, a batch of problems at a time.
+    for batch, rng in batches("skills", problems, max(1, micro_batch // n_samples)):
+        groups = answers([prompts.solve_prompt(p["question"]) for p in batch], n_samples)
+        rewards = [[reward(t, p["answer"]) for t in g] for g, p in zip(groups, batch)]
+        summarize = [prompts.summarize_prompt(p["question"], list(zip(g, map(bool, rw))))
+                     for p, g, rw in zip(batch, groups, rewards)]
+        reflect = [prompts.feedback_prompt(p["question"], attempt=rng.choice(g))
+                   for p, g in zip(batch, groups)]
+        texts = [t for (t,) in answers(summarize + reflect)]
+        records = []
+        for i, (p, g, rw) in enumerate(zip(batch, groups, rewards)):
+            examples, summary = [], None
+            right = [t for t, ok in zip(g, rw) if ok]
+            if right:
+                examples.append({"prompt": prompts.solve_prompt(p["question"]),
+                                 "response": right[0], "skill": "solve"})
+            t = texts[i]   # summaries of groups with something to contrast
+            parsed = parse_summary(t)
+            if parsed is not None and (parsed[0] or parsed[1]) and p["answer"] not in t:
+                examples.append({"prompt": summarize[i], "response": t.strip(),
+                                 "skill": "summarize"})
+                summary = [list(parsed[0]), list(parsed[1])]
+            t = texts[len(batch) + i]   # a reflection on a random attempt
+            if reward(t, p["answer"]):
+                examples.append({"prompt": reflect[i], "response": t, "skill": "reflect"})
+            records.append({"problem_id": p["id"], "examples": examples, "summary": summary})
+        save("skills", records)
+
+    # Stage 2: respond with feedback, from the pool of every kept summary.
     pool = Pool()
-    for (p, prompt), (t,) in zip(summarize, texts[:len(summarize)]):
-        parsed = parse_summary(t)
-        if parsed is not None and (parsed[0] or parsed[1]) and p["answer"] not in t:
-            out.append({"prompt": prompt, "response": t.strip(), "skill": "summarize"})
-            pool.add([Entry(p["id"], p["question"], "", 0.0, 0, *parsed)])
-    for (p, prompt), (t,) in zip(reflect, texts[len(summarize):]):
-        if reward(t, p["answer"]):
-            out.append({"prompt": prompt, "response": t, "skill": "reflect"})
-    # respond with feedback: lessons of similar other problems in the context
-    with_lessons = []
     for p in problems:
-        found = [pid for pid, _ in pool.retrieve(p["question"], p["id"], k=4, gamma=gamma)]
-        principles, pitfalls = pool.lessons(found)
-        if principles or pitfalls:
-            with_lessons.append((p, prompts.feedback_prompt(p["question"], principles, pitfalls)))
-    for (p, prompt), (t,) in zip(with_lessons, answers([t for _, t in with_lessons])):
-        if reward(t, p["answer"]):
-            out.append({"prompt": prompt, "response": t, "skill": "feedback"})
-    return out
+        summary = done[("skills", p["id"])]["summary"]
+        if summary:
+            pool.add([Entry(p["id"], p["question"], "", 0.0, 0, *summary)])
+    for batch, _ in batches("feedback", problems, micro_batch):
+        asked = []
+        for p in batch:
+            found = [pid for pid, _ in pool.retrieve(p["question"], p["id"], k=4, gamma=gamma)]
+            principles, pitfalls = pool.lessons(found)
+            asked.append(prompts.feedback_prompt(p["question"], principles, pitfalls)
+                         if principles or pitfalls else None)
+        with_lessons = [(p, q) for p, q in zip(batch, asked) if q is not None]
+        got = answers([q for _, q in with_lessons])
+        texts = {p["id"]: t for (p, _), (t,) in zip(with_lessons, got)}
+        save("feedback", [{"problem_id": p["id"], "examples": (
+            [{"prompt": q, "response": texts[p["id"]], "skill": "feedback"}]
+            if q is not None and reward(texts[p["id"]], p["answer"]) else [])}
+            for p, q in zip(batch, asked)])
+    return [ex for stage in ("skills", "feedback") for p in problems
+            for ex in done[(stage, p["id"])]["examples"]]
 
 
 # =============================================================================================
@@ -562,7 +630,9 @@ def resolve_config(args):
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.lr <= 0:
         raise UserError("--lr must be positive")
-    if os.path.exists(args.out) and os.listdir(args.out) and not args.overwrite:
+    # An output directory that holds only an interrupted bootstrap is continued, not refused.
+    held = set(os.listdir(args.out)) - {BOOTSTRAP_FILE} if os.path.isdir(args.out) else set()
+    if held and not args.overwrite:
         raise UserError(f"{args.out} already holds an SFT model; pass --overwrite to replace it")
     return args
 
@@ -589,10 +659,19 @@ def real_setup(args, device):
         return model, tok, load_seed_jsonl(args.seed_data), eval_sets
     problems = data.train_problems(args.data, limit=args.bootstrap_problems)
     print(f"bootstrapping seed data from {len(problems)} problems ...")
+    # Written to the output directory as it is made; a restart of the same command reuses it.
+    progress = os.path.join(args.out, BOOTSTRAP_FILE)
+    if args.overwrite and os.path.exists(progress):
+        os.remove(progress)
+    os.makedirs(args.out, exist_ok=True)
+    header = {k: getattr(args, k) for k in ("model", "gguf_file", "data", "bootstrap_problems",
+                                            "bootstrap_samples", "max_new_tokens",
+                                            "temperature", "seed", "gamma")}
     with oom_hint("bootstrapping seed data", "lower --sample-micro-batch or --max-new-tokens"):
         examples = bootstrap_seed_data(model, tok, problems, args.bootstrap_samples,
                                        args.max_new_tokens, args.temperature,
-                                       args.sample_micro_batch, args.seed, args.gamma)
+                                       args.sample_micro_batch, args.seed, args.gamma,
+                                       progress_path=progress, header=header)
     if not examples:
         raise UserError("bootstrapping kept no example (the base model solved nothing); "
                         "pass more --bootstrap-problems or your own --seed-data")
@@ -622,6 +701,12 @@ def main(argv=None):
         history = train_sft(model, tok, enc(train), enc(val) or enc(train[:1]), args.steps,
                             args.batch_size, args.lr, args.warmup, device, args.seed)
     M.save_model(model, tok, args.out)
+    if args.preset != "tiny":
+        # The seed data the model was trained on, beside it (saving replaced the directory,
+        # and with it the bootstrap's progress file). The tiny world's is regenerated from
+        # --seed.
+        rundir.atomic_write(os.path.join(args.out, "seed_data.jsonl"),
+                            "".join(json.dumps(ex) + "\n" for ex in examples))
 
     # Report: zero-shot accuracy per evaluation set, and the skills on held-out seed prompts.
     cfg = argparse.Namespace(greedy=True, temperature=1.0, top_p=1.0,
