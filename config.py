@@ -114,6 +114,10 @@ def build_parser():
       help="padded tokens per log-prob micro-batch (lower it on out-of-memory)")
     g("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
       help="trade compute for activation memory")
+    g("--lora-rank", type=int, default=0,
+      help="train LoRA adapters of this rank on the attention and MLP projections instead of "
+           "every weight (0: off); the KL reference is then the base with adapters off")
+    g("--lora-alpha", type=float, default=None, help="LoRA scale alpha (default 2 x rank)")
     g("--max-bad-updates", type=int, default=3,
       help="stop after this many non-finite updates in a row")
     return ap
@@ -149,6 +153,8 @@ def resolve_config(args):
         (args.summary_attempts >= 1 and args.summary_tokens >= 1,
          "--summary-attempts and --summary-tokens must be at least 1"),
         (args.max_grad_norm > 0, "--max-grad-norm must be positive"),
+        (args.lora_rank >= 0 and (args.lora_alpha is None or args.lora_alpha > 0),
+         "--lora-rank must not be negative and --lora-alpha must be positive"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 import data
 import evaluate as E
+import lora
 import model as M
 import prompts
 import rundir
@@ -468,7 +469,8 @@ def train_sft(model, tok, train_enc, val_enc, steps, batch_size, lr, warmup, dev
               log_every=100):
     """AdamW with linear warmup and cosine decay; a held-out loss every `log_every` steps."""
     rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    params = lora.trainable(model)   # every weight, or with LoRA the adapters only
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) *
         0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
@@ -483,7 +485,7 @@ def train_sft(model, tok, train_enc, val_enc, steps, batch_size, lr, warmup, dev
         loss = batch_loss(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         if (step + 1) % log_every == 0 or step + 1 == steps:
@@ -604,6 +606,10 @@ def build_parser():
       help="auto: bf16 autocast over float32 weights on a GPU, float32 elsewhere")
     a("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
       help="trade compute for activation memory")
+    a("--lora-rank", type=int, default=0, help="real models: train LoRA adapters of this rank "
+      "on the attention and MLP projections instead of every weight (0: off); the saved model "
+      "has them merged")
+    a("--lora-alpha", type=float, default=None, help="LoRA scale alpha (default 2 x rank)")
     a("--seed", type=int, default=0, help="seed of the seed data, the model's init and the "
       "batches")
     return ap
@@ -615,6 +621,11 @@ def resolve_config(args):
     if args.preset == "tiny" and (args.model or args.gguf_file):
         raise UserError("--preset tiny trains a new model from scratch and takes no --model; "
                         "to fine-tune a model, pass --preset smol or --preset qwen with it")
+    if args.preset == "tiny" and args.lora_rank:
+        raise UserError("--lora-rank adapts a pretrained model; --preset tiny trains a new one "
+                        "from scratch")
+    if args.lora_rank < 0 or (args.lora_alpha is not None and args.lora_alpha <= 0):
+        raise UserError("--lora-rank must not be negative and --lora-alpha must be positive")
     for k, v in PRESETS[args.preset].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -654,6 +665,9 @@ def real_setup(args, device):
         name, gguf = M.smol_gguf()
     model, tok = M.load_model(name, gguf_file=gguf, device=device, precision=args.precision,
                               grad_checkpointing=args.grad_checkpointing)
+    if args.lora_rank:   # B = 0: bootstrapping samples from exactly the base model
+        lora.add_lora(model, args.lora_rank, lora.resolve_alpha(args.lora_rank, args.lora_alpha),
+                      args.seed)
     eval_sets = data.eval_datasets(args.data, limit=args.eval_limit or 32)
     if args.seed_data:
         return model, tok, load_seed_jsonl(args.seed_data), eval_sets
@@ -700,7 +714,7 @@ def main(argv=None):
     with oom_hint("fine-tuning", "lower --batch-size or --max-len, or pass --grad-checkpointing"):
         history = train_sft(model, tok, enc(train), enc(val) or enc(train[:1]), args.steps,
                             args.batch_size, args.lr, args.warmup, device, args.seed)
-    M.save_model(model, tok, args.out)
+    lora.save_model(model, tok, args.out)   # with LoRA: adapters merged into plain weights
     if args.preset != "tiny":
         # The seed data the model was trained on, beside it (saving replaced the directory,
         # and with it the bootstrap's progress file). The tiny world's is regenerated from
