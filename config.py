@@ -30,11 +30,13 @@ PRESETS = {
                  eval_every=0, ckpt_every=5, eval_limit=16, precision="auto",
                  sample_micro_batch=64, logprob_tokens=4096, grad_checkpointing=False),
     # One GPU: Qwen2.5-Instruct (after `python sft.py --preset qwen`), GSM8K. Memory-safe:
-    # log-prob micro-batches of at most 4096 tokens and gradient checkpointing.
+    # log-prob micro-batches of at most 4096 tokens and gradient checkpointing. 64 rows per
+    # generate call: `experiments/memory_plan.py` puts the prefill of 128 rows of 1,536-token
+    # prompts (a full pool's) for Qwen2.5-1.5B with LoRA above 24 GB.
     "qwen": dict(init="runs/qwen/sft", data="gsm8k", steps=200, problems_per_step=16,
                  group_size=8, lr=1e-6, max_new_tokens=512, summary_tokens=192, gamma=0.5,
                  eval_every=50, ckpt_every=10, eval_limit=500, precision="auto",
-                 sample_micro_batch=128, logprob_tokens=4096, grad_checkpointing=True),
+                 sample_micro_batch=64, logprob_tokens=4096, grad_checkpointing=True),
 }
 
 # Flags that may change on --resume: they change how fast or where a run computes, not what.

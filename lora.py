@@ -65,8 +65,11 @@ class LoRALinear(nn.Linear):
         y = F.linear(x, self.weight, self.bias)
         if not self.adapter_on:
             return y
-        a = self.lora_A
-        delta = F.linear(F.linear(x.to(a.dtype), a), self.lora_B) * self.scaling
+        # Under autocast the matmuls run in bf16 whatever the dtypes; without it, a bf16 input
+        # meets float32 adapters and is cast (a copy, so not done when autocast decides).
+        if not torch.is_autocast_enabled(x.device.type):
+            x = x.to(self.lora_A.dtype)
+        delta = F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling
         return y + delta.to(y.dtype)
 
     def merged_weight(self) -> torch.Tensor:

@@ -454,6 +454,11 @@ def heldout_loss(model, encoded, pad_id, device, batch_size) -> float:
     return total / max(n_tokens, 1)
 
 
+# The held-out pass scores this many training batches' rows at once (no grad: no activations
+# are kept, and the loss is chunked).
+HELDOUT_ROWS_PER_BATCH = 4
+
+
 def length_bucketed_batches(encoded, batch_size, rng, bucket=8):
     """Random batches of similar length: draw bucket x batch_size examples, sort them by length,
     cut into batches, shuffle the batches. Padding then costs little (summarize prompts are
@@ -489,7 +494,8 @@ def train_sft(model, tok, train_enc, val_enc, steps, batch_size, lr, warmup, dev
         opt.step()
         sched.step()
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            val = heldout_loss(model, val_enc, tok.pad_token_id, device, 4 * batch_size)
+            val = heldout_loss(model, val_enc, tok.pad_token_id, device,
+                              HELDOUT_ROWS_PER_BATCH * batch_size)
             history.append({"step": step + 1, "train_loss": loss.item(), "heldout_loss": val})
             bar.set_postfix(loss=f"{loss.item():.3f}", heldout=f"{val:.3f}")
     model.eval()
@@ -558,11 +564,13 @@ PRESETS = {
                  grad_checkpointing=False, bootstrap_problems=32, sample_micro_batch=64,
                  gamma=0.5),
     # qwen: one GPU. Qwen2.5-Instruct solves most GSM8K problems, so it bootstraps its own seed
-    # data; gradient checkpointing and bf16 autocast keep the 0.5B/1.5B models within memory.
+    # data; gradient checkpointing and bf16 autocast keep the 0.5B/1.5B models within memory,
+    # and 64 rows per generate call the bootstrap's summary prompts (four answers of up to 512
+    # tokens each) on a 24 GB card (experiments/memory_plan.py).
     "qwen": dict(model="Qwen/Qwen2.5-0.5B-Instruct", data="gsm8k", steps=150, batch_size=8,
                  lr=1e-5, warmup=10, examples=None, max_len=1024, max_new_tokens=512,
                  precision="auto", grad_checkpointing=True, bootstrap_problems=512,
-                 sample_micro_batch=128, gamma=0.5),
+                 sample_micro_batch=64, gamma=0.5),
 }
 
 
