@@ -470,6 +470,17 @@ def length_bucketed_batches(encoded, batch_size, rng, bucket=8):
     return batches
 
 
+def gpu_peak(device):
+    """The most GiB of tensors allocated on a CUDA device since the last call (None on the
+    CPU); experiments/gpu_smoke.sh compares them with experiments/memory_plan.py."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    torch.cuda.reset_peak_memory_stats(device)
+    return peak
+
+
 def train_sft(model, tok, train_enc, val_enc, steps, batch_size, lr, warmup, device, seed,
               log_every=100):
     """AdamW with linear warmup and cosine decay; a held-out loss every `log_every` steps."""
@@ -483,6 +494,9 @@ def train_sft(model, tok, train_enc, val_enc, steps, batch_size, lr, warmup, dev
     history = []
     bar = tqdm(range(steps), desc="sft", dynamic_ncols=True, disable=None)
     batches = []
+    gpu_peak(device)   # from here: the training steps' peak
+    t_train = t_heldout = 0.0
+    t = time.perf_counter()
     for step in bar:
         if not batches:
             batches = length_bucketed_batches(train_enc, batch_size, rng)
@@ -494,10 +508,17 @@ def train_sft(model, tok, train_enc, val_enc, steps, batch_size, lr, warmup, dev
         opt.step()
         sched.step()
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            val = heldout_loss(model, val_enc, tok.pad_token_id, device,
-                              HELDOUT_ROWS_PER_BATCH * batch_size)
-            history.append({"step": step + 1, "train_loss": loss.item(), "heldout_loss": val})
+            row = {"step": step + 1, "train_loss": loss.item()}
+            t_train += time.perf_counter() - t
+            peak_train, t = gpu_peak(device), time.perf_counter()
+            row["heldout_loss"] = val = heldout_loss(model, val_enc, tok.pad_token_id, device,
+                                                     HELDOUT_ROWS_PER_BATCH * batch_size)
+            t_heldout += time.perf_counter() - t
+            if peak_train is not None:   # on a GPU: peak memory of each phase, GiB
+                row.update(peak_gpu_gib_train=peak_train, peak_gpu_gib_heldout=gpu_peak(device))
+            history.append({**row, "t_train": round(t_train, 2), "t_heldout": round(t_heldout, 2)})
             bar.set_postfix(loss=f"{loss.item():.3f}", heldout=f"{val:.3f}")
+            t = time.perf_counter()
     model.eval()
     return history
 
@@ -707,7 +728,9 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     t0 = time.time()
     setup = tiny_setup if args.preset == "tiny" else real_setup
+    gpu_peak(device)
     model, tok, examples, eval_sets = setup(args, device)
+    setup_peak, setup_seconds = gpu_peak(device), round(time.time() - t0, 1)
     counts = {}
     for ex in examples:
         counts[ex["skill"]] = counts.get(ex["skill"], 0) + 1
@@ -738,7 +761,8 @@ def main(argv=None):
         accuracy = {name: E.evaluate(model, tok, probs, "zero-shot", cfg)["mean@1"]
                     for name, probs in eval_sets.items()}
         skills = skill_report(model, tok, val, args.max_new_tokens, args.sample_micro_batch)
-    report = {"seconds": round(time.time() - t0, 1), "seed_examples": counts,
+    report = {"seconds": round(time.time() - t0, 1), "seconds_setup": setup_seconds,
+              "peak_gpu_gib_setup": setup_peak, "seed_examples": counts,
               "zero_shot_accuracy": accuracy, "skills": skills, "history": history}
     rundir.atomic_write(os.path.join(args.out, "sft_report.json"), json.dumps(report, indent=1))
     rundir.atomic_write(os.path.join(args.out, "sft_config.json"),

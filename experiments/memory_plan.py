@@ -106,23 +106,36 @@ class Settings:
     attention_scores: float = 0.0
 
 
-def settings_for(preset: str = "qwen", **overrides) -> Settings:
-    """The settings of a preset of sft.py and train.py, with overrides (None: not given)."""
-    import config
-    import sft
-    s, r = sft.PRESETS[preset], config.PRESETS[preset]
+def settings_from(sft_cfg: dict, rl_cfg: dict, **overrides) -> Settings:
+    """The settings of an sft.py and a train.py configuration (a preset's dicts, or the
+    sft_config.json / config.json of two runs), with overrides (None: not given). Prompt
+    lengths are the longest each phase builds: an RL prompt with an earlier attempt
+    (max-new-tokens) and the lessons of up to 4 problems (about as long again, plus the
+    question), a summary prompt with 4 answers of max-new-tokens each."""
+    s, r = sft_cfg, rl_cfg
+    precision = r.get("precision_used") or r["precision"]
     base = Settings(
-        precision="bf16" if r["precision"] == "auto" else r["precision"],
-        grad_checkpointing=r["grad_checkpointing"], sft_batch_size=s["batch_size"],
-        sft_max_len=s["max_len"], loss_chunk_tokens=sft.LOSS_CHUNK_TOKENS,
-        heldout_rows=sft.HELDOUT_ROWS_PER_BATCH * s["batch_size"],
-        bootstrap_rows=s["sample_micro_batch"], bootstrap_new_tokens=s["max_new_tokens"],
+        precision="bf16" if precision == "auto" else precision,
+        lora_rank=r.get("lora_rank") or 0, reference=r.get("beta", 0.04) > 0,
+        grad_checkpointing=bool(r["grad_checkpointing"]), sft_batch_size=s["batch_size"],
+        sft_max_len=s["max_len"], loss_chunk_tokens=s.get("loss_chunk_tokens", 1024),
+        heldout_rows=4 * s["batch_size"], bootstrap_rows=s["sample_micro_batch"],
+        bootstrap_new_tokens=s["max_new_tokens"],
         bootstrap_prompt_tokens=4 * s["max_new_tokens"] + 352,
         sample_rows=r["sample_micro_batch"], max_new_tokens=r["max_new_tokens"],
         prompt_tokens=2 * r["max_new_tokens"] + 512, logprob_tokens=r["logprob_tokens"],
         summary_rows=r["problems_per_step"], summary_tokens=r["summary_tokens"],
         summary_prompt_tokens=4 * r["max_new_tokens"] + 352)
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def settings_for(preset: str = "qwen", **overrides) -> Settings:
+    """The settings of a preset of sft.py and train.py (their PRESETS), with overrides."""
+    import config
+    import sft
+    sft_cfg = dict(sft.PRESETS[preset], loss_chunk_tokens=sft.LOSS_CHUNK_TOKENS)
+    assert sft.HELDOUT_ROWS_PER_BATCH == 4   # settings_from's held-out rows
+    return settings_from(sft_cfg, config.PRESETS[preset], **overrides)
 
 
 def load_config(model):
