@@ -284,6 +284,10 @@ HINTS = {
 }
 
 
+# What stays allocated whatever the batch (the names of plan()'s parts, before " (").
+FIXED = ("weights", "base weights", "adapters", "gradients", "AdamW moments", "reference")
+
+
 def fits(total_bytes: float, gpu_gb: float) -> bool:
     """plan x 1.1 + 1 GiB (CUDA context, fragmentation) within a card of gpu_gb GB, counted
     as 10^9 bytes: a "24 GB" card may offer as little as 22.5 GiB (an L4, an A10)."""
@@ -305,7 +309,12 @@ def report(name: str, p: dict, gpu_gb: float, settings: Settings) -> str:
         ok = fits(v["total"], gpu_gb)
         parts = ", ".join(f"{k} {b / GIB:.2f}" for k, b in v["parts"].items())
         lines.append(f"{phase:<34} {v['total'] / GIB:8.2f}  {'yes ' if ok else 'NO  '}  {parts}")
-        if not ok:
+        fixed = sum(b for k, b in v["parts"].items() if k.split(" (")[0] in FIXED)
+        if not ok and not fits(fixed, gpu_gb):
+            lines.append(f"{'':<46}-> does not fit: the weights, gradients, AdamW moments and "
+                         f"reference alone take {fixed / GIB:.2f} GiB: pass --lora-rank "
+                         "(sft.py and train.py)")
+        elif not ok:
             lines.append(f"{'':<46}-> does not fit: lower {HINTS[phase]}")
     worst = max(v["total"] for k, v in p.items() if k != "params")
     verdict = "fits" if fits(worst, gpu_gb) else "does NOT fit"
