@@ -225,7 +225,8 @@ def plan(config, settings: Settings) -> dict:
                                              rows * heads * seq ** 2 * s.attention_scores)
 
     def sampling(rows, prompt, new):
-        kv = rows * (prompt + new) * n_layers * 2 * kv_dim * act
+        # the cache, plus one layer's copy while it grows (each decoding step concatenates)
+        kv = rows * (prompt + new) * (n_layers + 1) * 2 * kv_dim * act
         return {"KV cache (%d rows x %d tokens)" % (rows, prompt + new): kv,
                 "prefill (one layer)": body_nograd(rows, prompt),
                 "sampler logits (fp32)": rows * V * 4 * 4}

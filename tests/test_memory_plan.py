@@ -41,9 +41,10 @@ def tiny(precision, lora_rank=0, checkpointing=True):
     return model.eval()
 
 
+# Sampling with long responses and short prompts, so that the KV cache is the largest part.
 SETTINGS = MP.Settings(sft_batch_size=8, sft_max_len=128, loss_chunk_tokens=128, heldout_rows=16,
-                       sample_rows=8, prompt_tokens=96, max_new_tokens=24, min_prompt_tokens=40,
-                       logprob_tokens=512, attention_scores=14)
+                       sample_rows=8, prompt_tokens=32, max_new_tokens=160, min_prompt_tokens=32,
+                       logprob_tokens=768, attention_scores=14)
 
 
 def persistent(parts, names):
