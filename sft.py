@@ -438,7 +438,8 @@ def batch_loss(model, batch, chunk_tokens: int = LOSS_CHUNK_TOKENS) -> torch.Ten
 
 
 @torch.no_grad()
-def heldout_loss(model, encoded, pad_id, device, batch_size) -> float:
+def heldout_loss(model, encoded, pad_id, device, batch_size,
+                 chunk_tokens: int = LOSS_CHUNK_TOKENS) -> float:
     """Mean cross-entropy per response token over the held-out examples. They are batched in
     order of length, so short solve examples are not padded to the length of summarize ones
     (unsorted, padding made this evaluation cost a fifth of the whole SFT run)."""
@@ -448,7 +449,7 @@ def heldout_loss(model, encoded, pad_id, device, batch_size) -> float:
     for i in range(0, len(ordered), batch_size):
         batch = ordered[i:i + batch_size]
         n = sum(len(ids) - n_prompt for ids, n_prompt, _ in batch)   # response tokens, EOS too
-        total += batch_loss(model, collate(batch, pad_id, device)).item() * n
+        total += batch_loss(model, collate(batch, pad_id, device), chunk_tokens).item() * n
         n_tokens += n
     model.train()
     return total / max(n_tokens, 1)

@@ -27,8 +27,8 @@ each phase it lists what is alive at the phase's peak:
 The per-element constants (a_H, a_I, b_H, bytes per logit) were measured on the CPU with
 tests/tensor_memory.py, which counts every live tensor (float32, and bf16 autocast over
 float32 or bf16 weights); tests/test_memory_plan.py checks the whole plan against measured
-peaks of each phase on tiny models. On a GPU the kernels differ (flash attention keeps no
-mask; cuBLAS needs workspace), so `experiments/gpu_smoke.sh` prints the measured peak next to
+peaks of each phase on tiny models. On a GPU the kernels differ (cuBLAS needs workspace,
+attention runs other kernels), so `experiments/gpu_smoke.sh` prints the measured peak next to
 this plan and fails when a phase goes above it. A phase fits a card of N GB when plan x 1.1 +
 1 GiB <= N x 10^9 bytes: the CUDA context (about 0.5 GiB) and the caching allocator's
 fragmentation are not in the tensors' count. Every number of the plan is GiB (2^30 bytes).
@@ -70,11 +70,12 @@ KNOWN_CONFIGS["Qwen/Qwen2.5-1.5B"] = KNOWN_CONFIGS["Qwen/Qwen2.5-1.5B-Instruct"]
 ACT_KEPT = {"fp32": (40, 16), "bf16": (34, 8), "bf16-weights": (24, 8)}
 BOUNDARY = {"fp32": 7.75, "bf16": 5.9, "bf16-weights": 4.2}
 RECOMPUTE = 1.3
-# Bytes per logit element at the peak: SFT's chunk in its backward, the same without grad, the
-# RL update's micro-batch (model.token_logprobs keeps every response position's logits and a
-# float32 copy per row for the backward), and a log-prob pass without grad.
-LOGIT_BYTES = {"sft": {"fp32": 9, "bf16": 12}, "sft_nograd": {"fp32": 10.5, "bf16": 9.5},
-               "update": {"fp32": 15, "bf16": 10}, "nograd": {"fp32": 6.7, "bf16": 5}}
+# Bytes per logit element at the peak: SFT's chunk in its backward, and the same without grad.
+LOGIT_BYTES = {"sft": {"fp32": 15, "bf16": 13}, "sft_nograd": {"fp32": 10.5, "bf16": 9.5}}
+# The RL update's micro-batch (model.token_logprobs): its forward keeps every response
+# position's logits and a float32 copy per row for the backward (bytes per element of all
+# rows), and its backward works one row at a time (bytes per element of one row).
+UPDATE_LOGIT_BYTES = {"fp32": (13.5, 3), "bf16": (5.5, 10)}
 
 
 @dataclass
@@ -99,11 +100,6 @@ class Settings:
     summary_rows: int = 16             # train.py's --problems-per-step
     summary_prompt_tokens: int = 2400
     summary_tokens: int = 192
-    # Bytes per attention score that a forward without grad materializes (rows x heads x
-    # length^2): 0 with the GPU's fused kernels (flash / memory-efficient attention keep
-    # O(length) per row); PyTorch's CPU kernel with a padding mask: 12 (measured, float32; the
-    # same CPU forward with grad kept no scores).
-    attention_scores: float = 0.0
 
 
 def settings_from(sft_cfg: dict, rl_cfg: dict, **overrides) -> Settings:
@@ -205,8 +201,6 @@ def plan(config, settings: Settings) -> dict:
     reference = ({"reference (bf16)" if bf16 else "reference (fp32)": P * act}
                  if s.reference and not s.lora_rank else {})
 
-    heads = config.num_attention_heads
-
     def body_train(rows, seq):
         """(kept, transient) bytes of the body's forward + backward on rows x seq tokens:
         what stays from the forward to the backward, and the largest extra in the backward."""
@@ -218,11 +212,11 @@ def plan(config, settings: Settings) -> dict:
 
     def body_nograd(rows, seq):
         """The largest temporaries of a forward without grad (a held-out, reference or
-        prefill pass): one layer's MLP (three intermediate tensors) or attention scores, on
-        top of the residual stream."""
+        prefill pass): one layer's MLP (three intermediate tensors) on top of the residual
+        stream. Attention keeps no score matrix (measured on the CPU; on a GPU the flash and
+        memory-efficient kernels keep O(length) per row)."""
         tokens = rows * seq
-        return tokens * 2 * H * resid + max(tokens * 3 * I * act,
-                                             rows * heads * seq ** 2 * s.attention_scores)
+        return tokens * (2 * H * resid + 3 * I * act)
 
     def sampling(rows, prompt, new):
         # the cache, plus one layer's copy while it grows (each decoding step concatenates)
@@ -266,10 +260,12 @@ def plan(config, settings: Settings) -> dict:
     positions = rows * (s.max_new_tokens + 1)
     seq = s.logprob_tokens // rows
     kept, transient = body_train(rows, seq)
+    per_position, per_row = UPDATE_LOGIT_BYTES[s.precision]
     out["RL log-prob + update micro-batch"] = phase(*rl_state, {
         "activations kept%s (%d tokens)" % (ckpt, s.logprob_tokens): kept,
         "max(logits of %d response positions, a layer's backward)" % positions:
-            max(positions * V * LOGIT_BYTES["update"][s.precision], transient)})
+            max(positions * V * per_position + (s.max_new_tokens + 1) * V * per_row,
+                transient)})
     out["RL summaries"] = phase(*rl_state, sampling(s.summary_rows, s.summary_prompt_tokens,
                                                     s.summary_tokens))
     return out

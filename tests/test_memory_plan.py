@@ -19,9 +19,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import memory_plan as MP  # noqa: E402
 
 # The plan must be an upper bound (measured at most 10% above it: a card it says fits must not
-# run out) and not a loose one (measured at least 40% of it: the CPU's sampling with bf16
-# autocast keeps less than the plan assumes, about half).
-ABOVE, BELOW = 1.10, 0.4
+# run out) and not a loose one (measured at least 75% of it).
+ABOVE, BELOW = 1.10, 0.75
 CONFIG = dict(model_type="qwen2", vocab_size=2000, hidden_size=64, intermediate_size=256,
               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
               max_position_embeddings=4096, tie_word_embeddings=True)
@@ -44,7 +43,7 @@ def tiny(precision, lora_rank=0, checkpointing=True):
 # Sampling with long responses and short prompts, so that the KV cache is the largest part.
 SETTINGS = MP.Settings(sft_batch_size=8, sft_max_len=128, loss_chunk_tokens=128, heldout_rows=16,
                        sample_rows=8, prompt_tokens=32, max_new_tokens=160, min_prompt_tokens=32,
-                       logprob_tokens=768, attention_scores=14)
+                       logprob_tokens=768)
 
 
 def persistent(parts, names):
@@ -70,7 +69,7 @@ def measure_heldout(model, s):
     enc = [(list(torch.randint(1, 2000, (s.sft_max_len,)).tolist()), 16, None)
            for _ in range(s.heldout_rows)]
     with TensorPeak() as m:
-        sft.heldout_loss(model, enc, 0, "cpu", s.heldout_rows)
+        sft.heldout_loss(model, enc, 0, "cpu", s.heldout_rows, s.loss_chunk_tokens)
     return m.peak, ("weights", "base weights", "adapters", "gradients", "AdamW moments")
 
 
@@ -159,3 +158,20 @@ def test_a_local_config_dir_and_a_config_object(tmp_path):
     a = MP.plan(str(tmp_path), SETTINGS)
     b = MP.plan(cfg, SETTINGS)
     assert a == b and a["params"][0] == sum(p.numel() for p in tiny("fp32").parameters())
+
+
+@pytest.mark.parametrize("phase", ["SFT step", "SFT held-out pass",
+                                   "RL log-prob + update micro-batch"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_phases_with_a_large_vocabulary(precision, phase, monkeypatch):
+    """A real model's vocabulary (151,936 for Qwen2.5) makes the logits the largest transient
+    of these phases; here 16,000 words against a body of hidden size 64 do the same."""
+    monkeypatch.setitem(CONFIG, "vocab_size", 16000)
+    settings = MP.Settings(**{**SETTINGS.__dict__, "precision": precision,
+                              "logprob_tokens": 200})
+    planned = MP.plan(CONFIG, settings)[phase]
+    model = tiny(precision)
+    with M.autocast(model):
+        got, before = PHASES[phase](model, settings)
+    want = planned["total"] - persistent(planned["parts"], before)
+    assert BELOW * want <= got <= ABOVE * want, (got, want, planned["parts"])
