@@ -14,7 +14,7 @@ from test_qwen import build_tiny_qwen
 WORLD = W.TinyWorld()
 
 
-def full_logits_loss(model, batch):
+def full_logits_loss(model, batch, chunk_tokens=None):
     """The loss as sft.py computed it before: logits for every position of the whole batch."""
     input_ids, attn, labels, soft = batch
     if not any(soft):
