@@ -68,7 +68,8 @@ def check_runs(sft_dir, rl_dir, expect_precision, kl_tol=1e-3, plan=None):
         if peak is None:
             return
         limit = plan.get(phase) if plan else None
-        lines.append(f"  {what}: peak {peak:.2f} GiB" + (f", plan {limit:.2f} GiB" if limit else ""))
+        lines.append(f"  {what}: peak {peak:.2f} GiB"
+                     + (f", plan {limit:.2f} GiB" if limit else ""))
         if limit is not None and peak > limit:
             fail.append(f"{what}: peak GPU memory {peak:.2f} GiB is above the plan's "
                         f"{limit:.2f} GiB ({phase})")

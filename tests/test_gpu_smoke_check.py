@@ -7,7 +7,6 @@ import os
 import sys
 
 import pytest
-import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "experiments"))
@@ -65,7 +64,8 @@ def test_a_good_run_passes(tmp_path):
                                              "heldout_loss": 1.0}]}), "train_loss is nan"),
     (dict(report={"seconds": 3, "history": [{"step": 2, "train_loss": 1.0,
                                              "heldout_loss": 1.0,
-                                             "peak_gpu_gib_heldout": 11.5}]}), "above the plan"),
+                                             "peak_gpu_gib_heldout": 11.5}]}),
+     "above the plan"),
 ])
 def test_each_bad_run_fails(tmp_path, bad, needle):
     fail = failures(tmp_path, **bad)
@@ -79,7 +79,8 @@ def test_main_exits_1_and_compares_with_the_plan_of_the_runs_settings(tmp_path, 
     rl_cfg = dict(config.PRESETS["tiny"], precision_used="bf16", p_feedback=0.75, beta=0.04,
                   lora_rank=0, init=tiny_dir)
     sft_cfg = dict(sft.PRESETS["tiny"])
-    args = lambda s, r: ["runs", "--sft-dir", s, "--rl-dir", r, "--expect-precision", "bf16"]  # noqa: E731
+    def args(s, r):
+        return ["runs", "--sft-dir", s, "--rl-dir", r, "--expect-precision", "bf16"]
     sft_dir, rl_dir = write_runs(tmp_path, cfg=rl_cfg, sft_cfg=sft_cfg)
     # the tiny world's plan is some tens of MB: 9.5 GiB is far above it
     assert C.main(args(sft_dir, rl_dir)) == 1

@@ -5,7 +5,6 @@ and on the tiny world's Llama for train.py runs."""
 import json
 import os
 
-import pytest
 import torch
 
 import lora
