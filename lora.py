@@ -151,17 +151,15 @@ class BaseModel:
 
 def merged_state_dict(model) -> dict:
     """The state dict of the merged model: names as in the base model, each adapted weight
-    replaced by W + (alpha / r) B A, no adapter entries. Every tensor float32."""
-    merged = {}
-    for name, mod in model.named_modules():
-        if isinstance(mod, LoRALinear):
-            merged[f"{name}.weight"] = mod.merged_weight().detach()
-    out = {}
-    for k, v in model.state_dict().items():
-        if k.endswith((".lora_A", ".lora_B")):
-            continue
-        out[k] = merged.get(k, v).float()
-    return out
+    replaced by W + (alpha / r) B A, no adapter entries. Every tensor float32 and on the CPU
+    (a float32 copy of a bf16 base on the GPU would need twice the base's memory there, at the
+    end of a run that the memory plan sized without it)."""
+    with torch.no_grad():
+        merged = {f"{name}.weight": mod.merged_weight().cpu()
+                  for name, mod in model.named_modules() if isinstance(mod, LoRALinear)}
+        return {k: merged[k] if k in merged else v.float().cpu()
+                for k, v in model.state_dict().items()
+                if not k.endswith((".lora_A", ".lora_B"))}
 
 
 def save_merged(model, tok, out_dir: str):
