@@ -5,6 +5,7 @@ and on the tiny world's Llama for train.py runs."""
 import json
 import os
 
+import pytest
 import torch
 
 import lora
@@ -138,3 +139,17 @@ def test_train_py_with_lora_resumes_exactly_and_saves_merged(tmp_path, tiny_dir,
     rows = [json.loads(l) for l in open(tmp_path / "straight" / "metrics.jsonl")]
     assert rows[0]["kl"] == 0.0 and not any(r["skipped_update"] for r in rows)
     assert os.path.exists(tmp_path / "resumed" / "checkpoint" / "state.pt")
+
+
+def test_bad_lora_flags_exit_2(tmp_path, tiny_dir, capsys):
+    from errors import run_cli
+    for main, argv in ((sft.main, ["--lora-rank", "4"]),
+                       (sft.main, ["--preset", "qwen", "--lora-rank", "-1"]),
+                       (train.main, small_run(tmp_path, tiny_dir, "--lora-rank", "-2")),
+                       (train.main, small_run(tmp_path, tiny_dir, "--lora-rank", "4",
+                                              "--lora-alpha", "0"))):
+        with pytest.raises(SystemExit) as e:
+            run_cli(main, argv)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and "lora" in err.lower() and "\n" not in err
+    assert not (tmp_path / "rl").exists()
