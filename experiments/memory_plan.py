@@ -22,7 +22,8 @@ each phase it lists what is alive at the phase's peak:
   RL update (model.token_logprobs) for every response position of a --logprob-tokens
   micro-batch;
 - sampling: the KV cache (bf16 under autocast) of sample-micro-batch rows x (prompt +
-  max-new-tokens), the prefill's activations of one layer, and the sampler's float32 logits.
+  max-new-tokens), the prefill's activations of one layer, and the sampler's float32 logits;
+- 0.25 GiB of CUDA workspaces (cuBLAS), which PyTorch's allocator counts as allocated.
 
 The per-element constants (a_H, a_I, b_H, bytes per logit) were measured on the CPU with
 tests/tensor_memory.py, which counts every live tensor (float32, and bf16 autocast over
@@ -100,6 +101,9 @@ class Settings:
     summary_rows: int = 16             # train.py's --problems-per-step
     summary_prompt_tokens: int = 2400
     summary_tokens: int = 192
+    # cuBLAS keeps workspaces in PyTorch's caching allocator (so in max_memory_allocated), a few
+    # to 32 MiB per stream and handle; 0 on the CPU.
+    cuda_workspace: int = 256 * 2 ** 20
 
 
 def settings_from(sft_cfg: dict, rl_cfg: dict, **overrides) -> Settings:
@@ -229,6 +233,8 @@ def plan(config, settings: Settings) -> dict:
         merged = {}
         for p in parts:
             merged.update(p)
+        if s.cuda_workspace:
+            merged["CUDA workspaces"] = s.cuda_workspace
         return {"parts": merged, "total": sum(merged.values())}
 
     ckpt = " with checkpointing" if s.grad_checkpointing else ""

@@ -43,7 +43,7 @@ def tiny(precision, lora_rank=0, checkpointing=True):
 # Sampling with long responses and short prompts, so that the KV cache is the largest part.
 SETTINGS = MP.Settings(sft_batch_size=8, sft_max_len=128, loss_chunk_tokens=128, heldout_rows=16,
                        sample_rows=8, prompt_tokens=32, max_new_tokens=160, min_prompt_tokens=32,
-                       logprob_tokens=768)
+                       logprob_tokens=768, cuda_workspace=0)
 
 
 def persistent(parts, names):
