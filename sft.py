@@ -19,7 +19,10 @@ Where the seed data comes from:
   problems (Qwen2.5-Instruct on GSM8K does; SmolLM2-135M does not). Or pass your own JSONL of
   {prompt, response} with `--seed-data`.
 
-Loss is on response tokens only (and the EOS that ends them), never on the prompt.
+Loss is on response tokens only (and the EOS that ends them), never on the prompt, and only
+response positions ever get logits, a chunk at a time (batch_loss: memory-safe for a 151,936-word
+vocabulary). `--lora-rank` trains LoRA adapters instead of every weight (lora.py) and saves the
+model with them merged.
 Simplified relative to the paper: seed data is synthetic or self-generated (the paper's came
 from a stronger model), and the run is a plain AdamW loop with a cosine schedule.
 """
