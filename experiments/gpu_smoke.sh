@@ -13,7 +13,7 @@
 #      four LANPO steps of `train.py --preset qwen` on 20 GSM8K problems, 8 per step, so that
 #      problems come back and their prompts carry an earlier attempt of up to 512 tokens and
 #      lessons (the longest prompts the preset builds);
-#   3. the same with LoRA (--lora-rank 16) for two steps: the reference is the base with its
+#   3. the same with LoRA (--lora-rank 16) for three steps: the reference is the base with its
 #      adapters off, so KL at step 1 must be 0.
 # Every run prints seconds per phase and the peak GPU memory next to the plan.
 #
@@ -54,7 +54,8 @@ python sft.py --out $OUT/tiny-sft --overwrite --device "$DEVICE" --steps 100 --e
 $CHECK logits $OUT/tiny-sft --device "$DEVICE" --expect-precision fp32 --precision fp32
 python train.py --init $OUT/tiny-sft --run-dir $OUT/tiny-rl --overwrite --device "$DEVICE" \
   --steps 4 --eval-every 0 --no-final-eval
-$CHECK runs --sft-dir $OUT/tiny-sft --rl-dir $OUT/tiny-rl --expect-precision fp32
+$CHECK runs --sft-dir $OUT/tiny-sft --rl-dir $OUT/tiny-rl --expect-precision fp32 \
+  --no-require-feedback
 
 echo "== 2. --preset qwen on $DEVICE"
 python - "$OUT/gsm8k-20.jsonl" <<'EOF'
@@ -76,7 +77,7 @@ $CHECK runs --sft-dir $OUT/qwen-sft --rl-dir $OUT/qwen-rl --expect-precision "$P
 echo "== 3. --preset qwen with LoRA on $DEVICE"
 python train.py --preset qwen --init $OUT/qwen-sft --run-dir $OUT/qwen-lora --overwrite \
   --device "$DEVICE" --data $OUT/gsm8k-20.jsonl --eval-data gsm8k --problems-per-step 8 \
-  --steps 2 --eval-every 0 --no-final-eval --lora-rank 16 --lr 1e-5
+  --steps 3 --eval-every 0 --no-final-eval --lora-rank 16 --lr 1e-5
 $CHECK runs --rl-dir $OUT/qwen-lora --expect-precision "$PRECISION"
 python -c "import sys; sys.path.insert(0, '.'); import model as M; M.load_model('$OUT/qwen-lora/final', device='cpu')"
 

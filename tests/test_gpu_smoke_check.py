@@ -110,3 +110,8 @@ def test_the_logits_check_passes_a_sound_model_and_fails_nan_or_the_wrong_precis
     monkeypatch.setattr(LlamaForCausalLM, "forward", nan_at_padding)
     fail = C.check_logits(tiny_dir, "cpu", "fp32", precision="fp32")
     assert any("non-finite logits" in f and "at padding" in f for f in fail)
+
+
+def test_the_feedback_check_can_be_switched_off(tmp_path):
+    sft, rl = write_runs(tmp_path, steps=[good_step(1), good_step(2, coverage=0.0)])
+    assert C.check_runs(sft, rl, "bf16", plan=PLAN, require_feedback=False)[0] == []
