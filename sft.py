@@ -706,14 +706,19 @@ def real_setup(args, device):
         return model, tok, load_seed_jsonl(args.seed_data), eval_sets
     problems = data.train_problems(args.data, limit=args.bootstrap_problems)
     print(f"bootstrapping seed data from {len(problems)} problems ...")
-    # Written to the output directory as it is made; a restart of the same command reuses it.
+    # Written to the output directory as it is made; a restart with the same settings reuses
+    # it, with or without --overwrite (which then only discards one made with other settings).
+    # --sample-micro-batch may change on a restart (after running out of memory, say).
     progress = os.path.join(args.out, BOOTSTRAP_FILE)
-    if args.overwrite and os.path.exists(progress):
-        os.remove(progress)
-    os.makedirs(args.out, exist_ok=True)
     header = {k: getattr(args, k) for k in ("model", "gguf_file", "data", "bootstrap_problems",
                                             "bootstrap_samples", "max_new_tokens",
                                             "temperature", "seed", "gamma")}
+    if args.overwrite and os.path.exists(progress):
+        try:
+            _read_progress(progress, header)
+        except UserError:
+            os.remove(progress)
+    os.makedirs(args.out, exist_ok=True)
     with oom_hint("bootstrapping seed data", "lower --sample-micro-batch or --max-new-tokens"):
         examples = bootstrap_seed_data(model, tok, problems, args.bootstrap_samples,
                                        args.max_new_tokens, args.temperature,

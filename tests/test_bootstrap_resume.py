@@ -104,3 +104,36 @@ def test_sft_main_continues_an_interrupted_bootstrap(qwen_dir, tmp_path, monkeyp
     seed = [json.loads(l) for l in (out / "seed_data.jsonl").read_text().splitlines()]
     report = json.loads((out / "sft_report.json").read_text())
     assert len(seed) == sum(report["seed_examples"].values()) > 0
+
+
+def test_overwrite_keeps_a_bootstrap_with_the_same_settings_only(qwen_dir, tmp_path,  # noqa: F811
+                                                                   monkeypatch):
+    out = tmp_path / "sft"
+    out.mkdir()
+    argv = ["--preset", "qwen", "--model", qwen_dir, "--out", str(out), "--data", "gsm8k",
+            "--bootstrap-problems", "4", "--bootstrap-samples", "2", "--steps", "1",
+            "--batch-size", "2", "--max-new-tokens", "8", "--eval-limit", "1", "--gamma", "0",
+            "--overwrite"]
+    real_sample, stand_in = M.sample, solving_sampler(PROBLEMS)
+    asked = []
+
+    def sample(model, tok, prompt_texts, **kw):
+        if kw.get("greedy"):
+            return real_sample(model, tok, prompt_texts, **kw)
+        asked.append(len(prompt_texts))
+        return stand_in(model, tok, prompt_texts, **kw)
+    monkeypatch.setattr(M, "sample", sample)
+    # an interrupted bootstrap of these 4 problems, all done: reused, nothing sampled
+    counting_sampler(monkeypatch)
+    header = {"model": qwen_dir, "gguf_file": None, "data": "gsm8k", "bootstrap_problems": 4,
+              "bootstrap_samples": 2, "max_new_tokens": 8, "temperature": 1.0, "seed": 0,
+              "gamma": 0.0}
+    sft.bootstrap_seed_data(None, None, PROBLEMS[:4], 2, 8, 1.0, 6, 0, 0.0,
+                            progress_path=str(out / sft.BOOTSTRAP_FILE), header=header)
+    monkeypatch.setattr(M, "sample", sample)
+    sft.main(argv)
+    assert asked == []
+    # with other settings, --overwrite discards it and samples again
+    (out / sft.BOOTSTRAP_FILE).write_text(json.dumps({"header": dict(header, seed=5)}) + "\n")
+    sft.main(argv)
+    assert asked
