@@ -35,7 +35,8 @@ this plan and fails when a phase goes above it. A phase fits a card of N GB when
 fragmentation are not in the tensors' count. Every number of the plan is GiB (2^30 bytes).
 
 `plan(config, settings)` is the importable part; `settings_for(preset, ...)` builds the
-settings of a preset.
+settings of a preset, `settings_from(sft_config, rl_config)` those of two runs (the smoke
+checker's). The prompt lengths are the longest each phase builds (see settings_from).
 """
 import argparse
 import os
