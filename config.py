@@ -30,11 +30,13 @@ PRESETS = {
                  eval_every=0, ckpt_every=5, eval_limit=16, precision="auto",
                  sample_micro_batch=64, logprob_tokens=4096, grad_checkpointing=False),
     # One GPU: Qwen2.5-Instruct (after `python sft.py --preset qwen`), GSM8K. Memory-safe:
-    # log-prob micro-batches of at most 4096 tokens and gradient checkpointing.
+    # log-prob micro-batches of at most 4096 tokens and gradient checkpointing. 64 rows per
+    # generate call: `experiments/memory_plan.py` puts the prefill of 128 rows of 1,536-token
+    # prompts (a full pool's) for Qwen2.5-1.5B with LoRA above 24 GB.
     "qwen": dict(init="runs/qwen/sft", data="gsm8k", steps=200, problems_per_step=16,
                  group_size=8, lr=1e-6, max_new_tokens=512, summary_tokens=192, gamma=0.5,
                  eval_every=50, ckpt_every=10, eval_limit=500, precision="auto",
-                 sample_micro_batch=128, logprob_tokens=4096, grad_checkpointing=True),
+                 sample_micro_batch=64, logprob_tokens=4096, grad_checkpointing=True),
 }
 
 # Flags that may change on --resume: they change how fast or where a run computes, not what.
@@ -124,6 +126,10 @@ def build_parser():
       help="padded tokens per log-prob micro-batch (lower it on out-of-memory)")
     g("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
       help="trade compute for activation memory")
+    g("--lora-rank", type=int, default=0,
+      help="train LoRA adapters of this rank on the attention and MLP projections instead of "
+           "every weight (0: off); the KL reference is then the base with adapters off")
+    g("--lora-alpha", type=float, default=None, help="LoRA scale alpha (default 2 x rank)")
     g("--max-bad-updates", type=int, default=3,
       help="stop after this many non-finite updates in a row")
     return ap
@@ -160,6 +166,8 @@ def resolve_config(args):
          "--summary-attempts and --summary-tokens must be at least 1"),
         (args.max_grad_norm > 0, "--max-grad-norm must be positive"),
         (args.is_cap > 0, "--is-cap must be positive"),
+        (args.lora_rank >= 0 and (args.lora_alpha is None or args.lora_alpha > 0),
+         "--lora-rank must not be negative and --lora-alpha must be positive"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -19,7 +19,10 @@ Where the seed data comes from:
   problems (Qwen2.5-Instruct on GSM8K does; SmolLM2-135M does not). Or pass your own JSONL of
   {prompt, response} with `--seed-data`.
 
-Loss is on response tokens only (and the EOS that ends them), never on the prompt.
+Loss is on response tokens only (and the EOS that ends them), never on the prompt, and only
+response positions ever get logits, a chunk at a time (batch_loss: memory-safe for a 151,936-word
+vocabulary). `--lora-rank` trains LoRA adapters instead of every weight (lora.py) and saves the
+model with them merged.
 Simplified relative to the paper: seed data is synthetic or self-generated (the paper's came
 from a stronger model), and the run is a plain AdamW loop with a cosine schedule.
 """
@@ -32,10 +35,13 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 import data
 import evaluate as E
+import lora
 import model as M
 import prompts
 import rundir
@@ -195,8 +201,34 @@ def load_seed_jsonl(path: str) -> list[dict]:
     return out
 
 
+BOOTSTRAP_FILE = "bootstrap.jsonl"   # in the output directory, while bootstrapping
+
+
+def _read_progress(path, header):
+    """Records of an interrupted bootstrap at `path` ({} if none), keyed by (stage, problem id).
+    The first line is the header (the settings that decide what is sampled): another header
+    means another bootstrap, refused. A torn last line (the crash came mid-write) is dropped."""
+    if path is None or not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        lines = f.read().splitlines()
+    rows = []
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    if not rows:
+        return {}
+    if rows[0].get("header") != header:
+        raise UserError(f"{path} was bootstrapped with other settings ({rows[0].get('header')}); "
+                        "pass --overwrite to start again")
+    return {(r["stage"], r["problem_id"]): r for r in rows[1:]}
+
+
 def bootstrap_seed_data(model, tok, problems, n_samples, max_new_tokens, temperature,
-                        micro_batch, seed, gamma=0.5) -> list[dict]:
+                        micro_batch, seed, gamma=0.5, progress_path=None,
+                        header=None) -> list[dict]:
     """Self-generated seed data for a real model that already solves some problems (rejection
     sampling on the three skills, at most one example per skill and problem):
     - respond: n samples of the plain prompt per problem; keep one that is correct;
@@ -208,49 +240,91 @@ def bootstrap_seed_data(model, tok, problems, n_samples, max_new_tokens, tempera
     - respond with feedback: the kept summaries go into a pool, each problem retrieves the
       lessons of similar *other* problems (the same retrieval and gamma as RL) and answers with
       them in context; keep a correct answer.
-    The gold answer is used only to *filter* outputs, never shown in a prompt."""
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
+    The gold answer is used only to *filter* outputs, never shown in a prompt.
+
+    This is the expensive part of `sft.py --preset qwen` (thousands of sampled answers), so it
+    is written as it is made: problems go in batches (one generate call of `micro_batch` rows
+    for the answers), and after each batch one JSONL line per problem is appended to
+    `progress_path` and flushed. A restart with the same settings reads them back and samples
+    only the problems not yet done. Each batch draws from its own seed (seed, batch index), so
+    an interrupted and restarted bootstrap keeps what it had and samples the rest as an
+    uninterrupted one would."""
+    header = header or {}
+    done = _read_progress(progress_path, header)
+    if progress_path and not done:
+        rundir.atomic_write(progress_path, json.dumps({"header": header}) + "\n")
+    elif done:
+        print(f"bootstrap: {len(done)} records from {progress_path} are reused")
 
     def answers(prompt_texts, n=1):
         r = M.sample(model, tok, prompt_texts, n=n, max_new_tokens=max_new_tokens,
                      temperature=temperature, micro_batch=micro_batch)
         return [r.texts[i * n:(i + 1) * n] for i in range(len(prompt_texts))]
 
-    groups = answers([prompts.solve_prompt(p["question"]) for p in problems], n_samples)
-    rewards = [[reward(t, p["answer"]) for t in g] for g, p in zip(groups, problems)]
-    out = []
-    for p, g, rw in zip(problems, groups, rewards):
-        right = [t for t, ok in zip(g, rw) if ok]
-        if right:
-            out.append({"prompt": prompts.solve_prompt(p["question"]), "response": right[0],
-                        "skill": "solve"})
-    # summaries of groups with something to contrast, and reflections on a random attempt
-    summarize = [(p, prompts.summarize_prompt(p["question"], list(zip(g, map(bool, rw)))))
-                 for p, g, rw in zip(problems, groups, rewards)]
-    reflect = [(p, prompts.feedback_prompt(p["question"], attempt=rng.choice(g)))
-               for p, g in zip(problems, groups)]
-    texts = answers([t for _, t in summarize + reflect])
+    def batches(stage, todo, size):
+        """(batch index, problems of that batch not done yet, seeded rng) per batch."""
+        for j, start in enumerate(range(0, len(todo), size)):
+            batch = [p for p in todo[start:start + size] if (stage, p["id"]) not in done]
+            if batch:
+                torch.manual_seed(seed * 100_003 + j)
+                yield batch, random.Random(f"{seed}-{stage}-{j}")
+
+    def save(stage, records):
+        rows = [{"stage": stage, **r} for r in records]
+        if progress_path:
+            rundir.append_jsonl(progress_path, rows)
+        done.update({(stage, r["problem_id"]): r for r in rows})
+
+    # Stage 1: respond, summarize, inspect, a batch of problems at a time.
+    for batch, rng in batches("skills", problems, max(1, micro_batch // n_samples)):
+        groups = answers([prompts.solve_prompt(p["question"]) for p in batch], n_samples)
+        rewards = [[reward(t, p["answer"]) for t in g] for g, p in zip(groups, batch)]
+        summarize = [prompts.summarize_prompt(p["question"], list(zip(g, map(bool, rw))))
+                     for p, g, rw in zip(batch, groups, rewards)]
+        reflect = [prompts.feedback_prompt(p["question"], attempt=rng.choice(g))
+                   for p, g in zip(batch, groups)]
+        texts = [t for (t,) in answers(summarize + reflect)]
+        records = []
+        for i, (p, g, rw) in enumerate(zip(batch, groups, rewards)):
+            examples, summary = [], None
+            right = [t for t, ok in zip(g, rw) if ok]
+            if right:
+                examples.append({"prompt": prompts.solve_prompt(p["question"]),
+                                 "response": right[0], "skill": "solve"})
+            t = texts[i]   # summaries of groups with something to contrast
+            parsed = parse_summary(t)
+            if parsed is not None and (parsed[0] or parsed[1]) and p["answer"] not in t:
+                examples.append({"prompt": summarize[i], "response": t.strip(),
+                                 "skill": "summarize"})
+                summary = [list(parsed[0]), list(parsed[1])]
+            t = texts[len(batch) + i]   # a reflection on a random attempt
+            if reward(t, p["answer"]):
+                examples.append({"prompt": reflect[i], "response": t, "skill": "reflect"})
+            records.append({"problem_id": p["id"], "examples": examples, "summary": summary})
+        save("skills", records)
+
+    # Stage 2: respond with feedback, from the pool of every kept summary.
     pool = Pool()
-    for (p, prompt), (t,) in zip(summarize, texts[:len(summarize)]):
-        parsed = parse_summary(t)
-        if parsed is not None and (parsed[0] or parsed[1]) and p["answer"] not in t:
-            out.append({"prompt": prompt, "response": t.strip(), "skill": "summarize"})
-            pool.add([Entry(p["id"], p["question"], "", 0.0, 0, *parsed)])
-    for (p, prompt), (t,) in zip(reflect, texts[len(summarize):]):
-        if reward(t, p["answer"]):
-            out.append({"prompt": prompt, "response": t, "skill": "reflect"})
-    # respond with feedback: lessons of similar other problems in the context
-    with_lessons = []
     for p in problems:
-        found = [pid for pid, _ in pool.retrieve(p["question"], p["id"], k=4, gamma=gamma)]
-        principles, pitfalls = pool.lessons(found)
-        if principles or pitfalls:
-            with_lessons.append((p, prompts.feedback_prompt(p["question"], principles, pitfalls)))
-    for (p, prompt), (t,) in zip(with_lessons, answers([t for _, t in with_lessons])):
-        if reward(t, p["answer"]):
-            out.append({"prompt": prompt, "response": t, "skill": "feedback"})
-    return out
+        summary = done[("skills", p["id"])]["summary"]
+        if summary:
+            pool.add([Entry(p["id"], p["question"], "", 0.0, 0, *summary)])
+    for batch, _ in batches("feedback", problems, micro_batch):
+        asked = []
+        for p in batch:
+            found = [pid for pid, _ in pool.retrieve(p["question"], p["id"], k=4, gamma=gamma)]
+            principles, pitfalls = pool.lessons(found)
+            asked.append(prompts.feedback_prompt(p["question"], principles, pitfalls)
+                         if principles or pitfalls else None)
+        with_lessons = [(p, q) for p, q in zip(batch, asked) if q is not None]
+        got = answers([q for _, q in with_lessons])
+        texts = {p["id"]: t for (p, _), (t,) in zip(with_lessons, got)}
+        save("feedback", [{"problem_id": p["id"], "examples": (
+            [{"prompt": q, "response": texts[p["id"]], "skill": "feedback"}]
+            if q is not None and reward(texts[p["id"]], p["answer"]) else [])}
+            for p, q in zip(batch, asked)])
+    return [ex for stage in ("skills", "feedback") for p in problems
+            for ex in done[(stage, p["id"])]["examples"]]
 
 
 # =============================================================================================
@@ -296,33 +370,79 @@ def collate(encoded, pad_id: int, device):
     return input_ids.to(device), attn.to(device), labels.to(device), soft
 
 
-def batch_loss(model, batch) -> torch.Tensor:
+# Response tokens whose logits exist at once in the loss. A chunk's logits cost about 14 bytes
+# per element while its backward runs (bf16 logits, their float32 copy, log-softmax, and the
+# gradients of the last two): 1,024 tokens x 151,936 (Qwen2.5's vocabulary) = 2.2 GB, however
+# large the batch. Computing them for the whole batch at once, as `model(labels=...)` does,
+# costs 8 rows x 1,024 tokens x 151,936 x 10 B = 12 GB for --preset qwen's training step, and
+# four times that for the held-out pass.
+LOSS_CHUNK_TOKENS = 1024
+
+
+def _head_logits(model, hidden):
+    """The LM head on hidden states [..., H] -> float32 logits [..., V]."""
+    return model.get_output_embeddings()(hidden).float()
+
+
+def _chunk_nll(model, hidden, targets):
+    """Summed cross-entropy -log softmax(W h)[y] of one chunk of response positions."""
+    return F.cross_entropy(_head_logits(model, hidden), targets, reduction="sum")
+
+
+def batch_loss(model, batch, chunk_tokens: int = LOSS_CHUNK_TOKENS) -> torch.Tensor:
     """Mean cross-entropy over response tokens. A row with a soft target has, at its first
     response token, the cross-entropy against that distribution instead: -sum_p p log q(p).
     Its gradient is the expected gradient of drawing the token from the distribution, so the
     model learns the distribution itself, without the noise of which draws its last batches
     happened to hold (with drawn tokens, 140 examples per rl family left the sampled rates
-    up to 0.15 off their design)."""
+    up to 0.15 off their design).
+
+    Memory-safe by construction: the transformer body runs once on the whole batch, then only
+    the hidden states of response positions (label not -100) go through the LM head, at most
+    `chunk_tokens` at a time. Prompt and padding positions never get logits at all. Under
+    grad, each chunk is wrapped in torch.utils.checkpoint: its forward keeps nothing but the
+    chunk's hidden states, and the backward recomputes one chunk's logits at a time. So at
+    most one chunk's logits (and their float32 copies) are alive at any moment. (The
+    alternative, a hand-written two-stage backward -- chunk by chunk down to the hidden
+    states, then through the body -- saves the recomputed LM head matmul, about a tenth of a
+    step's compute for Qwen2.5-0.5B, but splits every training loop in two; the checkpoint
+    keeps train_sft's `loss.backward()` as it is.) The sum is divided by the number of response
+    tokens, which is exactly the mean that `model(labels=...).loss` computes, up to float
+    rounding of the summation order."""
     input_ids, attn, labels, soft = batch
-    with M.autocast(model):
-        if not any(soft):   # the model shifts the labels itself
-            return model(input_ids=input_ids, attention_mask=attn, labels=labels).loss
-        logits = model(input_ids=input_ids, attention_mask=attn).logits
-    # position t predicts token t + 1
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    target = labels[:, 1:]
-    nll = -logp.gather(-1, target.clamp(min=0)[..., None])[..., 0]
+    config = model.config
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        raise ValueError(f"{type(model).__name__} post-processes its logits; the chunked SFT "
+                         "loss applies the plain LM head only")
+    target = labels[:, 1:].clone()   # position t predicts token t + 1
+    n_tokens = (target != -100).sum()
+    # soft-target positions leave the hard set: (row, position, token ids, probabilities)
+    soft_at = []
     for i, s in enumerate(soft):
         if s is not None:
-            (_, (ids, probs)), t = s, s[0] - 1   # logits at position n_prompt - 1 predict it
+            (n_prompt, (ids, probs)) = s
+            soft_at.append((i, n_prompt - 1, ids, probs))   # logits at n_prompt - 1 predict it
+            target[i, n_prompt - 1] = -100
+    with M.autocast(model):
+        hidden = model.base_model(input_ids=input_ids,
+                                  attention_mask=attn).last_hidden_state[:, :-1]
+        keep = target != -100
+        h, y = hidden[keep], target[keep]   # [N, H], [N]: response positions only
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for s in range(0, len(y), chunk_tokens):
+            part = (model, h[s:s + chunk_tokens], y[s:s + chunk_tokens])
+            total = total + (checkpoint(_chunk_nll, *part, use_reentrant=False)
+                             if torch.is_grad_enabled() else _chunk_nll(*part))
+        for i, t, ids, probs in soft_at:
+            logp = torch.log_softmax(_head_logits(model, hidden[i, t]), dim=-1)
             p = torch.tensor(probs, device=logp.device)
-            nll[i, t] = -(p * logp[i, t, ids]).sum()
-    mask = target != -100
-    return (nll * mask).sum() / mask.sum()
+            total = total - (p * logp[ids]).sum()
+    return total / n_tokens
 
 
 @torch.no_grad()
-def heldout_loss(model, encoded, pad_id, device, batch_size) -> float:
+def heldout_loss(model, encoded, pad_id, device, batch_size,
+                 chunk_tokens: int = LOSS_CHUNK_TOKENS) -> float:
     """Mean cross-entropy per response token over the held-out examples. They are batched in
     order of length, so short solve examples are not padded to the length of summarize ones
     (unsorted, padding made this evaluation cost a fifth of the whole SFT run)."""
@@ -332,10 +452,15 @@ def heldout_loss(model, encoded, pad_id, device, batch_size) -> float:
     for i in range(0, len(ordered), batch_size):
         batch = ordered[i:i + batch_size]
         n = sum(len(ids) - n_prompt for ids, n_prompt, _ in batch)   # response tokens, EOS too
-        total += batch_loss(model, collate(batch, pad_id, device)).item() * n
+        total += batch_loss(model, collate(batch, pad_id, device), chunk_tokens).item() * n
         n_tokens += n
     model.train()
     return total / max(n_tokens, 1)
+
+
+# The held-out pass scores this many training batches' rows at once (no grad: no activations
+# are kept, and the loss is chunked).
+HELDOUT_ROWS_PER_BATCH = 4
 
 
 def length_bucketed_batches(encoded, batch_size, rng, bucket=8):
@@ -349,11 +474,23 @@ def length_bucketed_batches(encoded, batch_size, rng, bucket=8):
     return batches
 
 
+def gpu_peak(device):
+    """The most GiB of tensors allocated on a CUDA device since the last call (None on the
+    CPU); experiments/gpu_smoke.sh compares them with experiments/memory_plan.py."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    torch.cuda.reset_peak_memory_stats(device)
+    return peak
+
+
 def train_sft(model, tok, train_enc, val_enc, steps, batch_size, lr, warmup, device, seed,
               log_every=100):
     """AdamW with linear warmup and cosine decay; a held-out loss every `log_every` steps."""
     rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    params = lora.trainable(model)   # every weight, or with LoRA the adapters only
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) *
         0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
@@ -361,6 +498,9 @@ def train_sft(model, tok, train_enc, val_enc, steps, batch_size, lr, warmup, dev
     history = []
     bar = tqdm(range(steps), desc="sft", dynamic_ncols=True, disable=None)
     batches = []
+    gpu_peak(device)   # from here: the training steps' peak
+    t_train = t_heldout = 0.0
+    t = time.perf_counter()
     for step in bar:
         if not batches:
             batches = length_bucketed_batches(train_enc, batch_size, rng)
@@ -368,13 +508,21 @@ def train_sft(model, tok, train_enc, val_enc, steps, batch_size, lr, warmup, dev
         loss = batch_loss(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            val = heldout_loss(model, val_enc, tok.pad_token_id, device, 4 * batch_size)
-            history.append({"step": step + 1, "train_loss": loss.item(), "heldout_loss": val})
+            row = {"step": step + 1, "train_loss": loss.item()}
+            t_train += time.perf_counter() - t
+            peak_train, t = gpu_peak(device), time.perf_counter()
+            row["heldout_loss"] = val = heldout_loss(model, val_enc, tok.pad_token_id, device,
+                                                     HELDOUT_ROWS_PER_BATCH * batch_size)
+            t_heldout += time.perf_counter() - t
+            if peak_train is not None:   # on a GPU: peak memory of each phase, GiB
+                row.update(peak_gpu_gib_train=peak_train, peak_gpu_gib_heldout=gpu_peak(device))
+            history.append({**row, "t_train": round(t_train, 2), "t_heldout": round(t_heldout, 2)})
             bar.set_postfix(loss=f"{loss.item():.3f}", heldout=f"{val:.3f}")
+            t = time.perf_counter()
     model.eval()
     return history
 
@@ -441,11 +589,13 @@ PRESETS = {
                  grad_checkpointing=False, bootstrap_problems=32, sample_micro_batch=64,
                  gamma=0.5),
     # qwen: one GPU. Qwen2.5-Instruct solves most GSM8K problems, so it bootstraps its own seed
-    # data; gradient checkpointing and bf16 autocast keep the 0.5B/1.5B models within memory.
+    # data; gradient checkpointing and bf16 autocast keep the 0.5B/1.5B models within memory,
+    # and 64 rows per generate call the bootstrap's summary prompts (four answers of up to 512
+    # tokens each) on a 24 GB card (experiments/memory_plan.py).
     "qwen": dict(model="Qwen/Qwen2.5-0.5B-Instruct", data="gsm8k", steps=150, batch_size=8,
                  lr=1e-5, warmup=10, examples=None, max_len=1024, max_new_tokens=512,
                  precision="auto", grad_checkpointing=True, bootstrap_problems=512,
-                 sample_micro_batch=128, gamma=0.5),
+                 sample_micro_batch=64, gamma=0.5),
 }
 
 
@@ -489,6 +639,10 @@ def build_parser():
       help="auto: bf16 autocast over float32 weights on a GPU, float32 elsewhere")
     a("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
       help="trade compute for activation memory")
+    a("--lora-rank", type=int, default=0, help="real models: train LoRA adapters of this rank "
+      "on the attention and MLP projections instead of every weight (0: off); the saved model "
+      "has them merged")
+    a("--lora-alpha", type=float, default=None, help="LoRA scale alpha (default 2 x rank)")
     a("--seed", type=int, default=0, help="seed of the seed data, the model's init and the "
       "batches")
     return ap
@@ -500,6 +654,11 @@ def resolve_config(args):
     if args.preset == "tiny" and (args.model or args.gguf_file):
         raise UserError("--preset tiny trains a new model from scratch and takes no --model; "
                         "to fine-tune a model, pass --preset smol or --preset qwen with it")
+    if args.preset == "tiny" and args.lora_rank:
+        raise UserError("--lora-rank adapts a pretrained model; --preset tiny trains a new one "
+                        "from scratch")
+    if args.lora_rank < 0 or (args.lora_alpha is not None and args.lora_alpha <= 0):
+        raise UserError("--lora-rank must not be negative and --lora-alpha must be positive")
     for k, v in PRESETS[args.preset].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -515,7 +674,9 @@ def resolve_config(args):
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.lr <= 0:
         raise UserError("--lr must be positive")
-    if os.path.exists(args.out) and os.listdir(args.out) and not args.overwrite:
+    # An output directory that holds only an interrupted bootstrap is continued, not refused.
+    held = set(os.listdir(args.out)) - {BOOTSTRAP_FILE} if os.path.isdir(args.out) else set()
+    if held and not args.overwrite:
         raise UserError(f"{args.out} already holds an SFT model; pass --overwrite to replace it")
     return args
 
@@ -537,15 +698,32 @@ def real_setup(args, device):
         name, gguf = M.smol_gguf()
     model, tok = M.load_model(name, gguf_file=gguf, device=device, precision=args.precision,
                               grad_checkpointing=args.grad_checkpointing)
+    if args.lora_rank:   # B = 0: bootstrapping samples from exactly the base model
+        lora.add_lora(model, args.lora_rank, lora.resolve_alpha(args.lora_rank, args.lora_alpha),
+                      args.seed)
     eval_sets = data.eval_datasets(args.data, limit=args.eval_limit or 32)
     if args.seed_data:
         return model, tok, load_seed_jsonl(args.seed_data), eval_sets
     problems = data.train_problems(args.data, limit=args.bootstrap_problems)
     print(f"bootstrapping seed data from {len(problems)} problems ...")
+    # Written to the output directory as it is made; a restart with the same settings reuses
+    # it, with or without --overwrite (which then only discards one made with other settings).
+    # --sample-micro-batch may change on a restart (after running out of memory, say).
+    progress = os.path.join(args.out, BOOTSTRAP_FILE)
+    header = {k: getattr(args, k) for k in ("model", "gguf_file", "data", "bootstrap_problems",
+                                            "bootstrap_samples", "max_new_tokens",
+                                            "temperature", "seed", "gamma")}
+    if args.overwrite and os.path.exists(progress):
+        try:
+            _read_progress(progress, header)
+        except UserError:
+            os.remove(progress)
+    os.makedirs(args.out, exist_ok=True)
     with oom_hint("bootstrapping seed data", "lower --sample-micro-batch or --max-new-tokens"):
         examples = bootstrap_seed_data(model, tok, problems, args.bootstrap_samples,
                                        args.max_new_tokens, args.temperature,
-                                       args.sample_micro_batch, args.seed, args.gamma)
+                                       args.sample_micro_batch, args.seed, args.gamma,
+                                       progress_path=progress, header=header)
     if not examples:
         raise UserError("bootstrapping kept no example (the base model solved nothing); "
                         "pass more --bootstrap-problems or your own --seed-data")
@@ -559,7 +737,9 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     t0 = time.time()
     setup = tiny_setup if args.preset == "tiny" else real_setup
+    gpu_peak(device)
     model, tok, examples, eval_sets = setup(args, device)
+    setup_peak, setup_seconds = gpu_peak(device), round(time.time() - t0, 1)
     counts = {}
     for ex in examples:
         counts[ex["skill"]] = counts.get(ex["skill"], 0) + 1
@@ -574,7 +754,13 @@ def main(argv=None):
     with oom_hint("fine-tuning", "lower --batch-size or --max-len, or pass --grad-checkpointing"):
         history = train_sft(model, tok, enc(train), enc(val) or enc(train[:1]), args.steps,
                             args.batch_size, args.lr, args.warmup, device, args.seed)
-    M.save_model(model, tok, args.out)
+    lora.save_model(model, tok, args.out)   # with LoRA: adapters merged into plain weights
+    if args.preset != "tiny":
+        # The seed data the model was trained on, beside it (saving replaced the directory,
+        # and with it the bootstrap's progress file). The tiny world's is regenerated from
+        # --seed.
+        rundir.atomic_write(os.path.join(args.out, "seed_data.jsonl"),
+                            "".join(json.dumps(ex) + "\n" for ex in examples))
 
     # Report: zero-shot accuracy per evaluation set, and the skills on held-out seed prompts.
     cfg = argparse.Namespace(greedy=True, temperature=1.0, top_p=1.0,
@@ -584,7 +770,8 @@ def main(argv=None):
         accuracy = {name: E.evaluate(model, tok, probs, "zero-shot", cfg)["mean@1"]
                     for name, probs in eval_sets.items()}
         skills = skill_report(model, tok, val, args.max_new_tokens, args.sample_micro_batch)
-    report = {"seconds": round(time.time() - t0, 1), "seed_examples": counts,
+    report = {"seconds": round(time.time() - t0, 1), "seconds_setup": setup_seconds,
+              "peak_gpu_gib_setup": setup_peak, "seed_examples": counts,
               "zero_shot_accuracy": accuracy, "skills": skills, "history": history}
     rundir.atomic_write(os.path.join(args.out, "sft_report.json"), json.dumps(report, indent=1))
     rundir.atomic_write(os.path.join(args.out, "sft_config.json"),

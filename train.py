@@ -20,8 +20,10 @@ One step, top to bottom, as `train_step` reads:
   8. log metrics and samples; evaluate and checkpoint every N steps (`main`).
 
 `--p-feedback 0` is plain GRPO through the same code: no prompt ever gets context and the pool
-is never built. Simplified relative to the paper: one process, no vLLM, a constant learning
-rate, and summaries written once per problem group (see pool.py). The flags and presets are in
+is never built. With `--lora-rank` (lora.py) only low-rank adapters are trained, and the frozen
+SFT model of the KL term is the same weights with the adapters switched off. Simplified
+relative to the paper: one process, no vLLM, a constant learning rate, and summaries written
+once per problem group (see pool.py). The flags and presets are in
 config.py, checkpoints and logs in rundir.py, evaluation in evaluate.py.
 """
 import json
@@ -40,6 +42,7 @@ import config
 import data
 import evaluate as E
 import grpo
+import lora
 import model as M
 import prompts
 import rundir
@@ -427,19 +430,30 @@ def main(argv=None):
     ckpt = rundir.find_checkpoint(args.run_dir) if args.resume else None
     if args.resume and ckpt is None:
         print("no checkpoint yet: starting the run from the beginning")
-    model, tok = M.load_model(ckpt or args.init, gguf_file=None if ckpt else args.gguf_file,
+    # With LoRA the base weights never change: they come from --init, the adapters from the
+    # checkpoint (lora.py).
+    start_from = ckpt if ckpt and not args.lora_rank else None
+    model, tok = M.load_model(start_from or args.init,
+                              gguf_file=None if start_from else args.gguf_file,
                               device=args.device, precision=args.precision_used,
                               grad_checkpointing=args.grad_checkpointing)
+    if args.lora_rank:
+        lora.add_lora(model, args.lora_rank, lora.resolve_alpha(args.lora_rank, args.lora_alpha),
+                      args.seed)
+        if ckpt:
+            lora.load_adapters(model, ckpt)
     if world is not None and not W.is_tiny_tokenizer(tok, world):
         raise UserError(f"{args.init} is not a tiny-world model (its tokenizer is not the tiny "
                         "world's); train it with `python sft.py`, or pass --preset/--data for "
                         "a real model")
     ref_model = None
-    if args.beta > 0:
+    if args.beta > 0 and args.lora_rank:
+        ref_model = lora.BaseModel(model)   # the same weights, adapters off: no second copy
+    elif args.beta > 0:
         ref_model = M.load_model(args.init, gguf_file=args.gguf_file, device=args.device,
                                  precision=args.precision_used, frozen=True)[0]
         ref_model.requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    opt = torch.optim.AdamW(lora.trainable(model), lr=args.lr, weight_decay=args.weight_decay)
     # --seed reaches every draw: Python's (problems, contexts, shuffles) and torch's (sampling)
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
@@ -491,7 +505,7 @@ def main(argv=None):
         if step % args.ckpt_every == 0 or step == args.steps:
             rundir.save_checkpoint(args.run_dir, step, model, tok, opt, pool, rng, counters)
 
-    M.save_model(model, tok, os.path.join(args.run_dir, "final"))
+    lora.save_model(model, tok, os.path.join(args.run_dir, "final"))   # adapters merged
     pool.save(os.path.join(args.run_dir, "pool.jsonl"))
     curves = rundir.plot_curves(args.run_dir)
     if args.final_eval:

