@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import rundir
+import model as M
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -164,11 +164,10 @@ def merged_state_dict(model) -> dict:
 
 def save_merged(model, tok, out_dir: str):
     """A plain model directory (atomically), loadable by from_pretrained: the adapters merged
-    into the weights. The model itself keeps its adapters (nothing is merged in place)."""
-    def write(tmp):
-        model.save_pretrained(tmp, state_dict=merged_state_dict(model))
-        tok.save_pretrained(tmp)
-    rundir.atomic_dir(out_dir, write)
+    into the weights, written like any saved model (model.save_model: in the dtype of the
+    checkpoint the run started from, bf16 for Qwen2.5). The model itself keeps its adapters
+    (nothing is merged in place)."""
+    M.save_model(model, tok, out_dir, state_dict=merged_state_dict(model))
 
 
 def load_adapters(model, directory: str):
@@ -193,7 +192,6 @@ def save_model(model, tok, out_dir: str):
     if is_lora(model):
         save_merged(model, tok, out_dir)
     else:
-        import model as M
         M.save_model(model, tok, out_dir)
 
 

@@ -289,7 +289,7 @@ def check_finite_left_padded(model, tokenizer, prompts=("Hi.", "What is 12 times
     return worst
 
 
-def save_model(model, tokenizer, out_dir: str):
+def save_model(model, tokenizer, out_dir: str, state_dict=None):
     """save_pretrained of both, atomically (rundir.atomic_dir): a crash leaves either the old
     model or the new one, never a half-written directory.
 
@@ -297,22 +297,24 @@ def save_model(model, tokenizer, out_dir: str):
     Qwen2.5 checkpoint), not in the float32 the training keeps in memory: a saved model is for
     inference and the next stage, and bf16 is half the disk. Only the run's checkpoint/ keeps
     the float32 master weights (rundir.save_checkpoint). A model of float32 origin (the tiny
-    world) is saved exactly as it is."""
+    world) is saved exactly as it is. `state_dict` replaces the model's own weights (lora.py
+    passes the merged ones)."""
     dtype = getattr(model, "save_dtype", None)
-    cast = dtype is not None and any(p.is_floating_point() and p.dtype != dtype
-                                     for p in model.parameters())
+    state = model.state_dict() if state_dict is None else state_dict
+    cast = dtype is not None and any(v.is_floating_point() and v.dtype != dtype
+                                     for v in state.values())
 
     def write(tmp):
         if not cast:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, **({} if state_dict is None else {"state_dict": state}))
         else:
             # Cast on the CPU (no GPU memory), one tensor per storage, so weights that are tied
             # (Qwen2.5-0.5B's output layer and embeddings) stay one tensor.
             memo = {}
-            state = {k: memo.setdefault((v.data_ptr(), v.dtype, v.shape),
-                                        v.to("cpu", dtype) if v.is_floating_point() else v)
-                     for k, v in model.state_dict().items()}
-            model.save_pretrained(tmp, state_dict=state)
+            model.save_pretrained(tmp, state_dict={
+                k: memo.setdefault((v.data_ptr(), v.dtype, v.shape),
+                                   v.to("cpu", dtype) if v.is_floating_point() else v)
+                for k, v in state.items()})
             # save_pretrained writes the in-memory dtype (float32) into config.json
             cfg_path = os.path.join(tmp, "config.json")
             with open(cfg_path) as f:

