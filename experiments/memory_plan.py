@@ -11,10 +11,11 @@ each phase it lists what is alive at the phase's peak:
 
 - weights: the trained model's float32 master weights (AdamW needs them, see model.py), or
   with LoRA the frozen base in bf16 plus float32 adapters;
-- gradients and AdamW's two moments (float32, 4 + 8 bytes per trained weight); the gradients
-  of the last update stay allocated until the next one sets them to None, so they count in
-  every phase after the first update;
-- the KL reference in bf16 (none with LoRA: it is the base with the adapters off);
+- gradients and AdamW's two moments (float32, 4 + 8 bytes per trained weight); train.update
+  frees the gradients right after the optimizer step, so RL sampling and the summaries run
+  without them (SFT steps follow each other, and count them throughout);
+- the KL reference: Linear weights in bf16, the rest (embeddings, norms, a tied output layer)
+  in float32, as model.load_model stores it (none with LoRA: the base with adapters off);
 - activations of the transformer body: per token and layer, bytes = a_H x hidden + a_I x
   intermediate, with or without gradient checkpointing (then: each layer's input and the
   rotary tables, b_H x hidden, plus one layer recomputed in the backward);
@@ -171,6 +172,25 @@ def count_params(config, lora_rank: int = 0) -> tuple[int, int]:
     return n, n_lora
 
 
+def reference_bytes(config) -> int:
+    """Bytes of the frozen KL reference under bf16 autocast, as model.load_model(frozen=True)
+    stores it: each Linear weight in bf16 (autocast rounds it to bf16 anyway), everything else
+    (embeddings, norms, and an output layer tied to the embeddings) in float32, so that it
+    computes exactly what the policy computes."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    not_linear = {id(p) for m in model.modules() if not isinstance(m, torch.nn.Linear)
+                  for p in m.parameters(recurse=False)}
+    size = {}   # by parameter, so that a tied weight counts once
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            bf16 = isinstance(m, torch.nn.Linear) and id(p) not in not_linear
+            size.setdefault(id(p), (2 if bf16 else 4) * p.numel())
+    return sum(size.values())
+
+
 def _dims(config):
     H, L = config.hidden_size, config.num_hidden_layers
     heads = config.num_attention_heads
@@ -203,8 +223,9 @@ def plan(config, settings: Settings) -> dict:
         trained = P
     grads = {"gradients (fp32)": 4 * trained}
     adam = {"AdamW moments (2 x fp32)": 8 * trained}
-    reference = ({"reference (bf16)" if bf16 else "reference (fp32)": P * act}
-                 if s.reference and not s.lora_rank else {})
+    reference = ({"reference (bf16 Linear weights, rest fp32)": reference_bytes(config)}
+                 if bf16 else {"reference (fp32)": 4 * P}) \
+        if s.reference and not s.lora_rank else {}
 
     def body_train(rows, seq):
         """(kept, transient) bytes of the body's forward + backward on rows x seq tokens:
@@ -259,7 +280,10 @@ def plan(config, settings: Settings) -> dict:
         "logits chunk (no grad)": chunk * V * LOGIT_BYTES["sft_nograd"][s.precision]
             + heldout_tokens * H * 4})
     rl_state = (weights, grads, adam, reference)
-    out["RL sampling"] = phase(*rl_state, sampling(s.sample_rows, s.prompt_tokens,
+    # train.update frees the gradients right after the optimizer step, so sampling and the
+    # summaries run without them
+    rl_idle = (weights, adam, reference)
+    out["RL sampling"] = phase(*rl_idle, sampling(s.sample_rows, s.prompt_tokens,
                                                    s.max_new_tokens))
     # A log-prob micro-batch holds at most logprob_tokens padded tokens; its logits cover the
     # response positions: most when prompts are shortest.
@@ -273,7 +297,7 @@ def plan(config, settings: Settings) -> dict:
         "max(logits of %d response positions, a layer's backward)" % positions:
             max(positions * V * per_position + (s.max_new_tokens + 1) * V * per_row,
                 transient)})
-    out["RL summaries"] = phase(*rl_state, sampling(s.summary_rows, s.summary_prompt_tokens,
+    out["RL summaries"] = phase(*rl_idle, sampling(s.summary_rows, s.summary_prompt_tokens,
                                                     s.summary_tokens))
     return out
 
