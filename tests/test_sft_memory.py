@@ -15,20 +15,20 @@ WORLD = W.TinyWorld()
 
 
 def full_logits_loss(model, batch, chunk_tokens=None):
-    """The loss as sft.py computed it before: logits for every position of the whole batch."""
-    input_ids, attn, labels, soft = batch
-    if not any(soft):
-        return model(input_ids=input_ids, attention_mask=attn, labels=labels).loss
-    logits = model(input_ids=input_ids, attention_mask=attn).logits
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    target = labels[:, 1:]
-    nll = -logp.gather(-1, target.clamp(min=0)[..., None])[..., 0]
-    for i, s in enumerate(soft):
-        if s is not None:
-            (_, (ids, probs)), t = s, s[0] - 1
-            nll[i, t] = -(torch.tensor(probs) * logp[i, t, ids]).sum()
-    mask = target != -100
-    return (nll * mask).sum() / mask.sum()
+    """The loss with logits for every position of the whole batch (sft.whole_batch_loss, the
+    computation sft.py used before chunking, and still the tiny preset's)."""
+    return sft.whole_batch_loss(model, batch)
+
+
+def test_the_tiny_preset_keeps_the_whole_batch_loss_bit_for_bit():
+    """Every committed tiny-world SFT model was trained with whole-batch logits; chunking
+    changes the rounding (weights 1e-7 apart after 20 steps), so the tiny preset keeps it and
+    `python sft.py` keeps giving the same model."""
+    assert sft.PRESETS["tiny"]["loss_chunk_tokens"] == 0
+    model, _, batch = tiny_batch()
+    assert torch.equal(sft.batch_loss(model, batch, 0), sft.whole_batch_loss(model, batch))
+    assert all(sft.PRESETS[p]["loss_chunk_tokens"] == sft.LOSS_CHUNK_TOKENS
+               for p in ("qwen", "smol"))
 
 
 def tiny_batch(n=24, seed=0, skills=("solve", "summarize", "reflect")):
