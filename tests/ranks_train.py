@@ -7,6 +7,7 @@ Into LOGDIR (never the run directory), per rank r:
   writes_rank{r}.json          every path the rank created, wrote, renamed or removed
                                (open for writing, os.makedirs/mkdir/replace/rename/remove,
                                shutil.rmtree), recorded when main returns
+  summarized_rank{r}.json      per step, the ids of the problems the rank wrote summaries of
 KILL_RANK >= 0: that rank kills itself with SIGKILL when step KILL_STEP starts sampling (a
 crash of one process in the middle of a step); -1: no crash.
 
@@ -28,7 +29,7 @@ import ranks  # noqa: E402
 
 LOGDIR, KILL_RANK, KILL_STEP = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 RANK = int(os.environ.get("RANK", "0"))
-writes, current = [], {"step": 0}
+writes, current, summarized = [], {"step": 0}, {}
 real_open = builtins.open
 
 
@@ -53,7 +54,12 @@ os.replace, os.rename = record(os.replace, (0, 1)), record(os.rename, (0, 1))
 shutil.rmtree = record(shutil.rmtree)
 
 train.reward = lambda text, gold: float(len(text) % 3 == 0)
-real_step, real_sample = train.train_step, M.sample
+real_step, real_sample, real_summarize = train.train_step, M.sample, train.summarize_groups
+
+
+def summarize_and_note(model, tok, problems, *args, **kwargs):
+    summarized[current["step"]] = [p["id"] for p in problems]
+    return real_summarize(model, tok, problems, *args, **kwargs)
 
 
 def step_and_dump(step, model, ref_model, tok, opt, pool, *args, **kwargs):
@@ -71,7 +77,8 @@ def sample_or_die(*args, **kwargs):
     return real_sample(*args, **kwargs)
 
 
-train.train_step, M.sample = step_and_dump, sample_or_die
+train.train_step, M.sample, train.summarize_groups = step_and_dump, sample_or_die, \
+    summarize_and_note
 
 if __name__ == "__main__":
     try:
@@ -79,3 +86,5 @@ if __name__ == "__main__":
     finally:
         with real_open(os.path.join(LOGDIR, f"writes_rank{RANK}.json"), "w") as f:
             json.dump(writes, f)
+        with real_open(os.path.join(LOGDIR, f"summarized_rank{RANK}.json"), "w") as f:
+            json.dump(summarized, f)
