@@ -80,6 +80,14 @@ def init(device: str) -> str:
     return device
 
 
+def _device():
+    """Where the small tensors of `total` and `sum_grads` live: nccl reduces CUDA tensors
+    only (on this rank's GPU), gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def close():
     if distributed():
         dist.destroy_process_group()
@@ -132,7 +140,7 @@ def total(*numbers: float) -> list:
     """Sums over ranks (float64, so counts of tokens stay exact); one process: the numbers."""
     if not distributed():
         return list(numbers)
-    t = torch.tensor(numbers, dtype=torch.float64)
+    t = torch.tensor(numbers, dtype=torch.float64, device=_device())
     dist.all_reduce(t)
     return [type(x)(v) for x, v in zip(numbers, t.tolist())]
 
@@ -145,7 +153,7 @@ def sum_grads(params):
     if not distributed():
         return
     params = [p for p in params if p.requires_grad]
-    has = torch.tensor([float(p.grad is not None) for p in params])
+    has = torch.tensor([float(p.grad is not None) for p in params], device=_device())
     dist.all_reduce(has)
     for p, h in zip(params, has.tolist()):
         if h == 0:
