@@ -22,9 +22,12 @@ One step, top to bottom, as `train_step` reads:
 `--p-feedback 0` is plain GRPO through the same code: no prompt ever gets context and the pool
 is never built. With `--lora-rank` (lora.py) only low-rank adapters are trained, and the frozen
 SFT model of the KL term is the same weights with the adapters switched off. Simplified
-relative to the paper: one process, no vLLM, a constant learning rate, and summaries written
-once per problem group (see pool.py). The flags and presets are in
-config.py, checkpoints and logs in rundir.py, evaluation in evaluate.py.
+relative to the paper: no vLLM, a constant learning rate, and summaries written once per
+problem group (see pool.py). `python train.py` is one process; `torchrun --nproc_per_node N
+train.py` splits each step's problems over N processes that meet in three places (the
+problems, the update's counts and gradients, the step gathered before the pool grows), all in
+ranks.py. The flags and presets are in config.py, checkpoints and logs in rundir.py,
+evaluation in evaluate.py.
 """
 import json
 import math

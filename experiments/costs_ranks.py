@@ -9,7 +9,9 @@ so the last two use the same two cores. A step's seconds are the sum of the phas
 logs (t_pool, t_generation, t_reward, t_update: rank 0's, which include its waits for the other
 rank where they meet), averaged after the first --skip steps; the wall-clock of the whole
 command (start-up included) is reported too. The arms run one after the other, so machine
-noise is not shared as in costs.py: rerun to see the spread.
+noise is not shared as in costs.py: rerun to see the spread. Each arm records the machine's
+1-minute load average before it starts: on a loaded 2-core machine two threads of one process
+wait for each other (torch's OpenMP threads spin), and the 2-thread arm suffers most.
 
     python experiments/costs_ranks.py [--init runs/tiny/sft] [--steps 30] [--skip 5]
 
@@ -50,6 +52,7 @@ def main():
                "--steps", str(args.steps), "--eval-every", "0", "--no-final-eval",
                *args.train_flags]
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), TQDM_DISABLE="1")
+        load = os.getloadavg()[0]
         t = time.perf_counter()
         subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
         wall = time.perf_counter() - t
@@ -58,9 +61,11 @@ def main():
         out[name] = {"seconds_per_step": statistics.mean(sum(r[k] for k in PHASES)
                                                          for r in rows),
                      **{k: statistics.mean(r[k] for r in rows) for k in PHASES},
-                     "wall_clock_s": wall, "reward": statistics.mean(r["reward"] for r in rows)}
+                     "wall_clock_s": wall, "load_average_before": load,
+                     "reward": statistics.mean(r["reward"] for r in rows)}
         print(f"{name:28} {out[name]['seconds_per_step']:.3f} s/step   "
-              f"(wall-clock {wall:.1f} s for {args.steps} steps)", flush=True)
+              f"(wall-clock {wall:.1f} s for {args.steps} steps; load {load:.1f} before)",
+              flush=True)
     result = {"command": "python experiments/costs_ranks.py " + " ".join(sys.argv[1:]),
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
               "steps": args.steps, "skipped": args.skip, "arms": out}
