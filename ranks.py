@@ -37,6 +37,7 @@ import hashlib
 import os
 import sys
 import traceback
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -73,8 +74,8 @@ def init(device: str) -> str:
         return device
     local = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device != "cpu" and torch.cuda.is_available()
-    if cuda:   # each rank owns one GPU; "auto" or "cuda" become "cuda:LOCAL_RANK"
-        device = device if device.startswith("cuda:") else f"cuda:{local}"
+    if cuda:   # each rank owns one GPU: --device auto, cuda or cuda:K become cuda:LOCAL_RANK
+        device = f"cuda:{local}"
         torch.cuda.set_device(torch.device(device))
     dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
     return device
@@ -104,6 +105,20 @@ def rank_seed(seed: int) -> int:
 
 # --- Where ranks meet -----------------------------------------------------------------------
 
+class PeerFailed(Exception):
+    """A collective failed, almost always because another rank died (gloo: "Connection closed
+    by peer"); that rank's own error says why, so this rank stops without a second error."""
+
+
+@contextmanager
+def _meeting(where: str):
+    try:
+        yield
+    except RuntimeError as e:
+        raise PeerFailed(f"{where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+            from e
+
+
 def share(items: list) -> list:
     """This rank's contiguous share of rank 0's list (the step's problems): every rank drew the
     list from its own stream, rank 0's draw is the step's. Shares differ by at most one item
@@ -111,7 +126,8 @@ def share(items: list) -> list:
     if not distributed():
         return items
     box = [items]
-    dist.broadcast_object_list(box, src=0)
+    with _meeting("the step's problems"):
+        dist.broadcast_object_list(box, src=0)
     items, r, n = box[0], rank(), world_size()
     return items[r * len(items) // n:(r + 1) * len(items) // n]
 
@@ -122,7 +138,8 @@ def gather(*lists):
     if not distributed():
         return lists
     everyone = [None] * world_size()
-    dist.all_gather_object(everyone, lists)
+    with _meeting("the gathered step"):
+        dist.all_gather_object(everyone, lists)
     return tuple(None if lists[i] is None else [x for part in everyone for x in part[i]]
                  for i in range(len(lists)))
 
@@ -132,7 +149,8 @@ def gather_objects(obj):
     if not distributed():
         return [obj]
     everyone = [None] * world_size()
-    dist.all_gather_object(everyone, obj)
+    with _meeting("the checkpoint's random streams"):
+        dist.all_gather_object(everyone, obj)
     return everyone
 
 
@@ -141,7 +159,8 @@ def total(*numbers: float) -> list:
     if not distributed():
         return list(numbers)
     t = torch.tensor(numbers, dtype=torch.float64, device=_device())
-    dist.all_reduce(t)
+    with _meeting("a sum over ranks"):
+        dist.all_reduce(t)
     return [type(x)(v) for x, v in zip(numbers, t.tolist())]
 
 
@@ -154,18 +173,20 @@ def sum_grads(params):
         return
     params = [p for p in params if p.requires_grad]
     has = torch.tensor([float(p.grad is not None) for p in params], device=_device())
-    dist.all_reduce(has)
-    for p, h in zip(params, has.tolist()):
-        if h == 0:
-            continue
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad)
+    with _meeting("the gradient all-reduce"):
+        dist.all_reduce(has)
+        for p, h in zip(params, has.tolist()):
+            if h == 0:
+                continue
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
 
 
 def barrier():
     if distributed():
-        dist.barrier()
+        with _meeting("the start"):
+            dist.barrier()
 
 
 # --- Errors -----------------------------------------------------------------------------------
@@ -173,7 +194,8 @@ def barrier():
 def run_cli(main, argv=None):
     """errors.run_cli for N processes: a rank that fails says so in one line that names it
     (after the traceback of an unexpected error), then exits; torchrun stops the other ranks
-    when one process fails (its default, --max-restarts 0). One process: errors.run_cli."""
+    when one process fails (its default, --max-restarts 0), and a rank that sees the failure
+    first (its collective breaks) says `stopped`, not `error`. One process: errors.run_cli."""
     from errors import run_cli as one_process
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return one_process(main, argv)
@@ -183,6 +205,9 @@ def run_cli(main, argv=None):
     except UserError as e:
         print(f"error ({who}): {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except PeerFailed as e:   # not this rank's error: the failed rank printed its own
+        print(f"stopped ({who}): another rank failed ({e})", file=sys.stderr, flush=True)
+        sys.exit(1)
     except Exception as e:   # noqa: BLE001  (the traceback first, then the one line)
         traceback.print_exc()
         print(f"error ({who}): {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr,

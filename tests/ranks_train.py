@@ -9,7 +9,8 @@ Into LOGDIR (never the run directory), per rank r:
                                shutil.rmtree), recorded when main returns
   summarized_rank{r}.json      per step, the ids of the problems the rank wrote summaries of
 KILL_RANK >= 0: that rank kills itself with SIGKILL when step KILL_STEP starts sampling (a
-crash of one process in the middle of a step); -1: no crash.
+crash of one process in the middle of a step), or with a negative KILL_STEP raises
+RuntimeError("injected crash") when step -KILL_STEP starts sampling (a bug); -1: no crash.
 
 The reward is len(text) % 3 == 0 (as test_train's resume test uses), so a random tiny model
 gets groups with variance and real gradients. test_ranks.py uses this; the training code
@@ -72,7 +73,9 @@ def step_and_dump(step, model, ref_model, tok, opt, pool, *args, **kwargs):
 
 
 def sample_or_die(*args, **kwargs):
-    if RANK == KILL_RANK and current["step"] >= KILL_STEP:
+    if RANK == KILL_RANK and KILL_STEP < 0 and current["step"] >= -KILL_STEP:
+        raise RuntimeError("injected crash")
+    if RANK == KILL_RANK and KILL_STEP >= 0 and current["step"] >= KILL_STEP:
         os.kill(os.getpid(), signal.SIGKILL)
     return real_sample(*args, **kwargs)
 

@@ -107,3 +107,14 @@ def test_two_processes_one_pool_rank0_writes_and_a_killed_run_resumes_exactly(tm
     assert a[1] == b[1] and a[2] == b[2] and a[3] == b[3]
     for k in a[0]:
         assert torch.equal(a[0][k], b[0][k]), k
+
+
+def test_an_error_on_one_rank_stops_every_rank_with_that_ranks_one_line(tmp_path, tiny_dir):
+    """Rank 1 raises in step 1 while rank 0 waits for it where they meet: rank 1 names itself
+    in one line, torchrun stops rank 0 (it never finishes the step), the command fails."""
+    p = torchrun("tests/ranks_train.py", tmp_path, 1, -1,
+                 *flags((tiny_dir, str(tmp_path / "rl")), 2))
+    assert p.returncode != 0
+    assert "error (rank 1 of 2): RuntimeError: injected crash\n" in p.stderr, p.stderr[-3000:]
+    assert not os.path.exists(tmp_path / "pool_rank0_step1.jsonl")
+    assert "error (rank 0" not in p.stderr
