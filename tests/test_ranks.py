@@ -118,3 +118,19 @@ def test_an_error_on_one_rank_stops_every_rank_with_that_ranks_one_line(tmp_path
     assert "error (rank 1 of 2): RuntimeError: injected crash\n" in p.stderr, p.stderr[-3000:]
     assert not os.path.exists(tmp_path / "pool_rank0_step1.jsonl")
     assert "error (rank 0" not in p.stderr
+
+
+def test_one_process_is_untouched_and_ranks_draw_their_own_streams(monkeypatch):
+    """Without a process group every meeting point hands back what it got (so `python
+    train.py` computes what it did before ranks.py); under torchrun rank r > 0 draws from a
+    seed of its own, derived from --seed and r."""
+    import ranks
+    items, lists = [{"id": 1}, {"id": 2}], ([1, 2], None, ["a", "b"])
+    assert ranks.share(items) is items
+    assert all(a is b for a, b in zip(ranks.gather(*lists), lists))
+    assert ranks.total(3, 2.5) == [3, 2.5] and ranks.rank_seed(7) == 7
+    seeds = set()
+    for r in (1, 2):
+        monkeypatch.setattr(ranks, "rank", lambda r=r: r)
+        seeds |= {ranks.rank_seed(0), ranks.rank_seed(1)}
+    assert len(seeds) == 4 and not seeds & {0, 1}
