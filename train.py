@@ -527,6 +527,7 @@ def main(argv=None):
         if main_rank:
             rundir.save_checkpoint(args.run_dir, step, model, tok, opt, pool, rng, counters,
                                    extra)
+
     device = M.device_of(model)
     for step in bar:
         M.reset_peak_memory(device)
