@@ -109,9 +109,11 @@ def set_rng_state(py_rng, state: dict):
                   f"GPU(s) are visible: restored the first {n}", file=sys.stderr)
 
 
-def save_checkpoint(run_dir, step, model, tok, opt, pool, py_rng, counters):
+def save_checkpoint(run_dir, step, model, tok, opt, pool, py_rng, counters, extra=None):
     """Write checkpoint/ atomically (model, tokenizer, optimizer, RNG states, step, counters,
-    pool). A crash at any moment leaves a complete checkpoint: the old one or the new one."""
+    pool). A crash at any moment leaves a complete checkpoint: the old one or the new one.
+    `extra`: more entries for state.pt (with several processes: their number and every rank's
+    random streams, see ranks.py)."""
     def write(tmp):
         os.makedirs(tmp)
         model.save_pretrained(tmp)
@@ -119,7 +121,8 @@ def save_checkpoint(run_dir, step, model, tok, opt, pool, py_rng, counters):
         # save_dtype: the dtype final/ is saved in (model.save_model), which the float32
         # checkpoint itself no longer tells a resumed run
         torch.save({"step": step, "optimizer": opt.state_dict(), "rng": rng_state(py_rng),
-                    "counters": counters, "save_dtype": getattr(model, "save_dtype", None)},
+                    "counters": counters, "save_dtype": getattr(model, "save_dtype", None),
+                    **(extra or {})},
                    os.path.join(tmp, "state.pt"))
         pool.save(os.path.join(tmp, "pool.jsonl"))
     atomic_dir(os.path.join(run_dir, CHECKPOINT), write)

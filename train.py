@@ -22,9 +22,12 @@ One step, top to bottom, as `train_step` reads:
 `--p-feedback 0` is plain GRPO through the same code: no prompt ever gets context and the pool
 is never built. With `--lora-rank` (lora.py) only low-rank adapters are trained, and the frozen
 SFT model of the KL term is the same weights with the adapters switched off. Simplified
-relative to the paper: one process, no vLLM, a constant learning rate, and summaries written
-once per problem group (see pool.py). The flags and presets are in
-config.py, checkpoints and logs in rundir.py, evaluation in evaluate.py.
+relative to the paper: no vLLM, a constant learning rate, and summaries written once per
+problem group (see pool.py). `python train.py` is one process; `torchrun --nproc_per_node N
+train.py` splits each step's problems over N processes that meet in three places (the
+problems, the update's counts and gradients, the step gathered before the pool grows), all in
+ranks.py. The flags and presets are in config.py, checkpoints and logs in rundir.py,
+evaluation in evaluate.py.
 """
 import json
 import math
@@ -45,9 +48,10 @@ import grpo
 import lora
 import model as M
 import prompts
+import ranks
 import rundir
 import world as W
-from errors import UserError, oom_hint, run_cli
+from errors import UserError, oom_hint
 from pool import Entry, Pool, parse_summary
 from reward import reward
 
@@ -198,13 +202,18 @@ def update(model, ref_model, opt, rollouts, score_ids, advantages, args):
     The batch is cut into micro-batches of at most --logprob-tokens padded tokens (to bound
     memory; see model.token_chunks); each micro-batch's loss is weighted so that the gradients
     add up to the full batch's (grpo.microbatch_weight). Rollouts arrive on the CPU; what the
-    loss needs goes to the model's device."""
+    loss needs goes to the model's device.
+
+    With several processes (ranks.py) each rank holds its own groups: the micro-batch weights
+    use the global row and token counts, and the gradients are summed over ranks before the
+    clip, so every rank takes the one-process step of the union batch."""
     device = M.device_of(model)
     mask = rollouts.response_mask
-    n_rows, n_tokens = mask.shape[0], int(mask.sum())
+    # ranks meet: the loss normalizes by the whole step's rows and tokens, not this rank's
+    n_rows, n_tokens = ranks.total(mask.shape[0], int(mask.sum()))
     # Rows with zero advantage carry no policy gradient; without a KL term they carry nothing
     # at all, so they are not even scored (often most groups in the tiny world).
-    rows = [i for i in range(n_rows) if args.beta > 0 or advantages[i] != 0]
+    rows = [i for i in range(mask.shape[0]) if args.beta > 0 or advantages[i] != 0]
     lengths = [len(score_ids[i]) + int(mask[i].sum()) for i in rows]
     chunks = [[rows[j] for j in c] for c in M.token_chunks(lengths, args.logprob_tokens)]
     mask_dev, adv_dev = mask.to(device), advantages.to(device)
@@ -239,10 +248,12 @@ def update(model, ref_model, opt, rollouts, score_ids, advantages, args):
             (loss * w).backward()
             epoch_loss += w * stats["loss"]
             stats_acc.append((w, stats))
+        ranks.sum_grads(model.parameters())   # ranks meet: the union batch's gradient
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         # A non-finite loss or gradient would poison the weights and Adam's moments: skip the
         # update (main counts these and stops after --max-bad-updates in a row). With several
         # inner epochs, the epochs before the bad one have already been applied.
+        epoch_loss, = ranks.total(epoch_loss)   # every rank skips, or none does
         if not (math.isfinite(epoch_loss) and torch.isfinite(grad_norm)):
             opt.zero_grad(set_to_none=True)
             model.eval()
@@ -251,12 +262,15 @@ def update(model, ref_model, opt, rollouts, score_ids, advantages, args):
         # free the gradients now: they would otherwise stay allocated through the next sampling
         opt.zero_grad(set_to_none=True)
     model.eval()
-    if not stats_acc:   # every advantage was zero and beta = 0: nothing to learn this step
+    keys = ("loss", "pg_loss", "kl", "clip_frac", "ratio", "is_weight")
+    # the statistics of the whole step: weighted sums over this rank's micro-batches, summed
+    # over ranks (one process: the sums themselves)
+    total_w, *sums = ranks.total(sum(w for w, _ in stats_acc),
+                                 *(sum(w * s[key] for w, s in stats_acc) for key in keys))
+    if not total_w:   # every advantage was zero and beta = 0: nothing to learn this step
         return {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "ratio": 1.0,
                 "grad_norm": 0.0}
-    total_w = sum(w for w, _ in stats_acc)
-    out = {key: sum(w * s[key] for w, s in stats_acc) / total_w
-           for key in ("loss", "pg_loss", "kl", "clip_frac", "ratio", "is_weight")}
+    out = {key: v / total_w for key, v in zip(keys, sums)}
     out["grad_norm"] = float(grad_norm)
     return out
 
@@ -320,8 +334,10 @@ def train_step(step, model, ref_model, tok, opt, pool, train_set, args, rng, wor
     """One LANPO step (the module docstring's list). Returns (metrics, sample completions)."""
     G, phase = args.group_size, Phases()
     with phase("pool"):
-        # 1. a batch of problems
-        problems = rng.sample(train_set, min(args.problems_per_step, len(train_set)))
+        # 1. a batch of problems (ranks meet: with N processes, rank 0's draw is the step's
+        #    and each rank keeps its share of whole problems, ranks.py)
+        problems = ranks.share(rng.sample(train_set, min(args.problems_per_step,
+                                                         len(train_set))))
         # 2. G prompts per problem, round(p_t * G) of them feedback-aware
         all_prompts, has_context, retrieved = build_prompts(problems, pool, args, rng, world)
     # 3. all rollouts in one batched call
@@ -345,10 +361,16 @@ def train_step(step, model, ref_model, tok, opt, pool, train_set, args, rng, wor
         if args.p_feedback > 0 and args.feedback in ("inter", "both", "placebo") and \
                 args.inter_format == "summary":
             summaries = summarize_groups(model, tok, problems, rollouts.texts, rewards, args, rng)
+        lengths, truncated = rollouts.response_mask.sum(1).tolist(), rollouts.truncated.tolist()
+        # ranks meet: from here on every rank holds the whole step, in rank order (ranks.py),
+        # so every rank grows the same pool; one process: the lists as they are
+        problems, all_prompts, texts, rewards, has_context, retrieved, summaries, lengths, \
+            truncated = ranks.gather(problems, all_prompts, rollouts.texts, rewards, has_context,
+                                     retrieved, summaries, lengths, truncated)
         if args.p_feedback > 0 and args.feedback != "oracle":
-            grow_pool(pool, problems, rollouts.texts, rewards, summaries, step, G)
+            grow_pool(pool, problems, texts, rewards, summaries, step, G)
     # 8. metrics, and a few completions to read
-    m = step_metrics(step, rewards, has_context, rollouts, stats, pool, retrieved, args,
+    m = step_metrics(step, rewards, has_context, lengths, truncated, stats, pool, retrieved, args,
                      phase.seconds)
     if world is not None:   # the tiny world checks the language channel against the truth
         inter = args.p_feedback > 0 and args.feedback in ("inter", "both", "placebo")
@@ -357,7 +379,7 @@ def train_step(step, model, ref_model, tok, opt, pool, train_set, args, rng, wor
         m.update(world.rl_train_accuracy(problems, rewards, has_context, G))
         m["rl_family_successes"] = world.family_successes(problems, rewards, has_context, G)
     samples = [{"step": step, "problem_id": problems[i]["id"], "gold": problems[i]["answer"],
-                "prompt": all_prompts[i * G + j], "response": rollouts.texts[i * G + j],
+                "prompt": all_prompts[i * G + j], "response": texts[i * G + j],
                 "reward": rewards[i * G + j], "feedback_aware": has_context[i * G + j]}
                for i in range(min(2, len(problems))) for j in (0, G - 1)]
     return m, samples
@@ -380,9 +402,10 @@ def _mean(xs):
     return statistics.mean(xs) if xs else None
 
 
-def step_metrics(step, rewards, has_context, rollouts, stats, pool, retrieved, args, seconds):
+def step_metrics(step, rewards, has_context, lengths, truncated, stats, pool, retrieved, args,
+                 seconds):
+    """The step's row of metrics.jsonl. lengths, truncated: per rollout (the whole step's)."""
     G = args.group_size
-    lengths = rollouts.response_mask.sum(1).tolist()
     n_problems = len(rewards) // G
     inter = args.p_feedback > 0 and args.feedback in ("inter", "both", "placebo")
     m = {"step": step,
@@ -393,7 +416,7 @@ def step_metrics(step, rewards, has_context, rollouts, stats, pool, retrieved, a
          # groups whose G rewards are all equal: zero advantage, no gradient (grpo.py)
          "zero_std_frac": grpo.zero_std_fraction(torch.tensor(rewards), G),
          "response_length": _mean(lengths),
-         "truncated_frac": _mean(rollouts.truncated.float().tolist()),
+         "truncated_frac": _mean([float(t) for t in truncated]),
          "pool_size": len(pool),
          "coverage": _mean([float(any(has_context[i * G:(i + 1) * G]))
                             for i in range(n_problems)]),
@@ -411,6 +434,11 @@ def step_metrics(step, rewards, has_context, rollouts, stats, pool, retrieved, a
 
 def main(argv=None):
     args = config.resolve_config(config.build_parser().parse_args(argv))
+    # under torchrun: join the other processes, each on its own GPU (ranks.py); else nothing
+    args.device = ranks.init(args.device)
+    if args.problems_per_step < ranks.world_size():
+        raise UserError(f"--problems-per-step {args.problems_per_step} is fewer than the "
+                        f"{ranks.world_size()} processes: every rank needs a problem")
     if args.init == config.SMOL_GGUF:
         args.init, args.gguf_file = M.smol_gguf()
     if args.init == config.PRESETS[args.preset]["init"] and not os.path.isdir(args.init):
@@ -423,12 +451,14 @@ def main(argv=None):
     world = W.TinyWorld() if args.data == "tiny" else None
     # the precision this run computes in (config.json and every metrics row record it)
     args.precision_used = M.choose_precision(args.precision, args.device)
-    print("config:", json.dumps(vars(args), sort_keys=True))
+    main_rank = ranks.is_main()   # rank 0 alone writes into the run directory
+    if main_rank:
+        print("config:", json.dumps(vars(args), sort_keys=True))
 
     # The policy starts from the SFT model (or the checkpoint); the reference stays frozen at
     # the SFT model for the KL term.
     ckpt = rundir.find_checkpoint(args.run_dir) if args.resume else None
-    if args.resume and ckpt is None:
+    if args.resume and ckpt is None and main_rank:
         print("no checkpoint yet: starting the run from the beginning")
     # With LoRA the base weights never change: they come from --init, the adapters from the
     # checkpoint (lora.py).
@@ -454,29 +484,50 @@ def main(argv=None):
                                  precision=args.precision_used, frozen=True)[0]
         ref_model.requires_grad_(False)
     opt = torch.optim.AdamW(lora.trainable(model), lr=args.lr, weight_decay=args.weight_decay)
-    # --seed reaches every draw: Python's (problems, contexts, shuffles) and torch's (sampling)
-    rng = random.Random(args.seed)
-    torch.manual_seed(args.seed)
+    # --seed reaches every draw: Python's (problems, contexts, shuffles) and torch's (sampling);
+    # rank 0 draws from --seed itself, rank r > 0 from a seed derived from it (ranks.py)
+    rng = random.Random(ranks.rank_seed(args.seed))
+    torch.manual_seed(ranks.rank_seed(args.seed))
     pool, start = Pool(), 0
     counters = {"bad_in_a_row": 0, "skipped_total": 0}   # non-finite updates
     if ckpt:
         state = rundir.load_state(ckpt)
+        if state.get("world_size", 1) != ranks.world_size():
+            raise UserError(f"--resume: this run was trained with {state.get('world_size', 1)} "
+                            f"process(es) and is resumed with {ranks.world_size()}; resume it "
+                            "with the same number (each rank's random streams are in the "
+                            "checkpoint)")
         opt.load_state_dict(state["optimizer"])
         model.save_dtype = state.get("save_dtype")   # the dtype final/ is saved in
-        rundir.set_rng_state(rng, state["rng"])
+        # every rank continues its own streams (state["rng"] is rank 0's, as in one process)
+        rundir.set_rng_state(rng, state.get("rank_rng", [state["rng"]])[ranks.rank()])
         start, counters = state["step"], state["counters"]
         counters["bad_in_a_row"] = 0   # a person resumed: give the run a fresh chance
         pool = Pool.load(os.path.join(ckpt, "pool.jsonl"))
-        print(f"resumed from step {start} ({len(pool)} pool entries)")
+        if main_rank:
+            print(f"resumed from step {start} ({len(pool)} pool entries)")
     metrics_path, samples_path = (os.path.join(args.run_dir, n)
                                   for n in ("metrics.jsonl", "samples.jsonl"))
-    rundir.start_run_dir(args, [metrics_path, samples_path], start)
+    ranks.barrier()   # every rank has read the run directory before rank 0 writes into it
+    if main_rank:
+        rundir.start_run_dir(args, [metrics_path, samples_path], start)
 
-    if start == 0 and args.eval_every:
+    if start == 0 and args.eval_every and main_rank:
         rundir.append_jsonl(metrics_path, [{"step": 0, "precision": args.precision_used,
                                             **E.periodic_eval(model, tok, eval_sets, args, world)}])
     bar = tqdm(range(start + 1, args.steps + 1), desc="lanpo" if args.p_feedback else "grpo",
-               dynamic_ncols=True, disable=None, initial=start, total=args.steps)
+               dynamic_ncols=True, disable=None if main_rank else True, initial=start,
+               total=args.steps)
+
+    def checkpoint(step):
+        # every rank's random streams go into rank 0's checkpoint (one process: as before)
+        extra = {} if ranks.world_size() == 1 else \
+            {"world_size": ranks.world_size(), "rank_rng": ranks.gather_objects(
+                rundir.rng_state(rng))}
+        if main_rank:
+            rundir.save_checkpoint(args.run_dir, step, model, tok, opt, pool, rng, counters,
+                                   extra)
+
     device = M.device_of(model)
     for step in bar:
         M.reset_peak_memory(device)
@@ -490,21 +541,24 @@ def main(argv=None):
         counters["bad_in_a_row"] = counters["bad_in_a_row"] + 1 if skipped else 0
         counters["skipped_total"] += skipped
         m["skipped_total"] = counters["skipped_total"]
-        if args.eval_every and step % args.eval_every == 0:
+        if args.eval_every and step % args.eval_every == 0 and main_rank:
             m.update(E.periodic_eval(model, tok, eval_sets, args, world))
-        rundir.append_jsonl(metrics_path, [m])
-        rundir.append_jsonl(samples_path, samples)
+        if main_rank:
+            rundir.append_jsonl(metrics_path, [m])
+            rundir.append_jsonl(samples_path, samples)
         bar.set_postfix(reward=f"{m['reward']:.2f}", zero_std=f"{m['zero_std_frac']:.2f}")
         if counters["bad_in_a_row"] >= args.max_bad_updates:
             # The skipped updates did not touch the weights: this checkpoint is usable.
-            rundir.save_checkpoint(args.run_dir, step, model, tok, opt, pool, rng, counters)
+            checkpoint(step)
             print(f"error: {counters['bad_in_a_row']} non-finite updates in a row (last at step "
                   f"{step}); stopping. The checkpoint at step {step} holds the last finite "
                   "weights; lower --lr or raise --beta before resuming.", file=sys.stderr)
             sys.exit(1)
         if step % args.ckpt_every == 0 or step == args.steps:
-            rundir.save_checkpoint(args.run_dir, step, model, tok, opt, pool, rng, counters)
+            checkpoint(step)
 
+    if not main_rank:   # the other ranks are done: rank 0 saves and evaluates
+        return
     lora.save_model(model, tok, os.path.join(args.run_dir, "final"))   # adapters merged
     pool.save(os.path.join(args.run_dir, "pool.jsonl"))
     curves = rundir.plot_curves(args.run_dir)
@@ -519,4 +573,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    ranks.run_cli(main)   # errors.run_cli; under torchrun, a failing rank names itself

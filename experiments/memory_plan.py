@@ -2,6 +2,7 @@
 
     python experiments/memory_plan.py --model Qwen/Qwen2.5-0.5B-Instruct --gpu-gb 24
     python experiments/memory_plan.py --model Qwen/Qwen2.5-1.5B-Instruct --gpu-gb 24 --lora-rank 16
+    python experiments/memory_plan.py --model Qwen/Qwen2.5-1.5B-Instruct --gpu-gb 80 --nproc 8
 
 No weights are loaded and nothing is downloaded: the model is built on PyTorch's `meta` device
 from its config (the Qwen2.5 configs are written out below; any other model: a local directory
@@ -38,6 +39,11 @@ fragmentation are not in the tensors' count. Every number of the plan is GiB (2^
 `plan(config, settings)` is the importable part; `settings_for(preset, ...)` builds the
 settings of a preset, `settings_from(sft_config, rl_config)` those of two runs (the smoke
 checker's). The prompt lengths are the longest each phase builds (see settings_from).
+
+Several GPUs (`torchrun`, ranks.py): every rank holds a full replica (weights, gradients,
+AdamW moments, reference) and the gradients are all-reduced in place, nothing is sharded, and
+the micro-batch flags bound each rank's activations as they bound one GPU's: the memory per
+rank is this plan, unchanged (`--nproc N` says so and adds the total over the N GPUs).
 """
 import argparse
 import os
@@ -362,13 +368,22 @@ def main(argv=None):
     ap.add_argument("--sample-micro-batch", type=int, default=None, dest="sample_rows")
     ap.add_argument("--sft-batch-size", type=int, default=None)
     ap.add_argument("--sft-max-len", type=int, default=None)
+    ap.add_argument("--nproc", type=int, default=1,
+                    help="processes of torchrun (train.py): the memory per rank and in all")
     ap.add_argument("--no-grad-checkpointing", action="store_false", default=None,
                     dest="grad_checkpointing")
     args = ap.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("model", "gpu_gb", "preset")}
+    overrides = {k: v for k, v in vars(args).items()
+                 if k not in ("model", "gpu_gb", "preset", "nproc")}
     settings = settings_for(args.preset, **overrides)
     p = plan(args.model, settings)
     print(report(args.model, p, args.gpu_gb, settings))
+    if args.nproc > 1:
+        rl = max(v["total"] for k, v in p.items() if k.startswith("RL"))
+        print(f"torchrun --nproc_per_node {args.nproc} train.py: each rank holds a full replica "
+              "(gradients all-reduced, nothing sharded), so the memory per rank is the plan "
+              f"above: RL peak {rl / GIB:.2f} GiB per rank, {args.nproc * rl / GIB:.2f} GiB over "
+              f"the {args.nproc} GPUs")
     return p
 
 
