@@ -14,13 +14,17 @@ One step, top to bottom, as `train_step` reads:
   3. sample all of them in one batched call (model.py);
   4. score with reward.py;
   5. advantages per group (grpo.py) and log-probs of each response, under the prompt it was
-     sampled with (`--score-context prompt`) or under the plain prompt (`plain`, see below);
+     sampled with (`--score-context prompt`, the paper) or, two extensions, under the plain
+     prompt without an importance weight (`plain`, biased) or with a truncated one
+     (`corrected`); see scoring_prompt_ids;
   6. clipped loss + k3 KL to the frozen SFT model, optimizer step (grpo.py + torch);
   7. add the step's trajectories to the pool with the current model's summaries;
   8. log metrics and samples; evaluate and checkpoint every N steps (`main`).
 
 `--p-feedback 0` is plain GRPO through the same code: no prompt ever gets context and the pool
-is never built. With `--lora-rank` (lora.py) only low-rank adapters are trained, and the frozen
+is never built. `--feedback placebo` is the control for a context's mere presence: the same
+blocks and counts as the real contexts, with content that carries no experience of the run
+(build_prompts). With `--lora-rank` (lora.py) only low-rank adapters are trained, and the frozen
 SFT model of the KL term is the same weights with the adapters switched off. Simplified
 relative to the paper: no vLLM, a constant learning rate, and summaries written once per
 problem group (see pool.py). `python train.py` is one process; `torchrun --nproc_per_node N
