@@ -148,7 +148,9 @@ def candidate_runs(flags, sft_seed, seed):
 def finished_run(flags, sft_seed, seed, args):
     """A finished run with exactly these flags, seeds, steps and eval interval."""
     for d, cfg in candidate_runs(flags, sft_seed, seed):
-        if cfg["steps"] == args.steps and cfg["eval_every"] == args.eval_every:
+        with open(os.path.join(d, "eval.json")) as fh:
+            at = json.load(fh)["step"]   # a run being continued holds its shorter run's eval
+        if cfg["steps"] == args.steps == at and cfg["eval_every"] == args.eval_every:
             return d
     return None
 
@@ -175,7 +177,7 @@ def run_one(suite, arm, flags, sft_seed, seed, args):
     start = shorter_run(flags, sft_seed, seed, args)
     if start and start != run_dir:
         shutil.rmtree(run_dir, ignore_errors=True)
-        shutil.copytree(start, run_dir)
+        shutil.copytree(start, run_dir, ignore=shutil.ignore_patterns("eval.json"))
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--init", sft_dir(sft_seed, variant),
            "--run-dir", run_dir, "--seed", str(seed), "--steps", str(args.steps),
            "--eval-every", str(args.eval_every),

@@ -75,9 +75,88 @@ def families_table(name):
     return "\n".join(lines) + "\n"
 
 
+def ci(v, digits=3, signed=False):
+    """mean [lo, hi] (n) of a cluster-bootstrap interval (run_arms.cluster_bootstrap)."""
+    if v is None:
+        return "-"
+    f = f"{{:{'+' if signed else ''}.{digits}f}}"
+    return f"{f.format(v['mean'])} [{f.format(v['lo'])}, {f.format(v['hi'])}]"
+
+
+def controls_table(name):
+    """Per arm: rl-test greedy mean@1 and sampled mean@8 with 95% intervals, the other test
+    sets, and how often the rl families' rollouts succeeded in the first 50 steps."""
+    d = load(name)
+    if d is None:
+        return f"(no results for {name} yet)\n"
+    lines = [f"`{d['command']}` (SFT seeds {d['sft_seeds']} x RL seeds {d['seeds']}, "
+             f"{d['steps']} steps, commit {d.get('commit', '?')})", "",
+             "| arm | n | rl-test greedy mean@1 [95% CI] | rl-test sampled mean@8 [95% CI] | "
+             "sft-test | unseen-test | rl train success, first 50 steps: plain / feedback-aware "
+             "| zero-std groups |", "|" + " --- |" * 8]
+    for arm, s in d["summary"].items():
+        st = s.get("train_start", {})
+        fb = st.get("train_acc_rl_feedback")
+        lines.append(
+            f"| {arm} | {s['ci95']['greedy']['n']} | {ci(s['ci95']['greedy'])} | "
+            f"{ci(s['ci95']['sampled'])} | {ms(s['final'].get('sft-test / zero-shot'))} | "
+            f"{ms(s['final'].get('unseen-test / zero-shot'))} | "
+            f"{ms(st.get('train_acc_rl_plain'), 2)} / {ms(fb, 2) if fb else '-'} | "
+            f"{ms(s['train'].get('zero_std_frac'), 2)} |")
+    return "\n".join(lines) + "\n"
+
+
+def contrasts_table(name):
+    """Paired differences (same SFT model, same RL seed) with 95% cluster-bootstrap intervals."""
+    d = load(name)
+    if d is None or not d.get("contrasts"):
+        return ""
+    lines = ["| contrast | n | rl-test greedy mean@1 | rl-test sampled mean@8 |",
+             "| --- | --- | --- | --- |"]
+    for k, v in d["contrasts"].items():
+        n = v["greedy"]["n"] if v["greedy"] else 0
+        lines.append(f"| {k} | {n} | {ci(v['greedy'], signed=True)} | "
+                     f"{ci(v['sampled'], signed=True)} |")
+    return "\n".join(lines) + "\n"
+
+
+def family_counts_table(name):
+    """Per rl family and arm: runs in which it reached 0.9 greedy (median first step), the
+    final sampled rate, and the training rollouts' successes summed over the runs."""
+    d = load(name)
+    if d is None:
+        return ""
+    arms = list(d["summary"])
+    fams = sorted(d["summary"][arms[0]]["families"].items(),
+                  key=lambda kv: kv[1]["designed_start"])
+    lines = ["| start rate | arm | learned (>= 0.9 greedy), median step | final sampled "
+             "mean@8 | training successes, plain | feedback-aware | runs with a plain success "
+             "(first step) |", "|" + " --- |" * 7]
+    for fname, f in fams:
+        for arm in arms:
+            g = d["summary"][arm]["families"][fname]
+            hit = [x for x in g["first_step_at_0.9"] if x is not None]
+            t = g["train_successes"]
+            firsts = sorted(x for x in g["first_plain_success"] if x is not None)
+            lines.append(
+                f"| {f['designed_start']:.2f} ({fname}) | {arm} | {g['learned_in']}/{g['runs']}"
+                + (f", step {statistics.median(hit):g}" if hit else "") + " | "
+                + f"{ms(g.get('final_sampled'))} | {t[0]} / {t[1]} | "
+                + (f"{t[2]} / {t[3]}" if t[3] else "-") + " | "
+                + f"{g['runs_with_a_plain_success']}/{g['runs']}"
+                + (f" ({', '.join(str(x) for x in firsts)})" if firsts else "") + " |")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
     for suite in sys.argv[1:] or ("main", "p_feedback", "p_feedback_plain", "gamma", "feedback",
                                   "seeding"):
         print(f"### {suite}\n")
-        print(suite_table(suite))
-        print(families_table(suite))
+        d = load(suite)
+        if d is not None and "contrasts" in d:   # suites summarized with intervals
+            print(controls_table(suite))
+            print(contrasts_table(suite))
+            print(family_counts_table(suite))
+        else:
+            print(suite_table(suite))
+            print(families_table(suite))
