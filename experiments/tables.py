@@ -53,15 +53,22 @@ def suite_table(name):
     return "\n".join(lines) + "\n"
 
 
+def arms_and_families(name):
+    """(results, arms, rl families sorted by designed start rate), or (None, ...) if absent."""
+    d = load(name)
+    if d is None:
+        return None, [], []
+    arms = list(d["summary"])
+    return d, arms, sorted(d["summary"][arms[0]]["families"].items(),
+                           key=lambda kv: kv[1]["designed_start"])
+
+
 def families_table(name):
     """Per rl family (by designed start rate) and arm: in how many runs the family reached
     0.9 greedy zero-shot accuracy, and the median first step among those."""
-    d = load(name)
+    d, arms, fams = arms_and_families(name)
     if d is None:
         return ""
-    arms = list(d["summary"])
-    fams = sorted(d["summary"][arms[0]]["families"].items(),
-                  key=lambda kv: kv[1]["designed_start"])
     lines = ["| designed start rate | " + " | ".join(arms) + " |",
              "|" + " --- |" * (len(arms) + 1)]
     for name_, f in fams:
@@ -123,12 +130,9 @@ def contrasts_table(name):
 def family_counts_table(name):
     """Per rl family and arm: runs in which it reached 0.9 greedy (median first step), the
     final sampled rate, and the training rollouts' successes summed over the runs."""
-    d = load(name)
+    d, arms, fams = arms_and_families(name)
     if d is None:
         return ""
-    arms = list(d["summary"])
-    fams = sorted(d["summary"][arms[0]]["families"].items(),
-                  key=lambda kv: kv[1]["designed_start"])
     lines = ["| start rate | arm | learned (>= 0.9 greedy), median step | final sampled "
              "mean@8 | training successes, plain | feedback-aware | runs with a plain success "
              "(first step) |", "|" + " --- |" * 7]
