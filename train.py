@@ -177,8 +177,8 @@ def scoring_prompt_ids(tok, problems, sampled_prompt_ids, has_context, args):
     same problem), plain scoring can teach the model to reproduce that problem's answer, which
     is the memorization the paper warns of for same-problem feedback.
 
-    `corrected` (plain scoring with a bounded correction): the same plain prompt, and update() weights
-    each token of a feedback-aware response by the truncated importance ratio
+    `corrected` (plain scoring with a bounded correction): the same plain prompt, and update()
+    weights each token of a feedback-aware response by the truncated importance ratio
     pi(y_t | x, y_<t) / pi(y_t | x, c, y_<t), capped at --is-cap (grpo.truncated_is_weight).
     `plain` is the same estimator with the weight dropped, i.e. set to 1: A * grad log pi(y | x)
     for y ~ pi(. | x, c), with one inner epoch a PPO ratio of exactly 1 (so the clip never acts)
