@@ -129,7 +129,7 @@ def placebo_lessons(problem, pool, n_principles, n_pitfalls, rng, world=None):
         procs = rng.sample(W.PROCEDURES, n_principles + n_pitfalls)
         texts = [W.procedure_text(q) for q in procs]
         return texts[:n_principles], texts[n_principles:]
-    others = sorted(pid for pid in pool.entries if pid != problem["id"])
+    others = _other_problems(pool, problem)
     if not others:
         return [], []
     principles, pitfalls = pool.lessons([rng.choice(others)])
@@ -142,8 +142,13 @@ def placebo_attempt(problem, pool, rng, world=None):
     nothing). Elsewhere: an attempt at a random other problem of the pool."""
     if world is not None:
         return W.solution_text(rng.choice(W.PROCEDURES), *problem["numbers"])
-    others = sorted(pid for pid in pool.entries if pid != problem["id"])
+    others = _other_problems(pool, problem)
     return rng.choice(pool.entries[rng.choice(others)]).attempt if others else None
+
+
+def _other_problems(pool, problem):
+    """The pool's problems other than this one, in a fixed order (so the seed decides)."""
+    return sorted(pid for pid in pool.entries if pid != problem["id"])
 
 
 def _earlier_attempt(pool, problem_id, reflection, rng):

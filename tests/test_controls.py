@@ -2,7 +2,9 @@
 no experience of the run in them), the corrected off-policy estimator (plain scoring with a
 truncated importance weight, checked against its gradient written out by hand), and the
 per-family success counts that say whether GRPO ever saw a success on a family."""
+import json
 import random
+import re
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ import model as M
 import prompts
 import train
 import world as W
+from errors import run_cli
 from pool import Entry, Pool
 from test_train import WORLD, ReadGrads, args_for, grads, small_run
 
@@ -20,7 +23,6 @@ LESSON_LINE = "Principles: (.*)\nPitfalls: (.*)"
 
 def lessons_of(prompt):
     """(principles, pitfalls) listed in a feedback-aware prompt, or None without that block."""
-    import re
     m = re.search(LESSON_LINE, prompt)
     if not m:
         return None
@@ -94,7 +96,6 @@ def test_placebo_on_real_data_uses_another_problems_lessons_never_its_own():
 
 
 def test_placebo_is_refused_with_raw_trajectories(tmp_path, tiny_dir, capsys):
-    from errors import run_cli
     with pytest.raises(SystemExit) as e:
         run_cli(train.main, small_run(tmp_path, tiny_dir, "--feedback", "placebo",
                                       "--inter-format", "raw"))
@@ -225,7 +226,6 @@ def test_family_successes_count_each_rl_familys_right_rollouts_by_kind():
 
 
 def test_metrics_hold_per_family_successes_that_add_up(tmp_path, tiny_dir):
-    import json
     train.main(small_run(tmp_path, tiny_dir, steps=2))
     rows = [json.loads(x) for x in open(tmp_path / "rl" / "metrics.jsonl")]
     for row in rows:
