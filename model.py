@@ -96,8 +96,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def choose_precision(precision: str, device) -> str:
-    """resolve_precision, said in one line on stdout (train.py and evaluate.py call it once)."""
+def choose_precision(precision: str, device, say: bool = True) -> str:
+    """resolve_precision, said in one line on stdout (train.py and evaluate.py call it once;
+    under torchrun only rank 0 says it)."""
     device = device if isinstance(device, torch.device) else resolve_device(device)
     used = resolve_precision(precision, device)
     why = {"fp32": "float32 weights and arithmetic",
@@ -105,7 +106,8 @@ def choose_precision(precision: str, device) -> str:
     if precision == "auto":
         native = "does" if bf16_native(device) else "does not do"
         why += f"; auto: {device} {native} bf16 natively"
-    print(f"precision: {used} ({why})")
+    if say:
+        print(f"precision: {used} ({why})")
     return used
 
 

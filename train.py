@@ -459,7 +459,7 @@ def main(argv=None):
                                          args.question_field, args.answer_field)
     world = W.TinyWorld() if args.data == "tiny" else None
     # the precision this run computes in (config.json and every metrics row record it)
-    args.precision_used = M.choose_precision(args.precision, args.device)
+    args.precision_used = M.choose_precision(args.precision, args.device, say=ranks.is_main())
     main_rank = ranks.is_main()   # rank 0 alone writes into the run directory
     if main_rank:
         print("config:", json.dumps(vars(args), sort_keys=True))
@@ -559,9 +559,11 @@ def main(argv=None):
         if counters["bad_in_a_row"] >= args.max_bad_updates:
             # The skipped updates did not touch the weights: this checkpoint is usable.
             checkpoint(step)
-            print(f"error: {counters['bad_in_a_row']} non-finite updates in a row (last at step "
-                  f"{step}); stopping. The checkpoint at step {step} holds the last finite "
-                  "weights; lower --lr or raise --beta before resuming.", file=sys.stderr)
+            if main_rank:   # every rank stops; one of them says why
+                print(f"error: {counters['bad_in_a_row']} non-finite updates in a row (last "
+                      f"at step {step}); stopping. The checkpoint at step {step} holds the last "
+                      "finite weights; lower --lr or raise --beta before resuming.",
+                      file=sys.stderr)
             sys.exit(1)
         if step % args.ckpt_every == 0 or step == args.steps:
             checkpoint(step)

@@ -26,11 +26,16 @@ G = 3
 # tokens (23 and 41), so normalizing by a rank's own count instead of the step's shows
 LENGTHS = [1, 3, 8, 2, 5, 4, 7, 8, 8, 6, 4, 8]
 ADVANTAGES = [1.0, -0.5, 0.3, -1.2, 0.7, 0.5, 0.9, -0.4, -0.5, 0.2, -1.0, 0.8]
-# (name, aggregation, beta, logprob_tokens, advantages of the last two groups zeroed):
-# each aggregation with the KL term and small micro-batches; and one where rank 1's groups
-# carry no gradient at all (beta 0, zero advantages: it skips every row, and adds zeros)
-SETTINGS = [(agg, agg, 0.1, 40, False) for agg in ("seq-mean", "token-mean", "seq-sum-norm")] \
-    + [("rank1-idle", "token-mean", 0.0, 100_000, True)]
+# (name, aggregation, beta, logprob_tokens, advantages of the last two groups zeroed,
+# score_context, inner_epochs): each aggregation with the KL term and small micro-batches; one
+# where rank 1's groups carry no gradient at all (beta 0, zero advantages: it skips every row,
+# and adds zeros); the corrected scoring (feedback-aware rows scored under the plain prompt,
+# with importance weights); and two inner epochs (the gradient of the second)
+SETTINGS = [(agg, agg, 0.1, 40, False, "prompt", 1)
+            for agg in ("seq-mean", "token-mean", "seq-sum-norm")] \
+    + [("rank1-idle", "token-mean", 0.0, 100_000, True, "prompt", 1),
+       ("corrected", "token-mean", 0.1, 40, False, "corrected", 1),
+       ("inner-epochs-2", "seq-mean", 0.1, 40, False, "prompt", 2)]
 
 
 class ReadGrads(torch.optim.SGD):
@@ -48,31 +53,35 @@ def batch(tok):
     texts = [prompts.solve_prompt(p["question"]) if j % 2 else
              prompts.feedback_prompt(p["question"], ["add then mul"], ["sub then add"])
              for p in problems for j in range(G)]
+    plain = M.encode_prompts(tok, [prompts.solve_prompt(p["question"])
+                                   for p in problems for _ in range(G)])
     width = max(LENGTHS)
     ids = torch.randint(4, len(tok), (len(LENGTHS), width),
                         generator=torch.Generator().manual_seed(0))
     mask = (torch.arange(width)[None] < torch.tensor(LENGTHS)[:, None]).float()
     return M.Rollouts(M.encode_prompts(tok, texts), ids, mask, [""] * len(LENGTHS),
-                      torch.zeros(len(LENGTHS), dtype=torch.bool))
+                      torch.zeros(len(LENGTHS), dtype=torch.bool)), plain
 
 
 def gradient(tiny_dir, setting, groups):
     """train.update's gradient on the rows of `groups` (problem indices) of the fixed batch."""
-    _, aggregation, beta, budget, idle = setting
+    _, aggregation, beta, budget, idle, score_context, epochs = setting
     model, tok = M.load_model(tiny_dir, device="cpu")
     ref = M.load_model(tiny_dir, device="cpu", frozen=True)[0].requires_grad_(False)
     a = config.build_parser().parse_args([])
     a.aggregation, a.beta, a.logprob_tokens, a.max_new_tokens = aggregation, beta, budget, 10
-    a.max_grad_norm, a.temperature, a.inner_epochs, a.score_context = 1e9, 1.0, 1, "prompt"
-    full = batch(tok)
+    a.max_grad_norm, a.temperature, a.inner_epochs, a.score_context = 1e9, 1.0, epochs, \
+        score_context
+    full, plain = batch(tok)
     rows = [g * G + j for g in groups for j in range(G)]
     adv = torch.tensor(ADVANTAGES)
     if idle:
         adv[2 * G:] = 0.0
     part = M.Rollouts([full.prompt_ids[i] for i in rows], full.response_ids[rows],
                       full.response_mask[rows], [""] * len(rows), full.truncated[rows])
+    score_ids = ([plain[i] for i in rows] if score_context == "corrected" else part.prompt_ids)
     opt = ReadGrads(model.parameters(), lr=0.0)
-    train.update(model, ref, opt, part, part.prompt_ids, adv[rows], a)
+    train.update(model, ref, opt, part, score_ids, adv[rows], a)
     return opt.seen
 
 

@@ -26,8 +26,9 @@ def torchrun(script, *args, n=2):
 def test_two_process_gradient_is_the_one_process_gradient_of_the_union_batch(tmp_path,
                                                                             tiny_dir):
     """For each loss aggregation (token-mean divides by the step's tokens, the others by its
-    sequences) and with a rank that has no gradient at all: the all-reduced gradient of one
-    update on 2 ranks equals train.update's on the whole batch in one process."""
+    sequences), with a rank that has no gradient at all, with the corrected scoring (importance
+    weights on the feedback-aware rows) and with two inner epochs: the all-reduced gradient of
+    one update on 2 ranks equals train.update's on the whole batch in one process."""
     p = torchrun("tests/ranks_grad.py", tiny_dir, tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     for s in ranks_grad.SETTINGS:
@@ -64,6 +65,7 @@ def test_two_processes_one_pool_rank0_writes_and_a_killed_run_resumes_exactly(tm
     p = torchrun("tests/ranks_train.py", tmp_path / "log_s", -1, 0,
                  *flags((tiny_dir, straight), 4))
     assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("precision: fp32") == 1, p.stdout[-3000:]   # said once, by rank 0
 
     # one pool: after every step both ranks hold the same, and it grows with the whole step
     # (3 problems x 4 rollouts, of which rank 0 sampled one problem and rank 1 two)
