@@ -6,7 +6,8 @@ only the flags that define the arm differ. Each run starts from the SFT model of
 script makes any that is missing), so every result is reported over SFT draws as well as RL
 draws. Runs go to experiments/runs/<suite>/<arm>/sft<S>-rl<R>/ (not committed); a finished run
 with the same flags, seeds and steps in any suite is reused, so the reference arms (GRPO,
-default LANPO) are shared across suites. The summary goes to experiments/results/<suite>.json
+default LANPO) are shared across suites; a run killed part way (the script stopped, the
+machine went away) resumes from its last checkpoint when the script is run again. The summary goes to experiments/results/<suite>.json
 and .png.
 
     python experiments/run_arms.py main --sft-seeds 0 1 2 --seeds 0 1 --jobs 2
@@ -164,6 +165,19 @@ def shorter_run(flags, sft_seed, seed, args):
     return max(runs)[1] if runs else None
 
 
+def killed_run(run_dir, args):
+    """This run's own directory when an earlier attempt was killed part way (a checkpoint, the
+    same steps and eval interval, no final eval.json): it continues in place with --resume
+    instead of starting over from the shorter run."""
+    try:
+        with open(os.path.join(run_dir, "config.json")) as fh:
+            cfg = json.load(fh)
+    except FileNotFoundError:
+        return None
+    same = cfg["steps"] == args.steps and cfg["eval_every"] == args.eval_every
+    return run_dir if same and os.path.isdir(os.path.join(run_dir, "checkpoint")) else None
+
+
 def run_one(suite, arm, flags, sft_seed, seed, args):
     done = finished_run(flags, sft_seed, seed, args)
     if done:
@@ -174,7 +188,7 @@ def run_one(suite, arm, flags, sft_seed, seed, args):
     with open(os.path.join(arm_dir, "flags.json"), "w") as fh:
         json.dump(flags, fh)
     train_flags, variant = split_flags(flags)
-    start = shorter_run(flags, sft_seed, seed, args)
+    start = killed_run(run_dir, args) or shorter_run(flags, sft_seed, seed, args)
     if start and start != run_dir:
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.copytree(start, run_dir, ignore=shutil.ignore_patterns("eval.json"))

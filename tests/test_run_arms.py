@@ -1,0 +1,130 @@
+"""experiments/run_arms.py, the bookkeeping behind every reported interval: the two-level
+bootstrap resamples SFT seeds and then RL seeds, contrasts pair runs of the same SFT model and
+RL seed, and a run is reused, continued from a shorter one, or resumed in place after a kill,
+never silently redone or mixed up."""
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "experiments"))
+import run_arms as R  # noqa: E402
+
+
+def test_the_bootstrap_resamples_sft_models_not_runs():
+    """Two runs per SFT model that agree with each other and not across models: the interval
+    must be as wide as five independent draws give, not as narrow as ten would (a bootstrap
+    that resampled runs would treat two runs of one SFT model as two draws)."""
+    spread = {0: 0.0, 1: 0.4, 2: 0.1, 3: 0.9, 4: 0.5}
+    two_level = R.cluster_bootstrap({(s, r): v + 0.001 * r for s, v in spread.items()
+                                     for r in (0, 1)})
+    as_if_ten = R.cluster_bootstrap({(2 * s + r, 0): v + 0.001 * r for s, v in spread.items()
+                                     for r in (0, 1)})
+    assert two_level["n"] == 10 and two_level["sft_seeds"] == 5
+    assert two_level["mean"] == pytest.approx(0.3805)
+    assert two_level["lo"] <= two_level["mean"] <= two_level["hi"]
+    assert 0.0 <= two_level["lo"] and two_level["hi"] <= 0.901
+    assert (two_level["hi"] - two_level["lo"]) > 1.25 * (as_if_ten["hi"] - as_if_ten["lo"])
+
+
+def test_the_bootstrap_of_equal_values_is_a_point_and_skips_missing_runs():
+    b = R.cluster_bootstrap({(0, 0): 0.5, (1, 0): 0.5, (2, 0): None, (2, 1): 0.5,
+                             (3, 0): None})
+    assert (b["lo"], b["mean"], b["hi"], b["n"], b["sft_seeds"]) == (0.5, 0.5, 0.5, 3, 3)
+    assert R.cluster_bootstrap({(0, 0): None}) is None
+
+
+def fake_result(greedy, sampled):
+    return {"final": {"rl-test": {"zero-shot": greedy}}, "sampled": {"rl-test": {"mean@8": sampled}}}
+
+
+def test_contrasts_pair_runs_of_the_same_sft_model_and_rl_seed():
+    """Arm a is arm b + 0.1 in every pair while the runs themselves differ by up to 0.8: the
+    paired difference is exactly 0.1 (an unpaired one would be wide). A run missing from one
+    arm drops out of the pairs."""
+    base = {(s, r): 0.1 * s + 0.3 * r for s in range(5) for r in (0, 1)}
+    runs = {"lanpo": [(s, r, fake_result(v + 0.1, v / 2 + 0.05)) for (s, r), v in base.items()],
+            "grpo": [(s, r, fake_result(v, v / 2)) for (s, r), v in base.items() if (s, r) !=
+                     (4, 1)]}
+    c = R.contrasts("controls", runs)["lanpo - grpo"]
+    assert c["greedy"]["n"] == 9 and c["sampled"]["n"] == 9
+    for what, d in (("greedy", 0.1), ("sampled", 0.05)):
+        assert c[what]["lo"] == pytest.approx(d) and c[what]["hi"] == pytest.approx(d), what
+    # the direction is arm minus the other
+    runs["lanpo"], runs["grpo"] = runs["grpo"], runs["lanpo"]
+    assert R.contrasts("controls", runs)["lanpo - grpo"]["greedy"]["mean"] == pytest.approx(-0.1)
+
+
+@pytest.fixture
+def arms_dir(tmp_path, monkeypatch):
+    """run_arms with its runs under tmp_path and train.py replaced by a recorder."""
+    monkeypatch.setattr(R, "HERE", str(tmp_path))
+    calls = []
+
+    def call(cmd, **kw):
+        calls.append(cmd)
+        return 0
+    monkeypatch.setattr(R.subprocess, "call", call)
+    return tmp_path, calls
+
+
+def make_run(root, suite, arm, flags, steps, eval_every=25, finished=True, checkpoint=True,
+             sft_seed=0, seed=0):
+    arm_dir = root / "runs" / suite / arm
+    d = arm_dir / f"sft{sft_seed}-rl{seed}"
+    os.makedirs(d / "checkpoint" if checkpoint else d)
+    (arm_dir / "flags.json").write_text(json.dumps(flags))
+    (d / "config.json").write_text(json.dumps({"steps": steps, "eval_every": eval_every}))
+    (d / "metrics.jsonl").write_text(f"written by the run of {steps} steps\n")
+    if finished:
+        (d / "eval.json").write_text(json.dumps({"step": steps}))
+    return str(d)
+
+
+def args(steps, name=None):
+    return R.argparse.Namespace(steps=steps, eval_every=25, extra=[], name=name)
+
+
+def test_a_finished_run_with_the_same_flags_is_reused_from_any_suite(arms_dir):
+    root, calls = arms_dir
+    done = make_run(root, "main", "grpo", ["--p-feedback", "0"], 200)
+    assert R.run_one("controls", "grpo", ["--p-feedback", "0"], 0, 0, args(200)) == done
+    assert calls == []
+    # other flags, another seed, or another length is not the same run
+    R.run_one("controls", "lanpo", [], 0, 0, args(200))
+    R.run_one("controls", "grpo", ["--p-feedback", "0"], 0, 1, args(200))
+    assert len(calls) == 2 and all("--overwrite" in c for c in calls)
+
+
+def test_a_long_run_continues_its_shorter_run_in_a_copy(arms_dir):
+    root, calls = arms_dir
+    short = make_run(root, "controls", "grpo", ["--p-feedback", "0"], 200)
+    d = R.run_one("controls", "grpo", ["--p-feedback", "0"], 0, 0, args(600, "controls_long"))
+    assert d == str(root / "runs" / "controls_long" / "grpo" / "sft0-rl0") and d != short
+    cmd = calls[0]
+    assert "--resume" in cmd and cmd[cmd.index("--steps") + 1] == "600"
+    assert cmd[cmd.index("--run-dir") + 1] == d
+    # the copy leaves the short run (and its final eval) as it was, and holds no eval.json
+    assert os.path.exists(os.path.join(short, "eval.json"))
+    assert not os.path.exists(os.path.join(d, "eval.json"))
+    assert open(os.path.join(d, "metrics.jsonl")).read() == "written by the run of 200 steps\n"
+
+
+def test_a_killed_run_resumes_in_place_instead_of_starting_over(arms_dir):
+    """A 600-step run killed at step 580 (checkpoint, config, no eval.json) is continued where
+    it stopped; it is not replaced by a fresh copy of its 200-step run."""
+    root, calls = arms_dir
+    make_run(root, "controls", "grpo", ["--p-feedback", "0"], 200)
+    killed = make_run(root, "controls_long", "grpo", ["--p-feedback", "0"], 600, finished=False)
+    d = R.run_one("controls", "grpo", ["--p-feedback", "0"], 0, 0, args(600, "controls_long"))
+    assert d == killed and "--resume" in calls[0]
+    assert open(os.path.join(d, "metrics.jsonl")).read() == "written by the run of 600 steps\n"
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_over(arms_dir):
+    root, calls = arms_dir
+    make_run(root, "controls", "lanpo", [], 200, finished=False, checkpoint=False)
+    R.run_one("controls", "lanpo", [], 0, 0, args(200))
+    assert "--overwrite" in calls[0] and "--resume" not in calls[0]
