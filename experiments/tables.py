@@ -1,6 +1,8 @@
-"""Markdown tables of the committed results (experiments/results/*.json), for the README.
+"""Markdown tables of the committed results (experiments/results/*.json), for RESULTS.md and
+the README.
 
-    python experiments/tables.py [SUITE ...]
+    python experiments/tables.py [SUITE ...]       # RESULTS.md's tables of each suite
+    python experiments/tables.py headline          # the README's tables (controls, long runs)
 """
 import json
 import os
@@ -152,7 +154,46 @@ def family_counts_table(name):
     return "\n".join(lines) + "\n"
 
 
+# The paper's algorithm and the two extensions, each with the placebo that has its scoring.
+METHODS = [("grpo", None), ("lanpo", "placebo"), ("lanpo-plain", "placebo-plain"),
+           ("lanpo-corrected", "placebo-corrected")]
+
+
+def headline_table(name, hard=0.15):
+    """The README's table: per method, rl-test greedy accuracy, its paired difference from GRPO
+    and from the placebo of its own scoring (95% intervals, n runs), and per rl family with a
+    designed start rate up to `hard` the median step at which it reached 0.9 greedy (the
+    easier families are learned by the first evaluation in every arm)."""
+    d, arms, fams = arms_and_families(name)
+    if d is None:
+        return ""
+    fams = [(f, v) for f, v in fams if v["designed_start"] <= hard]
+    lines = ["| arm | n | rl-test greedy [95% CI] | minus GRPO | minus its placebo | "
+             + " | ".join(f"start {v['designed_start']:.2f}: step to 0.9 (runs)"
+                          for _, v in fams) + " |", "|" + " --- |" * (5 + len(fams))]
+    for arm, placebo in METHODS:
+        if arm not in d["summary"]:
+            continue
+        s = d["summary"][arm]
+        vs = [d["contrasts"].get(f"{arm} - {b}", {}).get("greedy") if b else None
+              for b in ("grpo" if arm != "grpo" else None, placebo)]
+        cells = []
+        for f, _ in fams:
+            g = s["families"][f]
+            hit = [x for x in g["first_step_at_0.9"] if x is not None]
+            cells.append((f"{statistics.median(hit):g}" if hit else "never")
+                         + f" ({g['learned_in']}/{g['runs']})")
+        lines.append(f"| {arm} | {s['ci95']['greedy']['n']} | {ci(s['ci95']['greedy'])} | "
+                     f"{ci(vs[0], signed=True)} | {ci(vs[1], signed=True)} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["headline"]:   # the README's tables
+        for suite in sys.argv[2:] or ("controls", "controls_long"):
+            print(headline_table(suite))
+        sys.exit()
     for suite in sys.argv[1:] or ("main", "p_feedback", "p_feedback_plain", "gamma", "feedback",
                                   "seeding"):
         print(f"### {suite}\n")
