@@ -28,14 +28,17 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+import rundir  # noqa: E402
 import world as W  # noqa: E402
 
+FLAGS_LOCK = threading.Lock()   # the jobs of one script are threads of one process
 LEARNED = 0.9   # a family counts as learned once its greedy zero-shot accuracy reaches this
 
 SUITES = {
@@ -185,8 +188,12 @@ def run_one(suite, arm, flags, sft_seed, seed, args):
     arm_dir = os.path.join(HERE, "runs", args.name or suite, arm)
     run_dir = os.path.join(arm_dir, f"sft{sft_seed}-rl{seed}")
     os.makedirs(arm_dir, exist_ok=True)
-    with open(os.path.join(arm_dir, "flags.json"), "w") as fh:
-        json.dump(flags, fh)
+    # atomically and once: with --jobs 2 another job may be reading it (candidate_runs) or
+    # writing it (the same arm, another seed) right now
+    with FLAGS_LOCK:
+        path = os.path.join(arm_dir, "flags.json")
+        if not os.path.exists(path) or open(path).read() != json.dumps(flags):
+            rundir.atomic_write(path, json.dumps(flags))
     train_flags, variant = split_flags(flags)
     start = killed_run(run_dir, args) or shorter_run(flags, sft_seed, seed, args)
     if start and start != run_dir:
