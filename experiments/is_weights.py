@@ -128,7 +128,8 @@ def main():
         json.dump(out, f, indent=1)
     fams = sorted(start, key=start.get)
     rows = [(os.path.basename(p.rstrip("/")), r) for p, r in res["models"].items()] + \
-           [("/".join(p.rstrip("/").split("/")[-2:]), r["families"]) for p, r in res["runs"].items()]
+           [("/".join(p.rstrip("/").split("/")[-2:]), r["families"])
+            for p, r in res["runs"].items()]
     print("\nmean weight of the procedure token over successful feedback-aware rollouts")
     print(f"{'':<28}" + "".join(f"{f + f' ({start[f]:.2f})':>14}" for f in fams))
     for name, r in rows:

@@ -7,8 +7,8 @@ script makes any that is missing), so every result is reported over SFT draws as
 draws. Runs go to experiments/runs/<suite>/<arm>/sft<S>-rl<R>/ (not committed); a finished run
 with the same flags, seeds and steps in any suite is reused, so the reference arms (GRPO,
 default LANPO) are shared across suites; a run killed part way (the script stopped, the
-machine went away) resumes from its last checkpoint when the script is run again. The summary goes to experiments/results/<suite>.json
-and .png.
+machine went away) resumes from its last checkpoint when the script is run again. The summary
+goes to experiments/results/<suite>.json and .png.
 
     python experiments/run_arms.py main --sft-seeds 0 1 2 --seeds 0 1 --jobs 2
     python experiments/run_arms.py gamma --sft-seeds 0 1 --seeds 0
@@ -192,7 +192,12 @@ def run_one(suite, arm, flags, sft_seed, seed, args):
     # writing it (the same arm, another seed) right now
     with FLAGS_LOCK:
         path = os.path.join(arm_dir, "flags.json")
-        if not os.path.exists(path) or open(path).read() != json.dumps(flags):
+        try:
+            with open(path) as fh:
+                same = fh.read() == json.dumps(flags)
+        except FileNotFoundError:
+            same = False
+        if not same:
             rundir.atomic_write(path, json.dumps(flags))
     train_flags, variant = split_flags(flags)
     start = killed_run(run_dir, args) or shorter_run(flags, sft_seed, seed, args)

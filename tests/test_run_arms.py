@@ -1,7 +1,8 @@
-"""experiments/run_arms.py, the bookkeeping behind every reported interval: the two-level
-bootstrap resamples SFT seeds and then RL seeds, contrasts pair runs of the same SFT model and
-RL seed, and a run is reused, continued from a shorter one, or resumed in place after a kill,
-never silently redone or mixed up."""
+"""The experiments' bookkeeping. experiments/run_arms.py, behind every reported interval: the
+two-level bootstrap resamples SFT seeds and then RL seeds, contrasts pair runs of the same SFT
+model and RL seed, and a run is reused, continued from a shorter one, or resumed in place after
+a kill, never silently redone or mixed up. experiments/is_weights.py: the weight it reports is
+the response's first token's."""
 import json
 import os
 import sys
@@ -128,3 +129,38 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(arms_dir):
     make_run(root, "controls", "lanpo", [], 200, finished=False, checkpoint=False)
     R.run_one("controls", "lanpo", [], 0, 0, args(200))
     assert "--overwrite" in calls[0] and "--resume" not in calls[0]
+
+
+def test_is_weights_measures_the_first_response_token_against_a_hand_computed_ratio(
+        tiny_dir, monkeypatch):
+    """experiments/is_weights.py: with every sample counted a success, the procedure token's
+    weight is the mean over samples of min(pi(y_1 | x) / pi(y_1 | x, c), cap) computed here from
+    the same samples, and a context equal to the plain prompt gives weight 1 everywhere."""
+    import torch
+    import is_weights as IW
+    import model as M
+    import prompts
+    import world as W
+    monkeypatch.setattr(IW, "reward", lambda text, gold: 1.0)
+    model, tok = M.load_model(tiny_dir, device="cpu")
+    problems = IW.training_problems(W.TinyWorld(), 1)[:2]
+    plain = [prompts.solve_prompt(p["question"]) for p in problems]
+    ctx = [prompts.feedback_prompt(p["question"], ["add then mul"], ["sub then add"])
+           for p in problems]
+    same = IW.weights_of_successes(model, tok, problems, plain, k=3, cap=2.0, seed=5)
+    for fam in same.values():
+        assert fam["success"] == 1.0
+        assert fam["w_procedure_token"] == pytest.approx(1.0)
+        assert fam["w_product"] == pytest.approx(1.0, rel=1e-5)
+    got = IW.weights_of_successes(model, tok, problems, ctx, k=3, cap=2.0, seed=5)
+    torch.manual_seed(5)
+    out = M.sample(model, tok, ctx, n=3, temperature=1.0, max_new_tokens=32, micro_batch=512)
+    plain_ids = M.encode_prompts(tok, [p for p in plain for _ in range(3)])
+    with torch.no_grad():
+        lp_x = M.token_logprobs(model, plain_ids, out.response_ids, out.response_mask)
+        lp_xc = M.token_logprobs(model, out.prompt_ids, out.response_ids, out.response_mask)
+    first = torch.exp(lp_x[:, 0] - lp_xc[:, 0]).clamp(max=2.0)
+    for i, p in enumerate(problems):
+        want = float(first[3 * i:3 * i + 3].mean())
+        assert got[p["family"]]["w_procedure_token"] == pytest.approx(want, rel=1e-5)
+        assert abs(want - 1.0) > 1e-3   # the context does change the first token's probability
