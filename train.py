@@ -459,8 +459,8 @@ def main(argv=None):
                                          args.question_field, args.answer_field)
     world = W.TinyWorld() if args.data == "tiny" else None
     # the precision this run computes in (config.json and every metrics row record it)
-    args.precision_used = M.choose_precision(args.precision, args.device, say=ranks.is_main())
-    main_rank = ranks.is_main()   # rank 0 alone writes into the run directory
+    main_rank = ranks.is_main()   # rank 0 alone writes into the run directory and speaks
+    args.precision_used = M.choose_precision(args.precision, args.device, say=main_rank)
     if main_rank:
         print("config:", json.dumps(vars(args), sort_keys=True))
 

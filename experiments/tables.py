@@ -77,15 +77,22 @@ def families_table(name):
         cells = []
         for arm in arms:
             g = d["summary"][arm]["families"][name_]
-            hit = [x for x in g["first_step_at_0.9"] if x is not None]
+            step = learned_step(g)
             cells.append(f"{g['learned_in']}/{g['runs']}" +
-                         (f", step {statistics.median(hit):g}" if hit else ""))
+                         (f", step {step:g}" if step is not None else ""))
         lines.append(f"| {f['designed_start']:.2f} ({name_}) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def learned_step(g):
+    """Median first step at which a family reached 0.9 among the runs that got there (None if
+    none did); g: one arm's entry of summary[arm]["families"]."""
+    hit = [x for x in g["first_step_at_0.9"] if x is not None]
+    return statistics.median(hit) if hit else None
+
+
 def ci(v, digits=3, signed=False):
-    """mean [lo, hi] (n) of a cluster-bootstrap interval (run_arms.cluster_bootstrap)."""
+    """"mean [lo, hi]" of a cluster-bootstrap interval (run_arms.cluster_bootstrap)."""
     if v is None:
         return "-"
     f = f"{{:{'+' if signed else ''}.{digits}f}}"
@@ -141,12 +148,12 @@ def family_counts_table(name):
     for fname, f in fams:
         for arm in arms:
             g = d["summary"][arm]["families"][fname]
-            hit = [x for x in g["first_step_at_0.9"] if x is not None]
+            step = learned_step(g)
             t = g["train_successes"]
             firsts = sorted(x for x in g["first_plain_success"] if x is not None)
             lines.append(
                 f"| {f['designed_start']:.2f} ({fname}) | {arm} | {g['learned_in']}/{g['runs']}"
-                + (f", step {statistics.median(hit):g}" if hit else "") + " | "
+                + (f", step {step:g}" if step is not None else "") + " | "
                 + f"{ms(g.get('final_sampled'))} | {t[0]} / {t[1]} | "
                 + (f"{t[2]} / {t[3]}" if t[3] else "-") + " | "
                 + f"{g['runs_with_a_plain_success']}/{g['runs']}"
@@ -175,16 +182,16 @@ def headline_table(name, hard=0.15):
         if arm not in d["summary"]:
             continue
         s = d["summary"][arm]
-        vs = [d["contrasts"].get(f"{arm} - {b}", {}).get("greedy") if b else None
-              for b in ("grpo" if arm != "grpo" else None, placebo)]
+        vs_grpo, vs_placebo = (d["contrasts"].get(f"{arm} - {b}", {}).get("greedy")
+                               for b in ("grpo", placebo))   # GRPO and placebo: no such key
         cells = []
         for f, _ in fams:
             g = s["families"][f]
-            hit = [x for x in g["first_step_at_0.9"] if x is not None]
-            cells.append((f"{statistics.median(hit):g}" if hit else "never")
+            step = learned_step(g)
+            cells.append((f"{step:g}" if step is not None else "never")
                          + f" ({g['learned_in']}/{g['runs']})")
         lines.append(f"| {arm} | {s['ci95']['greedy']['n']} | {ci(s['ci95']['greedy'])} | "
-                     f"{ci(vs[0], signed=True)} | {ci(vs[1], signed=True)} | "
+                     f"{ci(vs_grpo, signed=True)} | {ci(vs_placebo, signed=True)} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
