@@ -1,26 +1,12 @@
-"""Evaluation in the paper's three inference modes, with mean@k and pass@k.
+"""Evaluation in the paper's three inference modes (arXiv 2510.16552), with mean@k and pass@k.
 
-LANPO (arXiv 2510.16552) is judged first of all *zero-shot*: c is empty, so what is measured is
-what the policy itself learned, not what the context tells it. The paper also evaluates two
-ways of using language experience at test time:
-
-- zero-shot:     the plain prompt.
-- pool:          pool-augmented. Each test problem retrieves lessons from a training pool with
-                 the same BM25 retrieval, gamma filter and stored summaries as training (test
-                 problems are never in the pool, so there is no intra-sample block). A problem
-                 with no retrieval above gamma is asked plainly.
-- self-correct:  the model answers, then reflects on its own answer with the reward-agnostic
-                 intra-sample prompt (it is not told whether the answer was right) and answers
-                 again. Both the first and the final accuracy are reported.
-
-Metrics per dataset: mean@k (accuracy averaged over k samples per problem) and pass@k (the
-unbiased estimator of Chen et al. 2021, "Evaluating Large Language Models Trained on Code":
-1 - C(n - c, k) / C(n, k) for c correct out of n samples). Here n = k samples are drawn, so
-pass@k is "any of the k samples is right"; the estimator is written for n >= k so that drawing
-more samples only means raising n. With k = 1 decoding is greedy unless `--no-greedy` is
-given.
-
-Usable on its own (`python evaluate.py --model DIR ...`) and called by train.py at the end.
+LANPO is judged first *zero-shot* (c empty: what the policy itself learned). Two modes use
+language experience at test time: *pool* (each test problem retrieves lessons from a training
+pool, with the retrieval, gamma and summaries of training; nothing passes gamma: the plain
+prompt) and *self-correct* (answer, then reflect on that answer with the reward-agnostic
+intra-sample prompt and answer again). pass@k is the unbiased estimator of Chen et al. 2021;
+with k = 1 decoding is greedy unless --no-greedy. Run alone (`python evaluate.py --model DIR`),
+by train.py during and after a run, and by sft.py for its end-of-SFT report.
 """
 import argparse
 import json
@@ -30,12 +16,13 @@ import statistics
 
 import torch
 
-import config
-import model as M
 import prompts
-import rundir
-from errors import UserError, oom_hint, run_cli
-from reward import reward
+from pool import parse_summary
+from reward import extract_answer, reward
+from support import config, rundir
+from support import model as M
+from support import world as W
+from support.errors import UserError, oom_hint, run_cli
 
 MODES = ("zero-shot", "pool", "self-correct")
 
@@ -82,12 +69,9 @@ def pool_prompts(problems, pool, gamma, top_k):
 
 
 def evaluate(model, tok, problems, mode, cfg, pool=None, k=1, seed=0):
-    """One dataset in one mode. Returns a dict of metrics, each problem's mean score
-    ("per_problem") and a few sample texts.
-
-    Sampling draws from a fork of torch's random streams, seeded with `seed` and restored
-    afterwards: an evaluation in the middle of a training run takes nothing from the run's
-    streams, so how often a run evaluates never changes what it trains on."""
+    """One dataset in one mode: metrics, each problem's mean score ("per_problem") and a few
+    samples. Sampling draws from a fork of torch's random streams seeded with `seed`, so an
+    evaluation in the middle of a run never changes what the run trains on."""
     if not problems:
         raise UserError("nothing to evaluate: the dataset is empty")
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
@@ -146,6 +130,68 @@ def print_table(results: dict, k: int, file=None):
         lines.append(f"{name:<14}" + "".join(cells))
     lines.append(f"(self-correct: first -> final accuracy; pass@{k} is in the JSON)")
     print("\n".join(lines), file=file)
+
+
+# =============================================================================================
+# The end-of-SFT report (sft.py)
+# =============================================================================================
+
+@torch.no_grad()
+def skill_report(model, tok, val_examples, max_new_tokens, micro_batch, per_skill=64):
+    """How often each skill comes out in the expected format on held-out seed prompts, and how
+    often it matches the target: the answer for solving / reflecting, the parsed principles and
+    pitfalls for summarizing, and for the tiny world's pitfalls-only prompts, a procedure that
+    avoids every listed pitfall (the target there is one of several right choices). Greedy."""
+    by_skill = {}
+    for ex in val_examples:
+        by_skill.setdefault(ex["skill"], [])
+        if len(by_skill[ex["skill"]]) < per_skill:
+            by_skill[ex["skill"]].append(ex)
+    out = {}
+    for skill, exs in sorted(by_skill.items()):
+        texts = M.sample(model, tok, [e["prompt"] for e in exs], n=1, greedy=True,
+                         max_new_tokens=max_new_tokens, micro_batch=micro_batch).texts
+        if skill == "summarize":
+            parsed = [parse_summary(t) for t in texts]
+            wanted = [parse_summary(e["response"]) for e in exs]
+            fmt = [p is not None for p in parsed]
+            match = [p is not None and p == w for p, w in zip(parsed, wanted)]
+        elif skill == "solve_rl":   # tiny: greedy picks the prior's mode (the family's pitfall)
+            stated = [W.parse_procedures(t)[:1] for t in texts]
+            fmt = [extract_answer(t) is not None for t in texts]
+            match = [bool(p) and W.procedure_text(p[0]) == max(e["procedure_prior"],
+                                                                key=e["procedure_prior"].get)
+                     for p, e in zip(stated, exs)]
+        elif skill == "inter_pitfalls":   # tiny: any procedure that is not a listed pitfall
+            stated = [W.parse_procedures(t)[:1] for t in texts]
+            fmt = [extract_answer(t) is not None for t in texts]
+            match = [bool(p) and W.procedure_text(p[0]) not in e["avoid"]
+                     for p, e in zip(stated, exs)]
+        else:
+            got = [extract_answer(t) for t in texts]
+            fmt = [g is not None for g in got]
+            match = [g is not None and g == extract_answer(e["response"])
+                     for g, e in zip(got, exs)]
+        out[skill] = {"n": len(exs), "format_ok": statistics.mean(fmt),
+                      "matches_target": statistics.mean(match)}
+    return out
+
+
+def sft_report(model, tok, eval_sets, val_examples, max_new_tokens, micro_batch):
+    """The end of SFT, printed and returned: greedy zero-shot accuracy per test set, and each
+    skill on held-out seed prompts (skill_report)."""
+    cfg = argparse.Namespace(greedy=True, temperature=1.0, top_p=1.0,
+                             max_new_tokens=max_new_tokens, sample_micro_batch=micro_batch)
+    accuracy = {name: evaluate(model, tok, probs, "zero-shot", cfg)["mean@1"]
+                for name, probs in eval_sets.items()}
+    skills = skill_report(model, tok, val_examples, max_new_tokens, micro_batch)
+    print("\nzero-shot accuracy (greedy):")
+    for name, acc in accuracy.items():
+        print(f"  {name:<12} {acc:.3f}")
+    print("skills on held-out seed prompts (format ok / matches target):")
+    for skill, r in skills.items():
+        print(f"  {skill:<15} {r['format_ok']:.2f} / {r['matches_target']:.2f}  (n={r['n']})")
+    return accuracy, skills
 
 
 # =============================================================================================
@@ -209,7 +255,8 @@ def add_eval_args(ap):
     ap.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=None,
                     help="greedy decoding (default: greedy when k = 1)")
     ap.add_argument("--max-new-tokens", type=int, default=None,
-                    help="response length limit (default: the run's, see run_defaults)")
+                    help="response length limit (default: the training run's, else the "
+                    "preset's)")
     ap.add_argument("--gamma", type=float, default=0.5, help="pool mode: similarity threshold "
                     "(train.py's default)")
     ap.add_argument("--top-k", type=int, default=4, help="pool mode: retrieved problems")
@@ -237,10 +284,11 @@ def run_defaults(model_dir: str, data_name: str, preset: str | None = None):
 
 
 def main(argv=None):
-    import data
+    from support import data
     from pool import Pool
     ap = argparse.ArgumentParser(description="Evaluate a model zero-shot, pool-augmented or "
-                                 "self-correcting; prints mean@k / pass@k per dataset.")
+                                 "self-correcting; prints mean@k / pass@k per dataset.",
+                                 formatter_class=config.HelpFormatter)
     ap.add_argument("--model", required=True, help="model directory (or hub id)")
     ap.add_argument("--gguf-file", default=None, help="GGUF file inside --model")
     ap.add_argument("--mode", default="zero-shot", choices=MODES + ("all",),
@@ -258,12 +306,12 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=None, help="first N problems of each dataset")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--precision", default=None, choices=M.PRECISIONS,
-                    help="default: the run's (see run_defaults); auto is bf16 autocast on a GPU "
-                         "that does bf16 natively")
+                    help="default: the training run's, else the preset's; auto is bf16 "
+                         "autocast on a GPU that does bf16 natively")
     ap.add_argument("--preset", default=None, choices=list(config.PRESETS),
                     help="where the defaults come from when the model's run left no settings "
                          "(default: tiny for --data tiny, qwen otherwise)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the sampled decoding")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     add_eval_args(ap)
     args = ap.parse_args(argv)

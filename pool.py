@@ -1,32 +1,14 @@
-"""The experience pool: LANPO's memory of past rollouts, as text.
+"""The experience pool: LANPO's memory of past rollouts, as text (arXiv 2510.16552, section 4).
 
-GRPO keeps one number per rollout and forgets the rest. LANPO (arXiv 2510.16552) keeps the
-text in a dynamic experience pool and feeds it back as context. This file owns the pool and the
-two ways of reading it:
-
-- *Intra-sample* (Reward-Agnostic Reflection): `earlier_attempt` returns one of this problem's
-  own earlier attempts, chosen uniformly at random, without looking at its reward. Choosing
-  failed attempts would leak "this one is wrong" through the choice itself.
-- *Inter-sample* (Relevant Abstraction): `retrieve` ranks *other* problems by BM25 similarity
-  of their questions to this one, keeps those whose similarity (on an absolute scale: the share
-  of a perfect match's score) is at least gamma, and `lessons` gathers the principles and
-  pitfalls the model distilled from their attempts. A problem never retrieves itself.
-
-Each entry is one rollout: the attempt, its reward, and the summary (principles / pitfalls)
-that the current model wrote for its group when it entered the pool (train.py step 7).
-
-Simplifications, each a choice made here rather than in the paper:
-- The index holds one document per *problem* (its question), not per entry: all entries of a
-  problem share the question, so this ranks the same way, is 32x smaller, and makes "never
-  retrieve your own problem" a single comparison.
-- The distillation runs once per problem group when it enters the pool; retrieval gathers the
-  stored lessons instead of summarizing again for every query (one summary call per problem per
-  step instead of one per rollout).
-- BM25 tokens are lowercase words without digits: numbers vary inside a family of problems and
-  are noise for similarity (on a prototype of the tiny world, digits cut same-family precision
-  from 92% to 83%).
-
-No model is called here: summaries arrive as text from train.py.
+Each entry is one rollout: its attempt, its reward, and the principles and pitfalls the current
+model distilled from its group when it entered (train.py, step 7). Two ways of reading it:
+*intra-sample* (Reward-Agnostic Reflection): `earlier_attempt`, one of this problem's own
+attempts drawn without looking at its reward; *inter-sample* (Relevant Abstraction): `retrieve`
+ranks *other* problems by BM25 similarity, keeps those at or above gamma, and `lessons` gathers
+what was distilled from them. No model is called here.
+Simplified relative to the paper: one BM25 document per *problem* (its question), so a problem
+never retrieving itself is one comparison; lessons are distilled once per group as it enters,
+not again per query; BM25 reads words without digits (numbers vary inside a family).
 """
 import argparse
 import json
@@ -41,16 +23,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-import data
+from support import data
 import prompts
-import rundir
-import world as W
-from errors import UserError, run_cli
+from support import rundir
+from support import world as W
+from support.errors import UserError, run_cli
 
-# The paper caps the pool at 32 entries per problem.
-CAP_PER_PROBLEM = 32
+CAP_PER_PROBLEM = 32   # the paper's cap on a problem's entries
 MAX_PRINCIPLES = 3   # at most this many principles and pitfalls go into one context: a long
-MAX_PITFALLS = 4     # list dilutes the signal, and irrelevant context hurts (README, tiny world)
+MAX_PITFALLS = 4     # list dilutes the signal, and irrelevant context hurts (RESULTS.md)
 
 
 @dataclass
@@ -91,17 +72,10 @@ def bm25_tokens(text: str) -> list[str]:
 
 
 class BM25Index:
-    """Okapi BM25 over a growing list of documents (the pool's questions, one per problem),
-    updated one document at a time: adding a question costs its own words, not a rebuild of
-    the whole index (a rebuild took 14 ms per step with 800 problems in the pool, a third of
-    LANPO's pool phase).
-
-    Scores are rank_bm25's BM25Okapi (k1 = 1.5, b = 0.75) with epsilon = 0, to the last bit (a
-    test checks them against it): idf = log(N - n + 0.5) - log(n + 0.5) for a word in n of N
-    documents, set to 0 when negative. rank_bm25's default would give such a word epsilon x the
-    mean idf, which turns *negative* in a small pool (early in training) and would make a shared
-    common word count against a match. An inverted index (word -> the documents that contain
-    it) lets a query score only the documents that share a word with it."""
+    """Okapi BM25 over the pool's questions, grown one at a time: adding a question costs its
+    own words, not a rebuild. Scores equal rank_bm25's BM25Okapi (k1 = 1.5, b = 0.75) with
+    epsilon = 0 (tested), so a word in most questions has idf 0 rather than rank_bm25's default
+    epsilon x mean idf, which turns negative in a small pool."""
     k1, b = 1.5, 0.75
 
     def __init__(self):
@@ -199,10 +173,12 @@ class Pool:
             del self.entries[pid][:-self.cap]
 
     # --- intra-sample: Reward-Agnostic Reflection ---------------------------------------------
-    def earlier_attempt(self, problem_id: str, rng: random.Random) -> Entry | None:
+    def earlier_attempt(self, problem_id: str, rng: random.Random,
+                        failed_only: bool = False) -> Entry | None:
         """One earlier attempt at this problem, uniformly at random. The reward is not looked
-        at: every attempt is equally likely, right or wrong."""
-        own = self.entries.get(problem_id)
+        at: every attempt is equally likely, right or wrong. (`failed_only`: the leaky ablation,
+        `--reflection leaky`, where the choice itself says "this one is wrong".)"""
+        own = [e for e in self.entries.get(problem_id, []) if not failed_only or e.reward <= 0]
         return rng.choice(own) if own else None
 
     # --- inter-sample: Relevant Abstraction ---------------------------------------------------
@@ -211,17 +187,11 @@ class Pool:
         return self.index.scores(query_tokens)
 
     def retrieve(self, question: str, exclude_id: str, k: int = 4, gamma: float = 0.5):
-        """The top-k other problems whose similarity to `question` is >= gamma, as (problem id,
-        similarity) pairs, most similar first.
-
-        Similarity is on an absolute scale: BM25 score / `ceiling`, the score of a perfect match
-        (the query against a copy of itself), clipped to [0, 1]. It says how much of what makes
-        this question distinctive a candidate shares, whatever else is in the pool, so gamma can
-        say no: a query with nothing relevant in the pool retrieves nothing. (Divided instead by
-        the best candidate's score, the best match always scores 1 and passes any gamma, so an
-        unseen family's query got the best irrelevant entry.) gamma = 0 keeps the plain top-k
-        (unfiltered retrieval). The paper uses gamma = 0.9 with its own normalization, which it
-        does not define; ours is chosen from measurement (README, "Similarity threshold")."""
+        """The top-k *other* problems whose similarity to `question` is >= gamma, as (problem
+        id, similarity), most similar first. Similarity is absolute: BM25 / the score of a
+        perfect match (the query against a copy of itself), so a query with nothing relevant
+        in the pool retrieves nothing. gamma = 0: the plain top-k. (The paper's gamma = 0.9
+        uses a normalization it does not define; the default here is measured, RESULTS.md.)"""
         if not self.entries:
             return []
         if self._id_rank is None:
@@ -236,7 +206,9 @@ class Pool:
         ceiling = self.index.ceiling(tokens)
         if ceiling <= 0 or scores.max() <= 0:
             return []
+        # sim(x, d) = min(BM25(x, d) / BM25(x, x), 1)
         sims = np.minimum(scores / ceiling, 1.0)
+        # the gamma filter: keep only what is similar enough (its ablation: section 5.2)
         keep = np.flatnonzero((sims >= gamma) & (scores > 0))
         # most similar first; ties broken by problem id, so the result is deterministic
         top = keep[np.lexsort((self._id_rank[keep], -sims[keep]))][:k]

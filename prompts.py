@@ -1,29 +1,15 @@
-"""Every prompt template of LANPO, in one place.
+"""Every prompt template of LANPO (arXiv 2510.16552), in one place.
 
-The paper (arXiv 2510.16552) gives the policy one of two kinds of input for a problem x:
-a plain prompt (the context c is empty: "from scratch") or a feedback-aware prompt, where c
-holds language feedback taken from the experience pool:
-
-- the *inter-sample* block (Relevant Abstraction): principles and pitfalls distilled from
-  attempts at other, similar problems;
-- the *intra-sample* block (Reward-Agnostic Reflection): one earlier attempt at this same
-  problem, which the model is asked to check. It is never labelled right or wrong.
-
-Two more templates give the model its other skills: *summarize* (distill a group of attempts
-and their outcomes into principles and pitfalls, which is how entries of the pool get their
-abstraction) and, for evaluation, *self-correct* (reflect on the model's own first answer).
-
-Rules this file keeps:
-- No function takes a gold answer, so none can put one into a prompt. Outcomes ("right" /
-  "wrong") appear only in the summarize prompt, whose output is shown to *other* problems.
-- Only formatting lives here, no logic: the pool decides what goes into a block, train.py
-  decides which rollouts get one.
-- The same texts serve every preset. The tiny world's word-level tokenizer builds its
-  vocabulary from these templates (data.py), so a reworded template needs a new SFT run.
+The policy sees a problem x either plainly (c empty: "from scratch") or with language feedback c
+from the pool: the *inter-sample* block (Relevant Abstraction, section 4: principles and pitfalls
+from similar problems) and the *intra-sample* block (Reward-Agnostic Reflection, section 4.1: one
+earlier attempt at x, never labelled right or wrong). *Summarize* distills a group's attempts
+into the pool's lessons. No function here takes a gold answer, so none can put one into a prompt.
+The tiny world's tokenizer builds its vocabulary from these texts: rewording one needs new SFT.
 """
 
 # How a prompt is wrapped for a tokenizer without a chat template (the tiny model). Models with
-# a chat template get the prompt as a single user message instead (model.format_prompt).
+# a chat template get the prompt as a single user message instead (support/model.py).
 PLAIN_FORMAT = "{prompt}\nResponse:"
 
 # Every response ends with "#### <answer>", which reward.extract_answer reads.

@@ -1,22 +1,14 @@
 """The numerical feedback: LANPO's scalar reward, 1 for a correct final answer, else 0.
 
-LANPO (arXiv 2510.16552) feeds the policy two kinds of feedback. The *language* feedback
-(reflections and lessons kept in the experience pool and shown in the prompt) lives in pool.py
-and prompts.py. The *numerical* feedback is GRPO's outcome reward, which LANPO keeps unchanged:
-a rollout scores 1 if its final answer is mathematically equivalent to the gold answer, else 0.
-This file is that reward, in three steps:
-
-1. `extract_answer`: find the final answer in a response (`\\boxed{..}`, `#### x`, `Answer: x`).
-2. `is_equivalent`: judge it against the gold answer as a MATH / GSM8K grader would. The judge
-   is grader.py (normalization, structures, sympy in a killable worker); it is re-exported here,
-   so `from reward import is_equivalent` works.
-3. `reward`: 1.0 or 0.0.
-
-Safety: like the grader, no call raises, and no call takes more than a second (see grader.py).
+LANPO (arXiv 2510.16552) keeps GRPO's outcome reward unchanged: the language feedback only
+guides exploration. `extract_answer` finds the final answer (`\\boxed{..}`, `#### x`,
+`Answer: x`), `is_equivalent` judges it as a MATH / GSM8K grader would (support/grader.py:
+normalization, structures, sympy in a killable worker), `reward` is 1.0 or 0.0. No call
+raises, and none takes more than about a second, whatever text the model emits.
 """
 import re
 
-from grader import is_equivalent, last_boxed
+from support.grader import is_equivalent, last_boxed
 
 __all__ = ["extract_answer", "is_equivalent", "reward"]
 

@@ -28,10 +28,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
-import data  # noqa: E402
-import world as W  # noqa: E402
-import model as M  # noqa: E402
-import config  # noqa: E402
+from support import data  # noqa: E402
+from support import world as W  # noqa: E402
+from support import model as M  # noqa: E402
+from support import config  # noqa: E402
 import train  # noqa: E402
 from pool import Pool  # noqa: E402
 

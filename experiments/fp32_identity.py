@@ -46,8 +46,8 @@ def run(out):
     sys.path.insert(0, ROOT)
     import torch
     from transformers import LlamaForCausalLM
-    import model as M
-    import world as W
+    from support import model as M
+    from support import world as W
     tmp = tempfile.mkdtemp()
     tok = W.tiny_tokenizer(W.TinyWorld())
     torch.manual_seed(0)

@@ -141,7 +141,7 @@ def check_runs(sft_dir, rl_dir, expect_precision, kl_tol=1e-3, plan=None,
 def check_logits(model_dir, device, expect_precision, precision="auto"):
     """Failures of a left-padded batch under autocast (see the module docstring)."""
     import torch
-    import model as M
+    from support import model as M
     fail = []
     dev = M.resolve_device(device)
     model, tok = M.load_model(model_dir, device=dev, precision=precision)

@@ -1,7 +1,7 @@
 """What the importance weight of `--score-context corrected` does to a success the context made.
 
 Corrected scoring weights each token of a feedback-aware response y ~ pi(. | x, c) by
-w_t = min(pi(y_t | x, y_<t) / pi(y_t | x, c, y_<t), cap) (grpo.truncated_is_weight). On the tiny
+w_t = min(pi(y_t | x, y_<t) / pi(y_t | x, c, y_<t), cap) (C.truncated_is_weight). On the tiny
 world a response's first token is its procedure ("add then add"), the choice the context is
 there to change; the tokens after it (arithmetic) follow from it whatever the prompt. This
 script measures w on the procedure token and on the rest, for the feedback-aware rollouts that
@@ -31,11 +31,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
-import grpo  # noqa: E402
-import model as M  # noqa: E402
+from support import controls as C  # noqa: E402
+from support import model as M  # noqa: E402
 import prompts  # noqa: E402
 import train  # noqa: E402
-import world as W  # noqa: E402
+from support import world as W  # noqa: E402
 from pool import Pool  # noqa: E402
 from reward import reward  # noqa: E402
 
@@ -61,7 +61,7 @@ def weights_of_successes(model, tok, problems, context_prompts, k, cap, seed):
         ids, mask = out.response_ids[ok], out.response_mask[ok]
         target = M.token_logprobs(model, plain, ids, mask)
         behavior = M.token_logprobs(model, [out.prompt_ids[i] for i in ok], ids, mask)
-        w = grpo.truncated_is_weight(target, behavior, cap) * mask
+        w = C.truncated_is_weight(target, behavior, cap) * mask
         for j, i in enumerate(ok):
             b = by[problems[i // k]["family"]]
             n_tok = int(mask[j].sum())

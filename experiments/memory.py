@@ -32,7 +32,7 @@ def peak_rss_mb(cmd):
 def main():
     tmp = tempfile.mkdtemp()
     py = sys.executable
-    smol_dir = subprocess.run([py, "-c", "import model; print(model.smol_gguf()[0])"], cwd=ROOT,
+    smol_dir = subprocess.run([py, "-c", "from support import model; print(model.smol_gguf()[0])"], cwd=ROOT,
                               capture_output=True, text=True).stdout.strip()
     smol_file = "SmolLM2-135M-Instruct.Q4_1.gguf"
     commands = {

@@ -7,7 +7,7 @@
 No weights are loaded and nothing is downloaded: the model is built on PyTorch's `meta` device
 from its config (the Qwen2.5 configs are written out below; any other model: a local directory
 with a config.json, or a config object from Python) to count its parameters, and the rest is
-arithmetic on the settings of a preset (`--preset qwen`: sft.PRESETS and config.PRESETS). For
+arithmetic on the settings of a preset (`--preset qwen`: support/config.py's SFT_PRESETS and PRESETS). For
 each phase it lists what is alive at the phase's peak:
 
 - weights: the trained model's float32 master weights (AdamW needs them, see model.py), or
@@ -20,7 +20,7 @@ each phase it lists what is alive at the phase's peak:
 - activations of the transformer body: per token and layer, bytes = a_H x hidden + a_I x
   intermediate, with or without gradient checkpointing (then: each layer's input and the
   rotary tables, b_H x hidden, plus one layer recomputed in the backward);
-- logits: SFT computes them for at most sft.LOSS_CHUNK_TOKENS response tokens at a time; the
+- logits: SFT computes them for at most support/model.py's LOSS_CHUNK_TOKENS response tokens at a time; the
   RL update (model.token_logprobs) for every response position of a --logprob-tokens
   micro-batch;
 - sampling: the KV cache (bf16 under autocast) of sample-micro-batch rows x (prompt +
@@ -139,9 +139,9 @@ def settings_from(sft_cfg: dict, rl_cfg: dict, **overrides) -> Settings:
 
 def settings_for(preset: str = "qwen", **overrides) -> Settings:
     """The settings of a preset of sft.py and train.py (their PRESETS), with overrides."""
-    import config
+    from support import config
     import sft
-    sft_cfg = dict(sft.PRESETS[preset])
+    sft_cfg = dict(config.SFT_PRESETS[preset])
     assert sft.HELDOUT_ROWS_PER_BATCH == 4   # settings_from's held-out rows
     return settings_from(sft_cfg, config.PRESETS[preset], **overrides)
 
@@ -168,7 +168,7 @@ def count_params(config, lora_rank: int = 0) -> tuple[int, int]:
     the meta device (shapes, no storage). Tied weights count once."""
     import torch
     from transformers import AutoModelForCausalLM
-    import lora
+    from support import lora
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     n = sum(p.numel() for p in model.parameters())   # parameters() yields a tied one once

@@ -17,7 +17,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-import data  # noqa: E402
+from support import data  # noqa: E402
 from pool import Entry, Pool  # noqa: E402
 
 GAMMAS = (0.3, 0.5, 0.7, 0.9)

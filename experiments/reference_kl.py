@@ -18,7 +18,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import model as M  # noqa: E402
+from support import model as M  # noqa: E402
 
 
 def k3(logp, ref, mask):

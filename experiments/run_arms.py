@@ -35,8 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-import rundir  # noqa: E402
-import world as W  # noqa: E402
+from support import rundir  # noqa: E402
+from support import world as W  # noqa: E402
 
 FLAGS_LOCK = threading.Lock()   # the jobs of one script are threads of one process
 LEARNED = 0.9   # a family counts as learned once its greedy zero-shot accuracy reaches this

@@ -49,7 +49,7 @@ def build_inputs(tmp):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     import prompts
-    import world as W
+    from support import world as W
     problems = W.TinyWorld().problems("rl", "train")[:40]
     texts = [p["question"] for p in problems] + prompts.ALL_TEMPLATES + [
         " ".join(map(str, range(60))), "####"]

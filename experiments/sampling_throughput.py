@@ -31,8 +31,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import model as M  # noqa: E402
-from errors import run_cli  # noqa: E402
+from support import model as M  # noqa: E402
+from support.errors import run_cli  # noqa: E402
 from prompts import solve_prompt  # noqa: E402
 
 GSM8K_LIKE = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many "

@@ -35,7 +35,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     sys.path.insert(0, ROOT)
-    import model as M
+    from support import model as M
     directory, gguf = M.smol_gguf()
     common = ["--preset", "smol", "--init", directory, "--gguf-file", gguf, "--data", "gsm8k",
               "--steps", str(args.steps), "--problems-per-step", "2", "--group-size", "4",

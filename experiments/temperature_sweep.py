@@ -24,9 +24,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
-import model as M  # noqa: E402
+from support import model as M  # noqa: E402
 import prompts  # noqa: E402
-import world as W  # noqa: E402
+from support import world as W  # noqa: E402
 from reward import reward  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))

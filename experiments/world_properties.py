@@ -34,11 +34,11 @@ from collections import Counter
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
-import data  # noqa: E402
-import model as M  # noqa: E402
+from support import data  # noqa: E402
+from support import model as M  # noqa: E402
 import prompts  # noqa: E402
-import sft  # noqa: E402
-import world as W  # noqa: E402
+from support import curriculum  # noqa: E402
+from support import world as W  # noqa: E402
 from reward import reward  # noqa: E402
 
 
@@ -121,7 +121,7 @@ def numbers_only_classifiers(world):
     # Naive Bayes on (a, b, c), trained on every pair a model is trained on: SFT's plain solve
     # examples (sft families with their procedure, rl families dealt from their designed prior)
     # and RL's training problems with their true procedure.
-    seed_examples = sft.tiny_seed_data(world, 20000, 0, list(sft.SKILLS))
+    seed_examples = curriculum.tiny_seed_data(world, 20000, 0, list(curriculum.SKILLS))
     pairs = []
     for ex in seed_examples:
         if ex["skill"] in ("solve", "solve_rl"):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import world as W  # noqa: E402
-import model as M  # noqa: E402
+from support import world as W  # noqa: E402
+from support import model as M  # noqa: E402
 
 # The tests use models of a few thousand parameters, where a second thread only adds
 # synchronization cost (and on a busy 2-core machine, a lot of it).

@@ -16,10 +16,10 @@ import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import model as M  # noqa: E402
+from support import model as M  # noqa: E402
 import pool as P  # noqa: E402
 import train  # noqa: E402
-from errors import run_cli  # noqa: E402
+from support.errors import run_cli  # noqa: E402
 
 POINT, STEP = sys.argv[1], int(sys.argv[2])
 current = {"step": 0}

@@ -14,12 +14,12 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import config  # noqa: E402
-import model as M  # noqa: E402
+from support import config  # noqa: E402
+from support import model as M  # noqa: E402
 import prompts  # noqa: E402
-import ranks  # noqa: E402
+from support import ranks  # noqa: E402
 import train  # noqa: E402
-import world as W  # noqa: E402
+from support import world as W  # noqa: E402
 
 G = 3
 # response lengths of 4 groups of 3: the two halves of the batch hold different numbers of

@@ -24,9 +24,9 @@ import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import model as M  # noqa: E402
+from support import model as M  # noqa: E402
 import train  # noqa: E402
-import ranks  # noqa: E402
+from support import ranks  # noqa: E402
 
 LOGDIR, KILL_RANK, KILL_STEP = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 RANK = int(os.environ.get("RANK", "0"))

@@ -5,10 +5,12 @@ import json
 
 import pytest
 
-import data
-import model as M
+from support import data
+from support import model as M
 import sft
-from errors import UserError
+from support import bootstrap
+from support import config
+from support.errors import UserError
 from test_qwen import qwen_dir, solving_sampler  # noqa: F401 (a fixture)
 
 PROBLEMS = data.train_problems("gsm8k", limit=10)
@@ -34,7 +36,7 @@ def counting_sampler(monkeypatch, crash_after=None):
 
 
 def boot(path, header=None):
-    return sft.bootstrap_seed_data(None, None, PROBLEMS, 2, 8, 1.0, micro_batch=6, seed=0,
+    return bootstrap.bootstrap_seed_data(None, None, PROBLEMS, 2, 8, 1.0, micro_batch=6, seed=0,
                                    gamma=0.0, progress_path=str(path), header=header or {"a": 1})
 
 
@@ -94,13 +96,13 @@ def test_sft_main_continues_an_interrupted_bootstrap(qwen_dir, tmp_path, monkeyp
     monkeypatch.setattr(M, "sample", sample)
     with pytest.raises(Crash):
         sft.main(argv)
-    assert sorted(p.name for p in out.iterdir()) == [sft.BOOTSTRAP_FILE]
+    assert sorted(p.name for p in out.iterdir()) == [bootstrap.BOOTSTRAP_FILE]
     sft.main(argv)                                 # the same command, no --overwrite
     # batch 1 (3 problems: answers, then summaries + reflections), batch 2's answers, crash;
     # the restart samples batch 2 again (its records were not written) and never batch 1
     assert calls[:6] == [3, 6, 3, "crash", 3, 6]
     assert calls[4:10] == [3, 6, 3, 6, 1, 2]   # batches 2, 3 and 4 (one problem)
-    assert (out / "config.json").exists() and not (out / sft.BOOTSTRAP_FILE).exists()
+    assert (out / "config.json").exists() and not (out / bootstrap.BOOTSTRAP_FILE).exists()
     seed = [json.loads(l) for l in (out / "seed_data.jsonl").read_text().splitlines()]
     report = json.loads((out / "sft_report.json").read_text())
     assert len(seed) == sum(report["seed_examples"].values()) > 0
@@ -128,12 +130,12 @@ def test_overwrite_keeps_a_bootstrap_with_the_same_settings_only(qwen_dir, tmp_p
     header = {"model": qwen_dir, "gguf_file": None, "data": "gsm8k", "bootstrap_problems": 4,
               "bootstrap_samples": 2, "max_new_tokens": 8, "temperature": 1.0, "seed": 0,
               "gamma": 0.0}
-    sft.bootstrap_seed_data(None, None, PROBLEMS[:4], 2, 8, 1.0, 6, 0, 0.0,
-                            progress_path=str(out / sft.BOOTSTRAP_FILE), header=header)
+    bootstrap.bootstrap_seed_data(None, None, PROBLEMS[:4], 2, 8, 1.0, 6, 0, 0.0,
+                            progress_path=str(out / bootstrap.BOOTSTRAP_FILE), header=header)
     monkeypatch.setattr(M, "sample", sample)
     sft.main(argv)
     assert asked == []
     # with other settings, --overwrite discards it and samples again
-    (out / sft.BOOTSTRAP_FILE).write_text(json.dumps({"header": dict(header, seed=5)}) + "\n")
+    (out / bootstrap.BOOTSTRAP_FILE).write_text(json.dumps({"header": dict(header, seed=5)}) + "\n")
     sft.main(argv)
     assert asked

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 import grpo
-import model as M
+from support import controls as C
+from support import model as M
 import prompts
 import train
-import world as W
-from errors import run_cli
+from support import world as W
+from support.errors import run_cli
 from pool import Entry, Pool
 from test_train import WORLD, ReadGrads, args_for, grads, small_run
 
@@ -181,11 +182,11 @@ def test_corrected_scoring_gradient_is_the_truncated_importance_weighted_one(tin
 def test_truncated_is_weight_is_capped_detached_and_one_on_policy():
     target = torch.tensor([[0.0, -1.0, -3.0]], requires_grad=True)
     behavior = torch.tensor([[0.0, -2.0, -1.0]])
-    w = grpo.truncated_is_weight(target, behavior, cap=2.0)
+    w = C.truncated_is_weight(target, behavior, cap=2.0)
     assert torch.allclose(w, torch.tensor([[1.0, 2.0, torch.exp(torch.tensor(-2.0))]]))
     assert not w.requires_grad
     with pytest.raises(ValueError):
-        grpo.truncated_is_weight(target, behavior, cap=0.0)
+        C.truncated_is_weight(target, behavior, cap=0.0)
 
 
 def test_policy_loss_weights_each_tokens_surrogate_and_kl():

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 import evaluate as E
-import model as M
-import world as W
-from errors import UserError
+from support import model as M
+from support import world as W
+from support.errors import UserError
 from pool import Entry, Pool
 
 WORLD = W.TinyWorld()

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import grpo
-import model as M
-import rundir
+from support import model as M
+from support import rundir
 import train
 from pool import Pool
 
@@ -94,7 +94,7 @@ def test_same_seed_same_metrics(tmp_path, tiny_dir):
     ('{"question": "q", "answer": "1"}\nnot json\n', "line 2"),
 ])
 def test_bad_data_file_exits_2_and_writes_nothing(tmp_path, tiny_dir, capsys, content, needle):
-    from errors import run_cli
+    from support.errors import run_cli
     path = tmp_path / "data.jsonl"
     if content is not None:
         path.write_text(content)

@@ -7,13 +7,13 @@ import random
 import pytest
 import torch
 
-import config
-import model as M
-import rundir
+from support import config
+from support import model as M
+from support import rundir
 import train
-import world as W
+from support import world as W
 from conftest import build_tiny
-from errors import UserError, oom_hint, run_cli
+from support.errors import UserError, oom_hint, run_cli
 
 WORLD = W.TinyWorld()
 

@@ -74,11 +74,11 @@ def test_each_bad_run_fails(tmp_path, bad, needle):
 
 def test_main_exits_1_and_compares_with_the_plan_of_the_runs_settings(tmp_path, tiny_dir,
                                                                          capsys):
-    import config
+    from support import config
     import sft
     rl_cfg = dict(config.PRESETS["tiny"], precision_used="bf16", p_feedback=0.75, beta=0.04,
                   lora_rank=0, init=tiny_dir)
-    sft_cfg = dict(sft.PRESETS["tiny"])
+    sft_cfg = dict(config.SFT_PRESETS["tiny"])
     def args(s, r):
         return ["runs", "--sft-dir", s, "--rl-dir", r, "--expect-precision", "bf16"]
     sft_dir, rl_dir = write_runs(tmp_path, cfg=rl_cfg, sft_cfg=sft_cfg)

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-import model as M
+from support import model as M
 import prompts
 import sft
 import train
-import world as W
+from support import world as W
 from conftest import build_tiny
 from reward import reward
 
@@ -42,7 +42,7 @@ def torn_model(tmp_path_factory):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(150):
-        loss = sft.batch_loss(model, batch)
+        loss = M.batch_loss(model, batch)
         opt.zero_grad()
         loss.backward()
         opt.step()

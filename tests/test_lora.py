@@ -8,9 +8,10 @@ import os
 import pytest
 import torch
 
-import lora
-import model as M
+from support import lora
+from support import model as M
 import sft
+from support import bootstrap
 import train
 from test_qwen import qwen_dir, solving_sampler  # noqa: F401 (a fixture)
 from test_train import fake_reward, small_run
@@ -32,7 +33,7 @@ def trained_step(model, steps=3):
     model.train()
     for _ in range(steps):
         opt.zero_grad()
-        sft.batch_loss(model, batch).backward()
+        M.batch_loss(model, batch).backward()
         opt.step()
     model.eval()
     return opt
@@ -100,16 +101,16 @@ def test_bf16_autocast_keeps_the_base_in_bf16_and_the_adapters_in_float32(qwen_d
 
 
 def test_sft_with_lora_saves_a_merged_model(qwen_dir, tmp_path, monkeypatch):  # noqa: F811
-    import data
+    from support import data
     problems = data.train_problems("gsm8k", limit=4)
-    real_boot = sft.bootstrap_seed_data
+    real_boot = bootstrap.bootstrap_seed_data
 
     def boot(model, tok, probs, *a, **k):
         assert lora.is_lora(model)
         with monkeypatch.context() as m:
             m.setattr(M, "sample", solving_sampler(problems))
             return real_boot(model, tok, probs, *a, **k)
-    monkeypatch.setattr(sft, "bootstrap_seed_data", boot)
+    monkeypatch.setattr(bootstrap, "bootstrap_seed_data", boot)
     out = tmp_path / "sft"
     sft.main(["--preset", "qwen", "--model", qwen_dir, "--out", str(out), "--lora-rank", "4",
               "--bootstrap-problems", "4", "--steps", "2", "--batch-size", "2", "--lr", "1e-2",
@@ -142,7 +143,7 @@ def test_train_py_with_lora_resumes_exactly_and_saves_merged(tmp_path, tiny_dir,
 
 
 def test_bad_lora_flags_exit_2(tmp_path, tiny_dir, capsys):
-    from errors import run_cli
+    from support.errors import run_cli
     for main, argv in ((sft.main, ["--lora-rank", "4"]),
                        (sft.main, ["--preset", "qwen", "--lora-rank", "-1"]),
                        (train.main, small_run(tmp_path, tiny_dir, "--lora-rank", "-2")),

@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-import lora
-import model as M
+from support import lora
+from support import model as M
 import sft
 from tensor_memory import TensorPeak
 
@@ -60,7 +60,7 @@ def measure_sft_step(model, s):
     for i in range(2):   # the second step is the steady state: AdamW's moments exist
         opt.zero_grad(set_to_none=True)
         with TensorPeak() as m:
-            sft.batch_loss(model, batch, chunk_tokens=s.loss_chunk_tokens).backward()
+            M.batch_loss(model, batch, chunk_tokens=s.loss_chunk_tokens).backward()
             opt.step()
     return m.peak, ("weights", "base weights", "adapters", "AdamW moments")
 

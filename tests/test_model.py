@@ -13,8 +13,8 @@ from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCaus
                           PreTrainedTokenizerFast)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import model as M  # noqa: E402
-from errors import UserError  # noqa: E402
+from support import model as M  # noqa: E402
+from support.errors import UserError  # noqa: E402
 from prompts import PLAIN_FORMAT  # noqa: E402
 
 WORDS = ["[PAD]", "[UNK]", "[EOS]", "response", ":", "user", "assistant",

@@ -7,8 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-import world as W
-from errors import UserError
+from support import world as W
+from support.errors import UserError
 from pool import Entry, Pool, audit, bm25_tokens, parse_summary
 
 

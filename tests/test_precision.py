@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-import model as M
-import rundir
+from support import model as M
+from support import rundir
 import train
-import world as W
+from support import world as W
 from test_gpu_path import update_args as gpu_update_args
 from conftest import build_tiny
 
@@ -333,12 +333,10 @@ def test_peak_memory_is_read_from_the_models_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "max_memory_allocated",
                         lambda d=None: seen.append(d) or 3 * 2**30)
     dev = torch.device("cuda:1")
-    M.reset_peak_memory(dev)
-    assert M.peak_memory_gib(dev) == 3.0
+    assert M.peak_memory(dev) == 3.0   # read, then counting starts anew, on the model's device
     assert seen == [dev, dev]
     seen.clear()
-    M.reset_peak_memory(torch.device("cpu"))
-    assert M.peak_memory_gib(torch.device("cpu")) is None and seen == []
+    assert M.peak_memory(torch.device("cpu")) is None and seen == []
 
 
 def test_gradients_are_freed_after_the_optimizer_step():

@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 
-import data
-import model as M
+from support import data
+from support import model as M
 import prompts
 import sft
+from support import bootstrap
 import train
 
 CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -73,13 +74,13 @@ def test_qwen_preset_sft_bootstraps_then_lanpo_trains(qwen_dir, tmp_path, monkey
     real_load = M.load_model
     monkeypatch.setattr(M, "load_model", lambda *a, **k: loads.append(k) or real_load(*a, **k))
     # the bootstrap samples from a model that solves; everything after it is the real model
-    real_boot = sft.bootstrap_seed_data
+    real_boot = bootstrap.bootstrap_seed_data
 
     def boot(model, tok, problems, *a, **k):
         with monkeypatch.context() as m:
             m.setattr(M, "sample", solving_sampler(problems))
             return real_boot(model, tok, problems, *a, **k)
-    monkeypatch.setattr(sft, "bootstrap_seed_data", boot)
+    monkeypatch.setattr(bootstrap, "bootstrap_seed_data", boot)
     out = tmp_path / "sft"
     sft.main(["--preset", "qwen", "--model", qwen_dir, "--out", str(out),
               "--bootstrap-problems", "6", "--steps", "3", "--batch-size", "4",
@@ -108,7 +109,7 @@ def test_qwen_preset_sft_bootstraps_then_lanpo_trains(qwen_dir, tmp_path, monkey
 
 
 def test_a_real_model_cannot_train_on_the_tiny_world(qwen_dir, tmp_path, capsys):
-    from errors import run_cli
+    from support.errors import run_cli
     with pytest.raises(SystemExit) as e:
         run_cli(train.main, ["--init", qwen_dir, "--run-dir", str(tmp_path / "rl"),
                              "--steps", "1"])
@@ -118,7 +119,7 @@ def test_a_real_model_cannot_train_on_the_tiny_world(qwen_dir, tmp_path, capsys)
 
 
 def test_sft_tiny_refuses_a_model(capsys):
-    from errors import run_cli
+    from support.errors import run_cli
     with pytest.raises(SystemExit) as e:
         run_cli(sft.main, ["--model", "Qwen/Qwen2.5-0.5B-Instruct"])
     err = capsys.readouterr().err.strip()

@@ -11,7 +11,7 @@ import torch
 
 import ranks_grad
 import train
-from errors import run_cli
+from support.errors import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
@@ -47,7 +47,7 @@ def flags(run_dir, steps, *extra):
 
 
 def final_state(run_dir):
-    import model as M
+    from support import model as M
     model, _ = M.load_model(os.path.join(run_dir, "checkpoint"), device="cpu")
     metrics = [{k: v for k, v in json.loads(line).items()
                 if not k.startswith("t_") and k != "tokens_per_s"}
@@ -126,10 +126,12 @@ def test_one_process_is_untouched_and_ranks_draw_their_own_streams(monkeypatch):
     """Without a process group every meeting point hands back what it got (so `python
     train.py` computes what it did before ranks.py); under torchrun rank r > 0 draws from a
     seed of its own, derived from --seed and r."""
-    import ranks
-    items, lists = [{"id": 1}, {"id": 2}], ([1, 2], None, ["a", "b"])
+    from support import ranks
+    import train
+    items = [{"id": 1}, {"id": 2}]
+    record = train.StepRecord(items, *([["a", "b"]] * 5), None, [1, 2], [False, False])
     assert ranks.share(items) is items
-    assert all(a is b for a, b in zip(ranks.gather(*lists), lists))
+    assert ranks.gather(record) is record
     assert ranks.total(3, 2.5) == [3, 2.5] and ranks.rank_seed(7) == 7
     seeds = set()
     for r in (1, 2):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import grader
+from support import grader
 import reward
 
 TIME_BOUND = 1.0  # seconds: the promise of reward.py for any single call
@@ -319,7 +319,7 @@ def test_stuck_worker_is_killed_and_replaced():
 
 
 def test_worker_from_a_script_is_cleaned_up_at_exit():
-    script = ("import grader\n"
+    script = ("from support import grader\n"
               "import reward\n"
               "assert reward.is_equivalent('\\\\pi/4', '\\\\frac{\\\\pi}{4}')\n"
               "print(grader._WORKER.proc.pid)\n")

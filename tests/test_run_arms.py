@@ -138,9 +138,9 @@ def test_is_weights_measures_the_first_response_token_against_a_hand_computed_ra
     the same samples, and a context equal to the plain prompt gives weight 1 everywhere."""
     import torch
     import is_weights as IW
-    import model as M
+    from support import model as M
     import prompts
-    import world as W
+    from support import world as W
     monkeypatch.setattr(IW, "reward", lambda text, gold: 1.0)
     model, tok = M.load_model(tiny_dir, device="cpu")
     problems = IW.training_problems(W.TinyWorld(), 1)[:2]

@@ -6,16 +6,20 @@ import pytest
 import torch
 
 import sft
-import world as W
+from support import curriculum
+from support import bootstrap
+from support import model as M
+from support import config
+from support import world as W
 from conftest import build_tiny
-from errors import UserError, run_cli
+from support.errors import UserError, run_cli
 
 WORLD = W.TinyWorld()
 
 
 def test_labels_cover_the_response_and_eos_only():
     _, tok = build_tiny()
-    exs = sft.tiny_seed_data(WORLD, 12, 0, list(sft.SKILLS))
+    exs = curriculum.tiny_seed_data(WORLD, 12, 0, list(curriculum.SKILLS))
     enc = sft.encode_examples(tok, exs, 400)
     ids, attn, labels, _ = sft.collate(enc, tok.pad_token_id, "cpu")
     for (seq, n_prompt, _), ex, row, lab in zip(enc, exs, ids, labels):
@@ -29,7 +33,7 @@ def test_labels_cover_the_response_and_eos_only():
 
 def test_batched_encoding_equals_one_example_at_a_time():
     _, tok = build_tiny()
-    exs = sft.tiny_seed_data(WORLD, 40, 1, list(sft.SKILLS))
+    exs = curriculum.tiny_seed_data(WORLD, 40, 1, list(curriculum.SKILLS))
     for max_len in (400, 24):   # 24 truncates the longer prompts from the left
         batched = sft.encode_examples(tok, exs, max_len)
         single = [sft.encode_examples(tok, [e], max_len)[0] for e in exs]
@@ -41,7 +45,7 @@ def test_batched_encoding_equals_one_example_at_a_time():
 
 def test_a_few_steps_lower_the_loss():
     model, tok = build_tiny()
-    exs = sft.tiny_seed_data(WORLD, 32, 0, ["solve"])
+    exs = curriculum.tiny_seed_data(WORLD, 32, 0, ["solve"])
     enc = sft.encode_examples(tok, exs, 200)
     before = sft.heldout_loss(model, enc, tok.pad_token_id, "cpu", 32)
     sft.train_sft(model, tok, enc, enc, steps=30, batch_size=16, lr=3e-3, warmup=3,
@@ -51,10 +55,10 @@ def test_a_few_steps_lower_the_loss():
 
 
 def test_no_skill_seeding_keeps_only_solve():
-    exs = sft.tiny_seed_data(WORLD, 200, 0, ["solve"])
+    exs = curriculum.tiny_seed_data(WORLD, 200, 0, ["solve"])
     assert {e["skill"] for e in exs} == {"solve", "solve_rl"}   # the rl priors are the world's
-    exs = sft.tiny_seed_data(WORLD, 2000, 0, list(sft.SKILLS))
-    assert {e["skill"] for e in exs} == set(sft.TINY_MIX)
+    exs = curriculum.tiny_seed_data(WORLD, 2000, 0, list(curriculum.SKILLS))
+    assert {e["skill"] for e in exs} == set(curriculum.TINY_MIX)
 
 
 def test_summarize_targets_follow_the_outcomes():
@@ -62,7 +66,7 @@ def test_summarize_targets_follow_the_outcomes():
     import random
     rng = random.Random(0)
     for _ in range(200):
-        ex = sft.tiny_example(WORLD, "summarize", rng)
+        ex = curriculum.tiny_example(WORLD, "summarize", rng)
         principles, pitfalls = parse_summary(ex["response"])
         lines = [l for l in ex["prompt"].split("\n") if l.startswith("Attempt")]
         right = [W.procedure_text(W.parse_procedures(l)[0]) for l in lines if "(right)" in l]
@@ -79,7 +83,7 @@ def test_sft_main_end_to_end(tmp_path):
         assert (out / f).exists(), f
     report = json.loads((out / "sft_report.json").read_text())
     assert set(report["zero_shot_accuracy"]) == {"rl-test", "sft-test", "unseen-test"}
-    assert set(report["skills"]) <= set(sft.TINY_MIX) and report["history"]
+    assert set(report["skills"]) <= set(curriculum.TINY_MIX) and report["history"]
     assert all(math.isfinite(h["heldout_loss"]) for h in report["history"])
     # a second run refuses to overwrite
     with pytest.raises(UserError, match="--overwrite"):
@@ -90,12 +94,12 @@ def test_user_seed_data_errors(tmp_path):
     bad = tmp_path / "seed.jsonl"
     bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
     with pytest.raises(UserError, match=r"seed.jsonl line 2: missing or empty field 'response'"):
-        sft.load_seed_jsonl(str(bad))
+        bootstrap.load_seed_jsonl(str(bad))
     bad.write_text("not json\n")
     with pytest.raises(UserError, match=r"line 1: not valid JSON"):
-        sft.load_seed_jsonl(str(bad))
+        bootstrap.load_seed_jsonl(str(bad))
     with pytest.raises(UserError, match="cannot read"):
-        sft.load_seed_jsonl(str(tmp_path / "none.jsonl"))
+        bootstrap.load_seed_jsonl(str(tmp_path / "none.jsonl"))
 
 
 def test_unknown_preset_exits_2(capsys):
@@ -106,28 +110,54 @@ def test_unknown_preset_exits_2(capsys):
 
 def test_soft_target_is_the_cross_entropy_against_the_prior():
     """A one-hot soft target gives exactly the ordinary loss; the designed prior gives
-    -sum p log q at the procedure token, and training on it makes q the prior."""
+    -sum p log q at the procedure token; and training on it moves q to the prior. The last is
+    asserted as a property (KL(p || q) falls to a small fraction of where it started, and q
+    ranks the procedures as p does), not as the third digit of an optimizer's end point, which
+    differs between CPU kernels (AVX2 / AVX512)."""
     model, tok = build_tiny()
-    exs = [e for e in sft.tiny_seed_data(WORLD, 400, 0, list(sft.SKILLS))
+    exs = [e for e in curriculum.tiny_seed_data(WORLD, 400, 0, list(curriculum.SKILLS))
            if e["skill"] == "solve_rl"][:8]
     assert exs and all("procedure_prior" in e for e in exs)
     enc = sft.encode_examples(tok, exs, 200)
     hard = [(ids, n, None) for ids, n, _ in enc]
     one_hot = [(ids, n, ([ids[n]], [1.0])) for ids, n, _ in enc]
-    want = sft.batch_loss(model, sft.collate(hard, tok.pad_token_id, "cpu"))
-    got = sft.batch_loss(model, sft.collate(one_hot, tok.pad_token_id, "cpu"))
+    want = M.batch_loss(model, sft.collate(hard, tok.pad_token_id, "cpu"))
+    got = M.batch_loss(model, sft.collate(one_hot, tok.pad_token_id, "cpu"))
     assert torch.allclose(want, got, atol=1e-5)
+    # the soft term is -sum p log q at the position that predicts the procedure token
+    ids, n, (token_ids, probs) = enc[0]
+    batch = sft.collate([enc[0]], tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        logq = torch.log_softmax(model(batch[0]).logits[0].float(), -1)
+    hard_rest = [(ids, n + 1, None)]   # the same row without its procedure token's loss
+    n_resp = len(ids) - n
+    rest = M.batch_loss(model, sft.collate(hard_rest, tok.pad_token_id, "cpu")) * (n_resp - 1)
+    soft_term = -(torch.tensor(probs) * logq[n - 1, token_ids]).sum()
+    assert torch.allclose(M.batch_loss(model, batch) * n_resp, rest + soft_term, atol=1e-4)
     # trained on one family's soft target alone, the model's procedure distribution is the prior
     family = WORLD.families_of("rl")[3]
     rng = __import__("random").Random(0)
-    exs = [sft.tiny_example(WORLD, "solve_rl", rng, (family, family.pitfall)) for _ in range(16)]
+    exs = [curriculum.tiny_example(WORLD, "solve_rl", rng, (family, family.pitfall))
+           for _ in range(16)]
     enc = sft.encode_examples(tok, exs, 200)
+    ids, n, (token_ids, probs) = enc[0]
+    p = torch.tensor(probs)
+
+    def q_now():
+        with torch.no_grad():
+            return torch.softmax(model(torch.tensor([ids[:n]])).logits[0, -1], -1)[token_ids]
+
+    def kl(q):   # KL(p || q) over the procedures (q renormalized over them)
+        q = q / q.sum()
+        return float((p * (p / q).log()).sum())
+
+    before = kl(q_now())
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(150):
         opt.zero_grad()
-        sft.batch_loss(model, sft.collate(enc, tok.pad_token_id, "cpu")).backward()
+        M.batch_loss(model, sft.collate(enc, tok.pad_token_id, "cpu")).backward()
         opt.step()
-    ids, n, (token_ids, probs) = enc[0]
-    with torch.no_grad():
-        q = torch.softmax(model(torch.tensor([ids[:n]])).logits[0, -1], -1)[token_ids]
-    assert torch.allclose(q, torch.tensor(probs), atol=0.03), (q, probs)
+    q = q_now()
+    assert kl(q) < 0.1 * before and kl(q) < 0.1, (q, probs)
+    assert torch.equal(torch.argsort(q, descending=True)[:2], torch.argsort(p, descending=True)[:2])
+    assert q.sum() > 0.95   # and almost all mass is on the procedures

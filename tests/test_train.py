@@ -14,14 +14,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import config
-import data
+from support import config
+from support import controls as C
+from support import data
 import grpo
-import model as M
+from support import model as M
 import prompts
 import train
-import world as W
-from errors import run_cli
+from support import world as W
+from support.errors import run_cli
 from pool import Entry, Pool
 
 WORLD = W.TinyWorld()
@@ -159,9 +160,9 @@ def test_score_context_plain_and_prompt(tiny_model):
     r = M.sample(model, tok, texts, max_new_tokens=6)
     plain_ids = M.encode_prompts(tok, [prompts.solve_prompt(p["question"]) for p in probs])
     a.score_context = "prompt"
-    assert train.scoring_prompt_ids(tok, probs, r.prompt_ids, has_ctx, a) == r.prompt_ids
+    assert C.scoring_prompts(tok, probs, r.prompt_ids, has_ctx, a) == r.prompt_ids
     a.score_context = "plain"
-    ids = train.scoring_prompt_ids(tok, probs, r.prompt_ids, has_ctx, a)
+    ids = C.scoring_prompts(tok, probs, r.prompt_ids, has_ctx, a)
     for i in range(len(texts)):
         want = plain_ids[i // G] if has_ctx[i] else r.prompt_ids[i]
         assert ids[i] == want

@@ -6,11 +6,11 @@ from collections import Counter
 
 import pytest
 
-import config
-import data
+from support import config
+from support import data
 import prompts
-import sft
-import world as W
+from support import curriculum
+from support import world as W
 from pool import Entry, Pool
 from reward import reward
 
@@ -88,19 +88,19 @@ def test_rl_families_have_a_ladder_of_start_rates_and_distinct_pitfalls():
 def test_seed_data_teaches_rl_families_at_their_designed_rate():
     """Plain prompts with an rl family's name follow its right procedure at exactly its start
     rate and its pitfall at PITFALL_SHARE (dealt from a deck, not drawn)."""
-    n_rl = 9 * sft.DECK
-    exs = sft.tiny_seed_data(WORLD, round(n_rl / sft.TINY_MIX["solve_rl"] * 1.3), 3,
-                             list(sft.SKILLS))
+    n_rl = 9 * curriculum.DECK
+    exs = curriculum.tiny_seed_data(WORLD, round(n_rl / curriculum.TINY_MIX["solve_rl"] * 1.3), 3,
+                             list(curriculum.SKILLS))
     by_family = {}
     for ex in exs:
         if ex["skill"] == "solve_rl":
             (name,) = set(ex["prompt"].split()) & {f.name for f in WORLD.families_of("rl")}
             by_family.setdefault(name, []).append(W.parse_procedures(ex["response"])[0])
     for f in WORLD.families_of("rl"):
-        picks = by_family[f.name][:sft.DECK]
-        assert len(picks) == sft.DECK
-        assert picks.count(f.procedure) == round(f.start_rate * sft.DECK)
-        assert picks.count(f.pitfall) == round(W.PITFALL_SHARE * sft.DECK)
+        picks = by_family[f.name][:curriculum.DECK]
+        assert len(picks) == curriculum.DECK
+        assert picks.count(f.procedure) == round(f.start_rate * curriculum.DECK)
+        assert picks.count(f.pitfall) == round(W.PITFALL_SHARE * curriculum.DECK)
 
 
 def test_seed_data_never_shows_unseen_families_plainly():
@@ -108,7 +108,7 @@ def test_seed_data_never_shows_unseen_families_plainly():
     a plain prompt, and with their true procedure no more often than chance (1/9)."""
     unseen = {f.name: f for f in WORLD.families_of("unseen")}
     true_hits, uses = 0, 0
-    for ex in sft.tiny_seed_data(WORLD, 20000, 1, list(sft.SKILLS)):
+    for ex in curriculum.tiny_seed_data(WORLD, 20000, 1, list(curriculum.SKILLS)):
         names = set(ex["prompt"].split()) & set(unseen)
         if not names:
             continue
@@ -125,7 +125,7 @@ def test_seed_data_never_shows_unseen_families_plainly():
 def test_seed_prompts_never_contain_their_answer():
     """The gold answer lives only in the response of a solve/reflect example. A prompt may hold
     an earlier *attempt* (which can be right), so we check the prompts that have no attempt."""
-    for ex in sft.tiny_seed_data(WORLD, 2000, 2, list(sft.SKILLS)):
+    for ex in curriculum.tiny_seed_data(WORLD, 2000, 2, list(curriculum.SKILLS)):
         if ex["skill"] in ("solve", "solve_rl", "inter_fresh", "inter_pitfalls", "inter_known"):
             answer = ex["response"].split("####")[-1].strip()
             assert "####" not in ex["prompt"].split("Problem:")[-1]
@@ -147,7 +147,7 @@ def test_tokenizer_roundtrip_and_covers_every_prompt(tmp_path):
     tok.save_pretrained(tmp_path)
     back = AutoTokenizer.from_pretrained(tmp_path)
     assert W.is_tiny_tokenizer(back, WORLD)
-    for ex in sft.tiny_seed_data(WORLD, 300, 0, list(sft.SKILLS)):
+    for ex in curriculum.tiny_seed_data(WORLD, 300, 0, list(curriculum.SKILLS)):
         for text in (prompts.PLAIN_FORMAT.format(prompt=ex["prompt"]), ex["response"]):
             ids = tok(text).input_ids
             assert tok.unk_token_id not in ids, text

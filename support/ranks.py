@@ -32,8 +32,10 @@ needs around it, so that `train_step` still reads as the paper's loop:
 Multi-node runs need the run directory on a filesystem every node sees (resume reads the
 checkpoint on every rank); only one node has been tried, on the CPU.
 """
+import dataclasses
 import datetime
 import hashlib
+import math
 import os
 import sys
 import traceback
@@ -42,7 +44,7 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-from errors import UserError
+from support.errors import UserError
 
 # A rank waits at the next collective while rank 0 alone evaluates or writes a checkpoint: give
 # that room (torch's nccl default is 10 minutes). A crashed rank does not wait for this:
@@ -132,16 +134,20 @@ def share(items: list) -> list:
     return items[r * len(items) // n:(r + 1) * len(items) // n]
 
 
-def gather(*lists):
-    """Each argument is this rank's per-item list (or None, the same on every rank); returns
-    the concatenation of every rank's list, in rank order, on every rank."""
+def gather(record):
+    """The whole step, on every rank: a dataclass whose fields are this rank's per-item lists
+    (or None, the same on every rank) comes back with every rank's lists concatenated in rank
+    order. One process: the record itself."""
     if not distributed():
-        return lists
+        return record
+    names = [f.name for f in dataclasses.fields(record)]
+    mine = [getattr(record, n) for n in names]
     everyone = [None] * world_size()
     with _meeting("the gathered step"):
-        dist.all_gather_object(everyone, lists)
-    return tuple(None if lists[i] is None else [x for part in everyone for x in part[i]]
-                 for i in range(len(lists)))
+        dist.all_gather_object(everyone, mine)
+    return dataclasses.replace(record, **{
+        n: None if mine[i] is None else [x for part in everyone for x in part[i]]
+        for i, n in enumerate(names)})
 
 
 def gather_objects(obj):
@@ -189,6 +195,36 @@ def barrier():
             dist.barrier()
 
 
+class LossTotals:
+    """What the update sums over ranks: the whole step's rows and tokens (every micro-batch's
+    loss weight divides by them, so the gradients summed over ranks are the union batch's),
+    each inner epoch's loss (every rank skips a non-finite update, or none does), and the
+    step's loss statistics. One process: the plain sums."""
+    KEYS = ("loss", "pg_loss", "kl", "clip_frac", "ratio", "is_weight")
+
+    def __init__(self, response_mask):
+        self.counts = total(response_mask.shape[0], int(response_mask.sum()))
+        self.weighted, self.epoch_loss = [], 0.0
+
+    def add(self, weight, stats):
+        self.weighted.append((weight, stats))
+        self.epoch_loss += weight * stats["loss"]
+
+    def epoch_is_finite(self, grad_norm) -> bool:
+        epoch_loss, = total(self.epoch_loss)
+        self.epoch_loss = 0.0
+        return math.isfinite(epoch_loss) and bool(torch.isfinite(grad_norm))
+
+    def result(self, grad_norm) -> dict:
+        """Weighted means over every micro-batch of every epoch and rank, and the last norm."""
+        total_w, *sums = total(sum(w for w, _ in self.weighted),
+                               *(sum(w * s[k] for w, s in self.weighted) for k in self.KEYS))
+        if not total_w:   # every A_i was 0 and beta = 0: nothing to learn this step
+            return {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "ratio": 1.0,
+                    "grad_norm": 0.0}
+        return {**{k: v / total_w for k, v in zip(self.KEYS, sums)}, "grad_norm": float(grad_norm)}
+
+
 # --- Errors -----------------------------------------------------------------------------------
 
 def run_cli(main, argv=None):
@@ -196,7 +232,7 @@ def run_cli(main, argv=None):
     (after the traceback of an unexpected error), then exits; torchrun stops the other ranks
     when one process fails (its default, --max-restarts 0), and a rank that sees the failure
     first (its collective breaks) says `stopped`, not `error`. One process: errors.run_cli."""
-    from errors import run_cli as one_process
+    from support.errors import run_cli as one_process
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return one_process(main, argv)
     who = f"rank {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']}"

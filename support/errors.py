@@ -6,7 +6,8 @@ deep traceback and never a half-written file. Running out of GPU memory is repor
 way, with the flag that helps (`oom_hint`).
 """
 import sys
-from contextlib import contextmanager
+import time
+from contextlib import contextmanager, nullcontext
 
 
 class UserError(Exception):
@@ -31,3 +32,25 @@ def oom_hint(what: str, advice: str):
         yield
     except torch.cuda.OutOfMemoryError:
         raise UserError(f"out of memory while {what}; {advice}") from None
+
+
+# What each phase of an RL step runs, and the flag that helps when it runs out of GPU memory.
+OOM_ADVICE = {"generation": ("sampling the rollouts", "lower --sample-micro-batch"),
+              "update": ("computing log-probs and gradients",
+                         "lower --logprob-tokens or pass --grad-checkpointing"),
+              "pool": ("writing summaries", "lower --sample-micro-batch")}
+
+
+class Phases:
+    """Seconds spent in each phase of a step (`with phase("update"): ...`, logged as t_update);
+    out of GPU memory inside a phase ends in one line with its advice (OOM_ADVICE)."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    @contextmanager
+    def __call__(self, name):
+        start = time.perf_counter()
+        with oom_hint(*OOM_ADVICE[name]) if name in OOM_ADVICE else nullcontext():
+            yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start

@@ -19,7 +19,8 @@ import uuid
 
 import torch
 
-from errors import UserError
+from support import ranks
+from support.errors import UserError
 
 # --- Atomic writes --------------------------------------------------------------------------
 
@@ -186,6 +187,97 @@ def start_run_dir(args, logs: list[str], start_step: int):
         if start_step == 0:
             atomic_write(path, "")
         truncate_log(path, start_step)
+
+
+class Run:
+    """The run directory as train.py sees it, on every rank: rank 0 writes and speaks, the other
+    ranks stay silent, and the collectives a checkpoint needs run on every rank. One process:
+    rank 0. It also counts the skipped (non-finite) updates, which checkpoints keep."""
+
+    def __init__(self, args):
+        self.args, self.main = args, ranks.is_main()
+        self.metrics_path = os.path.join(args.run_dir, "metrics.jsonl")
+        self.samples_path = os.path.join(args.run_dir, "samples.jsonl")
+        self.counters = {"bad_in_a_row": 0, "skipped_total": 0}
+
+    def say(self, *words, file=None):
+        if self.main:
+            print(*words, file=file)
+
+    def find_checkpoint(self):
+        """With --resume, the checkpoint to continue from (None: start from the beginning)."""
+        if not self.args.resume:
+            return None
+        ckpt = find_checkpoint(self.args.run_dir)
+        if ckpt is None:
+            self.say("no checkpoint yet: starting the run from the beginning")
+        return ckpt
+
+    def resume(self, ckpt, model, opt, py_rng):
+        """Put the checkpoint's optimizer, random streams and counters in place; returns (its
+        step, its pool), or (0, an empty pool) without one. Then rank 0 starts writing: a new
+        run's empty logs, or a resumed run's logs cut back to its step."""
+        from pool import Pool   # pool.py stands on this file, not the other way round
+        start, pool = 0, Pool()
+        if ckpt:
+            state = load_state(ckpt)
+            if state.get("world_size", 1) != ranks.world_size():
+                raise UserError(f"--resume: this run was trained with {state.get('world_size', 1)} "
+                                f"process(es) and is resumed with {ranks.world_size()}; resume "
+                                "it with the same number (each rank's random streams are in the "
+                                "checkpoint)")
+            opt.load_state_dict(state["optimizer"])
+            model.save_dtype = state.get("save_dtype")   # the dtype final/ is saved in
+            # every rank continues its own streams (state["rng"] is rank 0's)
+            set_rng_state(py_rng, state.get("rank_rng", [state["rng"]])[ranks.rank()])
+            start, self.counters = state["step"], state["counters"]
+            self.counters["bad_in_a_row"] = 0   # a person resumed: a fresh chance
+            pool = Pool.load(os.path.join(ckpt, "pool.jsonl"))
+            self.say(f"resumed from step {start} ({len(pool)} pool entries)")
+        ranks.barrier()   # every rank has read the run directory before rank 0 writes into it
+        if self.main:
+            start_run_dir(self.args, [self.metrics_path, self.samples_path], start)
+        return start, pool
+
+    def log(self, metrics, samples=None):
+        if self.main:
+            append_jsonl(self.metrics_path, [metrics])
+            if samples is not None:
+                append_jsonl(self.samples_path, samples)
+
+    def count_skipped(self, metrics):
+        """Count a skipped update (metrics["skipped_update"]) and log the run's total."""
+        c, skipped = self.counters, metrics["skipped_update"]
+        c["bad_in_a_row"] = c["bad_in_a_row"] + 1 if skipped else 0
+        c["skipped_total"] += skipped
+        metrics["skipped_total"] = c["skipped_total"]
+
+    def too_many_skipped(self) -> bool:
+        return self.counters["bad_in_a_row"] >= self.args.max_bad_updates
+
+    def stop_unstable(self, step, model, tok, opt, pool, py_rng):
+        """Checkpoint (the skipped updates never touched the weights), say why, exit 1."""
+        self.checkpoint(step, model, tok, opt, pool, py_rng)
+        self.say(f"error: {self.counters['bad_in_a_row']} non-finite updates in a row (last at "
+                 f"step {step}); stopping. The checkpoint at step {step} holds the last finite "
+                 "weights; lower --lr or raise --beta before resuming.", file=sys.stderr)
+        sys.exit(1)
+
+    def checkpoint(self, step, model, tok, opt, pool, py_rng):
+        """Every rank's random streams go into rank 0's checkpoint (one process: its own)."""
+        extra = {} if ranks.world_size() == 1 else \
+            {"world_size": ranks.world_size(), "rank_rng": ranks.gather_objects(rng_state(py_rng))}
+        if self.main:
+            save_checkpoint(self.args.run_dir, step, model, tok, opt, pool, py_rng,
+                            self.counters, extra)
+
+    def save_pool_and_curves(self, pool):
+        """pool.jsonl, and curves.png when matplotlib is installed (its path, or None)."""
+        pool.save(os.path.join(self.args.run_dir, "pool.jsonl"))
+        return plot_curves(self.args.run_dir)
+
+    def write_json(self, name, obj):
+        atomic_write(os.path.join(self.args.run_dir, name), json.dumps(obj, indent=1))
 
 
 def read_jsonl_log(path: str) -> list[dict]:

@@ -50,7 +50,7 @@ import string
 from dataclasses import dataclass
 
 import prompts
-from errors import UserError
+from support.errors import UserError
 
 # --- Procedures ---------------------------------------------------------------------------
 

@@ -16,8 +16,8 @@ import re
 import zlib
 from pathlib import Path
 
-import world as W
-from errors import UserError
+from support import world as W
+from support.errors import UserError
 from reward import extract_answer
 
 # =============================================================================================

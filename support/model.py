@@ -35,14 +35,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import (AttentionInterface, AutoConfig, AutoModelForCausalLM, AutoTokenizer,
                           DynamicCache, GenerationConfig)
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils import logging as hf_logging
 
-import rundir
-from errors import UserError
+from support import rundir
+from support.errors import UserError
 from prompts import PLAIN_FORMAT
 
 # transformers draws a progress bar for every load and save ("Loading weights", "Writing model
@@ -330,16 +331,16 @@ def save_model(model, tokenizer, out_dir: str, state_dict=None):
 
 # --- GPU memory -----------------------------------------------------------------------------
 
-def reset_peak_memory(device: torch.device):
-    """Start counting the peak GPU memory of `device` (the model's, which need not be the
-    current CUDA device: --device cuda:1). Nothing on other devices."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_gib(device: torch.device):
-    """Peak memory allocated on `device` since reset_peak_memory, in GiB; None off a GPU."""
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+def peak_memory(device):
+    """GiB of tensors allocated at the peak on `device` (the model's, which need not be the
+    current CUDA device: --device cuda:1) since the last call, which starts counting anew; None
+    off a GPU. experiments/gpu_smoke.sh compares the peaks with experiments/memory_plan.py."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    torch.cuda.reset_peak_memory_stats(device)
+    return peak
 
 
 # --- Prompts ------------------------------------------------------------------------------
@@ -521,6 +522,108 @@ def _chunk_logprobs(model, prompts, response_ids, response_mask, temperature):
         rows.append(z.gather(-1, resp[i, :, None]).squeeze(-1) - torch.logsumexp(z, dim=-1))
     lp = torch.where(mask, torch.stack(rows), 0.0)
     return F.pad(lp, (0, width - used))
+
+
+# Response tokens whose logits exist at once in the loss. A chunk's logits cost about 14 bytes
+# per element while its backward runs (bf16 logits, their float32 copy, log-softmax, and the
+# gradients of the last two): 1,024 tokens x 151,936 (Qwen2.5's vocabulary) = 2.2 GB, however
+# large the batch. Computing them for the whole batch at once, as `model(labels=...)` does,
+# costs 8 rows x 1,024 tokens x 151,936 x 10 B = 12 GB for --preset qwen's training step, and
+# four times that for the held-out pass.
+LOSS_CHUNK_TOKENS = 1024
+
+
+def _head_logits(model, hidden):
+    """The LM head on hidden states [..., H] -> float32 logits [..., V]."""
+    return model.get_output_embeddings()(hidden).float()
+
+
+def _chunk_nll(model, hidden, targets):
+    """Summed cross-entropy -log softmax(W h)[y] of one chunk of response positions."""
+    return F.cross_entropy(_head_logits(model, hidden), targets, reduction="sum")
+
+
+def batch_loss(model, batch, chunk_tokens: int = LOSS_CHUNK_TOKENS) -> torch.Tensor:
+    """Mean cross-entropy over response tokens, with logits for at most `chunk_tokens` response
+    tokens alive at a time (chunked_loss); chunk_tokens = 0 computes the whole batch's logits
+    at once (whole_batch_loss). Both are the same loss up to float rounding."""
+    if not chunk_tokens:
+        return whole_batch_loss(model, batch)
+    return chunked_loss(model, batch, chunk_tokens)
+
+
+def whole_batch_loss(model, batch) -> torch.Tensor:
+    """batch_loss with the logits of every position at once: the tiny preset's loss. Its
+    vocabulary is ~1,600 words, so a batch's logits are a few MB, and this is the computation
+    (its rounding included) that trained every committed tiny-world SFT model; `python sft.py`
+    keeps giving the same weights. Real vocabularies need chunked_loss."""
+    input_ids, attn, labels, soft = batch
+    with autocast(model):
+        if not any(soft):   # the model shifts the labels itself
+            return model(input_ids=input_ids, attention_mask=attn, labels=labels).loss
+        logits = model(input_ids=input_ids, attention_mask=attn).logits
+    # position t predicts token t + 1
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    target = labels[:, 1:]
+    nll = -logp.gather(-1, target.clamp(min=0)[..., None])[..., 0]
+    for i, s in enumerate(soft):
+        if s is not None:
+            (_, (ids, probs)), t = s, s[0] - 1   # logits at position n_prompt - 1 predict it
+            p = torch.tensor(probs, device=logp.device)
+            nll[i, t] = -(p * logp[i, t, ids]).sum()
+    mask = target != -100
+    return (nll * mask).sum() / mask.sum()
+
+
+def chunked_loss(model, batch, chunk_tokens: int = LOSS_CHUNK_TOKENS) -> torch.Tensor:
+    """Mean cross-entropy over response tokens. A row with a soft target has, at its first
+    response token, the cross-entropy against that distribution instead: -sum_p p log q(p).
+    Its gradient is the expected gradient of drawing the token from the distribution, so the
+    model learns the distribution itself, without the noise of which draws its last batches
+    happened to hold (with drawn tokens, 140 examples per rl family left the sampled rates
+    up to 0.15 off their design).
+
+    Memory-safe by construction: the transformer body runs once on the whole batch, then only
+    the hidden states of response positions (label not -100) go through the LM head, at most
+    `chunk_tokens` at a time. Prompt and padding positions never get logits at all. Under
+    grad, each chunk is wrapped in torch.utils.checkpoint: its forward keeps nothing but the
+    chunk's hidden states, and the backward recomputes one chunk's logits at a time. So at
+    most one chunk's logits (and their float32 copies) are alive at any moment. (The
+    alternative, a hand-written two-stage backward -- chunk by chunk down to the hidden
+    states, then through the body -- saves the recomputed LM head matmul, about a tenth of a
+    step's compute for Qwen2.5-0.5B, but splits every training loop in two; the checkpoint
+    keeps train_sft's `loss.backward()` as it is.) The sum is divided by the number of response
+    tokens, which is exactly the mean that `model(labels=...).loss` computes, up to float
+    rounding of the summation order."""
+    input_ids, attn, labels, soft = batch
+    config = model.config
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        raise ValueError(f"{type(model).__name__} post-processes its logits; the chunked SFT "
+                         "loss applies the plain LM head only")
+    target = labels[:, 1:].clone()   # position t predicts token t + 1
+    n_tokens = (target != -100).sum()
+    # soft-target positions leave the hard set: (row, position, token ids, probabilities)
+    soft_at = []
+    for i, s in enumerate(soft):
+        if s is not None:
+            (n_prompt, (ids, probs)) = s
+            soft_at.append((i, n_prompt - 1, ids, probs))   # logits at n_prompt - 1 predict it
+            target[i, n_prompt - 1] = -100
+    with autocast(model):
+        hidden = model.base_model(input_ids=input_ids,
+                                  attention_mask=attn).last_hidden_state[:, :-1]
+        keep = target != -100
+        h, y = hidden[keep], target[keep]   # [N, H], [N]: response positions only
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for s in range(0, len(y), chunk_tokens):
+            part = (model, h[s:s + chunk_tokens], y[s:s + chunk_tokens])
+            total = total + (checkpoint(_chunk_nll, *part, use_reentrant=False)
+                             if torch.is_grad_enabled() else _chunk_nll(*part))
+        for i, t, ids, probs in soft_at:
+            logp = torch.log_softmax(_head_logits(model, hidden[i, t]), dim=-1)
+            p = torch.tensor(probs, device=logp.device)
+            total = total - (p * logp[ids]).sum()
+    return total / n_tokens
 
 
 def token_chunks(lengths: list[int], max_tokens: int) -> list[list[int]]:

