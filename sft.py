@@ -70,9 +70,8 @@ def collate(encoded, pad_id: int, device):
 @torch.no_grad()
 def heldout_loss(model, encoded, pad_id, device, batch_size,
                  chunk_tokens: int = M.LOSS_CHUNK_TOKENS) -> float:
-    """Mean cross-entropy per response token over the held-out examples. They are batched in
-    order of length, so short solve examples are not padded to the length of summarize ones
-    (unsorted, padding made this evaluation cost a fifth of the whole SFT run)."""
+    """Mean cross-entropy per response token over the held-out examples, batched in order of
+    length so that short examples are not padded to long ones."""
     model.eval()
     ordered = sorted(encoded, key=lambda e: len(e[0]))
     total, n_tokens = 0.0, 0
@@ -108,6 +107,7 @@ def train_sft(model, tok, train_enc, val_enc, steps, batch_size, lr, warmup, dev
     rng = random.Random(seed)
     params = lora.trainable(model)   # every weight, or with LoRA the adapters only
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    # lr(s) = lr * min(1, (s + 1) / warmup) * (1 + cos(pi * min(1, s / steps))) / 2
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) *
         0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
@@ -137,7 +137,8 @@ def train_sft(model, tok, train_enc, val_enc, steps, batch_size, lr, warmup, dev
                                                      chunk_tokens)
             t_heldout += time.perf_counter() - t
             if peak_train is not None:   # on a GPU: peak memory of each phase, GiB
-                row.update(peak_gpu_gib_train=peak_train, peak_gpu_gib_heldout=M.peak_memory(device))
+                row.update(peak_gpu_gib_train=peak_train,
+                           peak_gpu_gib_heldout=M.peak_memory(device))
             history.append({**row, "t_train": round(t_train, 2), "t_heldout": round(t_heldout, 2)})
             bar.set_postfix(loss=f"{loss.item():.3f}", heldout=f"{val:.3f}")
             t = time.perf_counter()

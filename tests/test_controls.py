@@ -78,6 +78,30 @@ def test_placebo_content_does_not_depend_on_the_pools_content():
         assert (out[0] == out[1]) == same, feedback
 
 
+def test_placebo_content_does_not_depend_on_the_problems_true_procedure():
+    """The tiny-world placebo is uniform guessing over the nine procedures: over many draws for
+    problems of one family, its worked attempt and its listed procedures are spread evenly over
+    the nine, the family's true procedure no more often than any other (a placebo that knew the
+    truth would carry the right answer in every prompt)."""
+    from collections import Counter
+    family = WORLD.families_of("rl")[0]
+    probs = [p for p in WORLD.problems("rl", "train") if p["family"] == family.name][:30]
+    pool = pool_with(probs, ["a principle"], ["a pitfall", "another"], lambda p, j: "x")
+    rng, attempts, listed = random.Random(11), Counter(), Counter()
+    for _ in range(30):
+        for p in probs:
+            attempts[C.placebo_attempt(p, pool, rng, WORLD).split(":")[0].strip()] += 1
+            principles, pitfalls = C.placebo_lessons(p, pool, 1, 2, rng, WORLD)
+            listed.update(principles + pitfalls)
+    true = W.procedure_text(family.procedure)
+    for counts in (attempts, listed):
+        n = sum(counts.values())
+        assert len(counts) == len(W.PROCEDURES)   # every procedure appears
+        # each near n / 9 (binomial sd about 0.3 sqrt(n) / 9 * 3; 5 sd of room)
+        assert all(abs(c - n / 9) < 5 * (n * (1 / 9) * (8 / 9)) ** 0.5 for c in counts.values())
+        assert counts[true] < n / 9 + 5 * (n * (1 / 9) * (8 / 9)) ** 0.5
+
+
 def test_placebo_on_real_data_uses_another_problems_lessons_never_its_own():
     probs = [{"id": f"q{i}", "question": f"how many {fruit} does {name} have"}
              for i, (fruit, name) in enumerate((f, n) for f in ("apples", "pears", "plums")

@@ -23,7 +23,7 @@ import prompts
 import train
 from support import world as W
 from support.errors import run_cli
-from pool import Entry, Pool
+from pool import Entry, Pool, parse_summary
 
 WORLD = W.TinyWorld()
 
@@ -413,6 +413,57 @@ def test_every_reward_and_summary_label_belongs_to_its_own_problem(tmp_path, tin
                              "wrong")
             labels.append(label)
     assert set(labels) == {"right", "wrong"}
+
+
+def test_metrics_samples_and_pool_say_what_the_step_did(tiny_dir, monkeypatch):
+    """One LANPO step from a pool with lessons: the metrics split the rewards by the prompt
+    each rollout really had; each logged sample is the row it names (prompt, response,
+    reward, feedback-aware or not); every new pool entry carries its own group's summary."""
+    model, tok = M.load_model(tiny_dir, device="cpu")
+    problems = WORLD.problems("rl", "train")[:4]
+    pool = filled_pool(WORLD.problems("rl", "train")[:60])
+    monkeypatch.setattr(train, "reward", gold_aware_reward)
+    sampled = spy(monkeypatch, "sample")
+    real_sample = M.sample
+
+    def summaries_that_parse(model, tok, texts, *args, **kw):   # each names its own problem
+        out = real_sample(model, tok, texts, *args, **kw)
+        if texts[0].startswith("Summarize these attempts"):
+            out.texts = [f"Principles: rule of {question_of(x)}\nPitfalls: slip of "
+                         f"{question_of(x)}" for x in texts]
+        return out
+    monkeypatch.setattr(M, "sample", summaries_that_parse)
+    a = args_for(p_feedback=0.5, group_size=4, problems_per_step=4, gamma=0.0, beta=0.0,
+                 max_new_tokens=6, summary_tokens=8)
+    torch.manual_seed(0)
+    m, samples = train.train_step(7, model, None, tok, torch.optim.SGD(model.parameters(),
+                                                                       lr=0.0),
+                                  pool, problems, a, random.Random(0), WORLD)
+    rollouts, summaries = sampled
+    texts, r = rollouts["prompts"], rollouts["result"]
+    gold = {p["question"]: p["answer"] for p in problems}
+    rewards = [gold_aware_reward(y, gold[question_of(x)]) for x, y in zip(texts, r.texts)]
+    ctx = [x != prompts.solve_prompt(question_of(x)) for x in texts]
+    assert any(ctx) and not all(ctx)
+    mean = lambda xs: sum(xs) / len(xs)   # noqa: E731
+    assert m["reward_feedback"] == pytest.approx(mean([w for w, c in zip(rewards, ctx) if c]))
+    assert m["reward_plain"] == pytest.approx(mean([w for w, c in zip(rewards, ctx) if not c]))
+    assert m["feedback_fraction"] == pytest.approx(mean(ctx))
+    assert len(samples) == 4
+    for n, smp in enumerate(samples):   # the first and last row of the first two groups
+        i = (n // 2) * 4 + (0 if n % 2 == 0 else 3)
+        assert question_of(texts[i]) == [p["question"] for p in problems
+                                         if p["id"] == smp["problem_id"]][0]
+        assert (smp["prompt"], smp["response"], smp["reward"], smp["feedback_aware"]) == \
+            (texts[i], r.texts[i], rewards[i], ctx[i])
+    assert {s["feedback_aware"] for s in samples} == {True, False}
+    parsed = {question_of(x): parse_summary(y)
+              for x, y in zip(summaries["prompts"], summaries["result"].texts)}
+    new = [e for entries in pool.entries.values() for e in entries if e.step == 7]
+    assert len(new) == 16
+    for e in new:
+        assert (e.principles, e.pitfalls) == ([f"rule of {e.question}"], [f"slip of {e.question}"])
+    assert all(parsed.values())
 
 
 def spied_run(tmp_path, tiny_dir, monkeypatch, *flags, steps=3):

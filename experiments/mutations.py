@@ -1,0 +1,111 @@
+"""Mutation checks: each defect a test is meant to catch is put back into the code, one at a
+time, and the tests that guard it run; every line must say CAUGHT. The source is restored after
+each run (nothing is left modified; `git status` at the end shows it).
+
+    python experiments/mutations.py [NAME-PREFIX ...]      # e.g. R (the redesign's), P (precision)
+
+Writes experiments/results/mutations.json. The P list guards the GPU path (tests/test_precision.py
+and two of tests/test_evaluate.py); the R list guards what the redesign moved or rewrote: the
+controls' seam, the paper's path in train.py, the rank-0 writer and resume, the update's sums
+over ranks, the SFT split and --help.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+P = "tests/test_precision.py::"
+TC, TT, TF, TR = ("tests/test_controls.py", "tests/test_train.py", "tests/test_faults.py",
+                  "tests/test_ranks.py")
+MUT = [
+ ("2a auto asks is_bf16_supported()", "support/model.py", "return torch.cuda.get_device_capability(device) >= (8, 0)", "return torch.cuda.is_bf16_supported()", P + "test_auto_is_bf16_only_on_the_chosen_gpu_when_it_does_bf16_natively"),
+ ("2b auto asks the current device", "support/model.py", "return torch.cuda.get_device_capability(device) >= (8, 0)", "return torch.cuda.get_device_capability() >= (8, 0)", P + "test_auto_is_bf16_only_on_the_chosen_gpu_when_it_does_bf16_natively"),
+ ("2c no precision in metrics rows", "train.py", '        m["precision"] = args.precision_used\n', "", P + "test_the_precision_used_is_in_config_json_and_every_metrics_row"),
+ ("3a reference in bf16 outright", "support/model.py", "        _bf16_linears(model)\n", "        model.to(torch.bfloat16); model.autocast_dtype = None\n", P + "test_kl_to_the_reference_is_zero_at_step_zero_under_bf16_autocast"),
+ ("3b tied output layer cast to bf16", "support/model.py", "if isinstance(mod, torch.nn.Linear) and id(mod.weight) not in not_linear:", "if isinstance(mod, torch.nn.Linear):", P + "test_kl_to_the_reference_is_zero_at_step_zero_under_bf16_autocast"),
+ ("3d train.py makes the policy its own reference", "train.py", "        ref_model.requires_grad_(False)\n", "        ref_model.requires_grad_(False)\n        ref_model = model\n", P + "test_the_precision_used_is_in_config_json_and_every_metrics_row"),
+ ("3c update scores the reference with the policy", "train.py", "ref = [logprobs(ref_model, c) if", "ref = [logprobs(model, c) if", P + "test_kl_is_to_the_frozen_sft_model_not_the_current_policy"),
+ ("4 no one-dtype cache", "support/model.py", "                                 **_one_dtype_cache(model), **knobs)", "                                 **knobs)", P + "test_kv_cache_holds_one_dtype_under_bf16_autocast"),
+ ("5a no pad-safe attention", "support/model.py", "    _pad_safe_sdpa(model)\n    return model.to(device)", "    return model.to(device)", P + "test_left_padded_batch_is_finite_where_a_kernel_gives_nan"),
+ ("5b guard returns the mask unchanged", "support/model.py", "    return mask | ~mask.any(-1, keepdim=True)", "    return mask", P + "test_left_padded_batch_is_finite_where_a_kernel_gives_nan"),
+ ("8a torch.load without map_location", "support/rundir.py", 'map_location="cpu", weights_only=False', "weights_only=False", P + "test_a_checkpoint_saved_on_a_gpu_loads_on_a_cpu_host"),
+ ("8b set_rng_state_all", "support/rundir.py", "        for i, s in enumerate(saved[:n]):\n            torch.cuda.set_rng_state(s, i)", "        torch.cuda.set_rng_state_all(saved)", P + "test_cuda_random_streams_restore_on_fewer_gpus"),
+ ("8c peak memory of the current device", "support/model.py", "torch.cuda.max_memory_allocated(device) / 2**30", "torch.cuda.max_memory_allocated() / 2**30", P + "test_peak_memory_is_read_from_the_models_device"),
+ ("8d peak reset of the current device", "support/model.py", "torch.cuda.reset_peak_memory_stats(device)", "torch.cuda.reset_peak_memory_stats()", P + "test_peak_memory_is_read_from_the_models_device"),
+ ("8e gradients kept after the step", "train.py", "        opt.zero_grad(set_to_none=True)   # free the gradients before the next sampling\n", "", P + "test_gradients_are_freed_after_the_optimizer_step"),
+ ("8f final/ saved in float32", "support/model.py", "    cast = dtype is not None and any(", "    cast = False and any(", P + "test_saved_models_keep_the_checkpoints_dtype_and_checkpoints_float32"),
+ ("8g save_dtype not in state.pt", "support/rundir.py", '"counters": counters, "save_dtype": getattr(model, "save_dtype", None),', '"counters": counters,', P + "test_saved_models_keep_the_checkpoints_dtype_and_checkpoints_float32"),
+ ("6 torch>=2.4 again", "requirements.txt", "torch>=2.6", "torch>=2.4", P + "test_requirements_ask_for_a_torch_that_transformers_5_uses"),
+ ("7a evaluate: fixed 256", "evaluate.py", "        args.max_new_tokens = args.max_new_tokens or max_new\n", "        args.max_new_tokens = args.max_new_tokens or (48 if args.data == 'tiny' else 256)\n", "tests/test_evaluate.py::test_cli_takes_length_and_precision_from_the_training_run"),
+ ("7b evaluate: float32 load", "evaluate.py", "                              precision=precision, frozen=True)", "                              precision=precision)", "tests/test_evaluate.py::test_cli_takes_length_and_precision_from_the_training_run"),
+ ("7c evaluate: fixed precision", "evaluate.py", "        args.precision = args.precision or precision\n", "        args.precision = args.precision or ('fp32' if args.data == 'tiny' else 'auto')\n", "tests/test_evaluate.py::test_cli_takes_length_and_precision_from_the_training_run"),
+ # --- the redesign: (name, file, old, new, tests) ------------------------------------------
+ ("R01 placebo passes the real lessons", "support/controls.py", 'if args.feedback == "placebo" and (principles or pitfalls):', 'if False:', TC),
+ ("R02 placebo passes the real attempt", "support/controls.py", 'if args.feedback == "placebo" and entry is not None:', 'if False:', TC),
+ ("R03 placebo knows the true procedure", "support/controls.py", 'return W.solution_text(rng.choice(W.PROCEDURES), *problem["numbers"])', 'return W.solution_text(rng.choice([world.family_of(problem).procedure] * 3 + W.PROCEDURES), *problem["numbers"])', TC),
+ ("R04 plain scoring scores under the sampled prompt", "support/controls.py", 'if args.score_context == "prompt":', 'if True:', f"{TT} {TC}"),
+ ("R05 corrected drops the importance weight", "support/controls.py", "    if not weighs_tokens(args):\n        return [None] * len(chunks)", "    return [None] * len(chunks)", TC),
+ ("R06 importance weight not capped", "support/controls.py", ".clamp(max=math.log(cap))", "", TC),
+ ("R07 a problem retrieves itself", "train.py", 'pool.retrieve(p["question"], exclude_id=p["id"],', 'pool.retrieve(p["question"], exclude_id=None,', f"{TT} {TC}"),
+ ("R08 leaky reflection ignored", "train.py", 'failed_only=args.reflection == "leaky"', "failed_only=False", TT),
+ ("R09 reflection picks failed attempts", "train.py", 'failed_only=args.reflection == "leaky"', "failed_only=True", f"{TT} tests/test_pool.py"),
+ ("R10 inner epochs ignore pi_old", "train.py", "old_logp = old[j] if old is not None else logp.detach()", "old_logp = logp.detach()", TT),
+ ("R11 k = round(p_t G) rounds half to even", "train.py", "int(math.floor(p_feedback * group_size + 0.5))", "round(p_feedback * group_size)", TT),
+ ("R12 grow_pool drops the summaries", "train.py", "principles, pitfalls = s.summaries[i] if s.summaries and s.summaries[i] else ([], [])", "principles, pitfalls = [], []", f"{TT} tests/test_world.py"),
+ ("R13 no summaries at all", "train.py", 'if not (C.inter_sample(args) and args.inter_format == "summary"):', "if True:", TT),
+ ("R14 GRPO reads lessons", "support/controls.py", "return args.p_feedback > 0 and args.feedback in LESSON_FEEDBACK", "return args.feedback in LESSON_FEEDBACK", f"{TT} {TC}"),
+ ("R15 reward_feedback of the plain rows", "train.py", '"reward_feedback": _mean([r for r, c in zip(s.rewards, s.has_context) if c]),', '"reward_feedback": _mean([r for r, c in zip(s.rewards, s.has_context) if not c]),', f"{TT} {TC}"),
+ ("R16 samples mislabel feedback-aware", "train.py", '"feedback_aware": self.has_context[i * G + j]}', '"feedback_aware": True}', TT),
+ ("R17 loss normalized by this rank's counts", "support/ranks.py", "self.counts = total(response_mask.shape[0], int(response_mask.sum()))", "self.counts = [response_mask.shape[0], int(response_mask.sum())]", TR),
+ ("R18 the step is not gathered", "support/ranks.py", "    if not distributed():\n        return record", "    if True:\n        return record", TR),
+ ("R19 a non-finite update is applied", "support/ranks.py", "return math.isfinite(epoch_loss) and bool(torch.isfinite(grad_norm))", "return True", TF),
+ ("R20 checkpoints lose the other ranks' streams", "support/rundir.py", '{"world_size": ranks.world_size(), "rank_rng": ranks.gather_objects(rng_state(py_rng))}', '{"world_size": ranks.world_size()}', TR),
+ ("R21 resume keeps a fresh random stream", "support/rundir.py", '            set_rng_state(py_rng, state.get("rank_rng", [state["rng"]])[ranks.rank()])\n', "", f"{TT} {TF}"),
+ ("R22 skipped updates never counted", "support/rundir.py", 'c["bad_in_a_row"] = c["bad_in_a_row"] + 1 if skipped else 0', 'c["bad_in_a_row"] = 0', TF),
+ ("R23 no periodic evaluation", "support/rundir.py", "return self.main and bool(every) and step % every == 0", "return False", f"{TT} tests/test_precision.py"),
+ ("R24 update's OOM without its advice", "support/errors.py", '"update": ("computing log-probs and gradients",', '"updates": ("computing log-probs and gradients",', "tests/test_gpu_path.py"),
+ ("R25 SFT loss on the prompt's last token", "sft.py", "out.append((ids, max(0, len(ids) - len(r)), soft))", "out.append((ids, max(0, len(ids) - len(r) - 1), soft))", "tests/test_sft.py"),
+ ("R26 SFT soft target dropped", "sft.py", '        if "procedure_prior" in ex:', '        if False:', "tests/test_sft.py tests/test_sft_memory.py"),
+ ("R27 bootstrap progress not reused", "support/bootstrap.py", "    done = _read_progress(progress_path, header)", "    done = {}", "tests/test_bootstrap_resume.py"),
+ ("R28 --help shows default: None", "support/config.py", "if action.default is None or action.default is False:", "if action.default is False:", "tests/test_config.py"),
+ ("R29 --help hides the presets' values", "support/config.py", "    return with_presets(ap, PRESETS)", "    return ap", "tests/test_config.py"),
+ ("R30 A_i with its sign flipped", "grpo.py", "adv = r - r.mean(dim=1, keepdim=True)", "adv = r.mean(dim=1, keepdim=True) - r", "tests/test_grpo.py tests/test_learning.py"),
+]
+
+
+def main():
+    # a stopped run restores the source too (finally runs on SIGTERM as on Ctrl-C)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    only = sys.argv[1:]
+    results = []
+    for name, f, old, new, tests in MUT:
+        if only and not any(name.startswith(o) for o in only):
+            continue
+        path = os.path.join(ROOT, f)
+        src = open(path).read()
+        assert src.count(old) == 1, (name, src.count(old))
+        open(path, "w").write(src.replace(old, new))
+        try:
+            t = time.time()
+            r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                                *tests.split()], capture_output=True, text=True, cwd=ROOT,
+                               env=dict(os.environ, OMP_NUM_THREADS="1"))
+            failed = [l.split(" ")[1] for l in r.stdout.splitlines() if l.startswith("FAILED")]
+            caught = r.returncode != 0 and bool(failed)
+            results.append({"name": name, "file": f, "caught": caught, "by": failed[:1],
+                            "seconds": round(time.time() - t, 1)})
+            print(f"{name:52} {'CAUGHT' if caught else 'MISSED'}  {failed[:1]}", flush=True)
+        finally:
+            open(path, "w").write(src)
+    if not only:
+        with open(os.path.join(ROOT, "experiments", "results", "mutations.json"), "w") as fh:
+            json.dump({"command": "python experiments/mutations.py", "results": results}, fh,
+                      indent=1)
+    subprocess.run(["git", "status", "--short"], cwd=ROOT)
+
+
+if __name__ == "__main__":
+    main()
