@@ -75,7 +75,8 @@ def evaluate(model, tok, problems, mode, cfg, pool=None, k=1, seed=0):
     if not problems:
         raise UserError("nothing to evaluate: the dataset is empty")
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=cuda):
+    with oom_hint(f"evaluating ({mode})", "lower --sample-micro-batch"), \
+            torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         return _evaluate(model, tok, problems, mode, cfg, pool, k)
 
@@ -112,8 +113,9 @@ def _evaluate(model, tok, problems, mode, cfg, pool, k):
     return res
 
 
-def print_table(results: dict, k: int, file=None):
-    """results[dataset][mode] -> metrics; one row per dataset, one column per mode."""
+def print_table(results: dict, k: int, json_path=None, file=None):
+    """results[dataset][mode] -> metrics; one row per dataset, one column per mode. json_path:
+    where the whole results (pass@k too) are written, if anywhere."""
     modes = [m for m in MODES if any(m in r for r in results.values())]
     head = f"{'dataset':<14}" + "".join(f"{m + f' mean@{k}':>24}" for m in modes)
     lines = [head, "-" * len(head)]
@@ -128,7 +130,9 @@ def print_table(results: dict, k: int, file=None):
                 cell = f"{r[m][f'mean@{k}']:.3f}"
             cells.append(f"{cell:>24}")
         lines.append(f"{name:<14}" + "".join(cells))
-    lines.append(f"(self-correct: first -> final accuracy; pass@{k} is in the JSON)")
+    where = f"pass@{k} and more are in {json_path}" if json_path else \
+        f"--out FILE writes pass@{k} and more"
+    lines.append(f"(self-correct: first -> final accuracy; {where})")
     print("\n".join(lines), file=file)
 
 
@@ -226,7 +230,7 @@ def final_eval(model, tok, pool, eval_sets, args, metrics_path):
         results = {name: {mode: evaluate(model, tok, probs, mode, cfg, pool) for mode in modes}
                    for name, probs in eval_sets.items()}
     print()
-    print_table(results, 1)
+    print_table(results, 1, json_path=os.path.join(args.run_dir, "eval.json"))
     first = rundir.read_jsonl_log(metrics_path)[:1]
     if first and first[0]["step"] == 0:   # the same evaluation, on the SFT model (step 0)
         print("zero-shot, SFT model -> after RL: " + ", ".join(
@@ -305,6 +309,8 @@ def main(argv=None):
     ap.add_argument("--answer-field", default=None, help="JSONL / hub: the gold answer's field")
     ap.add_argument("--limit", type=int, default=None, help="first N problems of each dataset")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: 1 on the tiny world, else torch's; OMP_NUM_THREADS too)")
     ap.add_argument("--precision", default=None, choices=M.PRECISIONS,
                     help="default: the training run's, else the preset's; auto is bf16 "
                          "autocast on a GPU that does bf16 natively")
@@ -317,6 +323,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.k < 1:
         raise UserError("--k must be at least 1")
+    if args.mode == "pool" and not args.pool:   # said before anything loads
+        raise UserError("--mode pool needs --pool POOL.jsonl (a training pool)")
     datasets = data.eval_datasets(args.data, args.limit, args.question_field, args.answer_field,
                                   whole_file=args.whole_file)
     max_new, precision, source = run_defaults(args.model, args.data, args.preset)
@@ -325,6 +333,7 @@ def main(argv=None):
         args.precision = args.precision or precision
         print(f"defaults from {source}: max_new_tokens {args.max_new_tokens}, "
               f"precision {args.precision}")
+    print(config.set_threads(args, tiny=args.data == "tiny"))
     precision = M.choose_precision(args.precision, args.device)
     # frozen: inference in the training arithmetic (bf16 autocast on a bf16 GPU) with bf16
     # Linear weights, not a float32 copy of a model that will not be trained
@@ -337,7 +346,7 @@ def main(argv=None):
     with oom_hint("evaluating", "lower --sample-micro-batch"):
         results = {name: {m: evaluate(model, tok, probs, m, args, pool, args.k, args.seed)
                           for m in modes} for name, probs in datasets.items()}
-    print_table(results, args.k)
+    print_table(results, args.k, json_path=args.out)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"config": vars(args), "results": results}, f, indent=1)

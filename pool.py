@@ -310,15 +310,31 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="Inspect an experience pool.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("audit", help="statistics and random entries of a pool.jsonl")
-    a.add_argument("pool", help="path to pool.jsonl")
+    a.add_argument("pool", help="a pool.jsonl, or a run directory (a running or stopped run: "
+                   "its last checkpoint's pool)")
     a.add_argument("--gamma", type=float, default=0.5, help="similarity threshold to replay")
     a.add_argument("--k", type=int, default=4, help="retrieved problems per query")
     a.add_argument("--samples", type=int, default=5, help="random entries to print")
     a.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    if not os.path.exists(args.pool):
-        raise UserError(f"no such pool file: {args.pool}")
-    audit(Pool.load(args.pool), args.gamma, args.k, args.samples, args.seed)
+    path = pool_file(args.pool)
+    print(f"pool: {path}")
+    audit(Pool.load(path), args.gamma, args.k, args.samples, args.seed)
+
+
+def pool_file(path: str) -> str:
+    """`path` itself; for a run directory (or its pool.jsonl, written when the run ends) the
+    finished run's pool, else the pool of its last checkpoint (a running or stopped run)."""
+    if os.path.isfile(path):
+        return path
+    run_dir = path if os.path.isdir(path) else \
+        os.path.dirname(path) if os.path.basename(path) == "pool.jsonl" else None
+    for candidate in ([] if run_dir is None else
+                      [os.path.join(run_dir, "pool.jsonl"),
+                       os.path.join(run_dir, rundir.CHECKPOINT, "pool.jsonl")]):
+        if os.path.isfile(candidate):
+            return candidate
+    raise UserError(f"no pool at {path} (nor a checkpoint's pool beside it)")
 
 
 if __name__ == "__main__":

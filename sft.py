@@ -17,10 +17,9 @@ import random
 import time
 
 import torch
-from tqdm import tqdm
 
 import evaluate as E
-from support import config, data, lora, rundir
+from support import config, data, lora, progress, rundir
 from support import model as M
 from support import world as W
 from support.bootstrap import bootstrap, load_seed_jsonl
@@ -113,7 +112,7 @@ def train_sft(model, tok, train_enc, val_enc, steps, batch_size, lr, warmup, dev
         0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
     model.train()
     history = []
-    bar = tqdm(range(steps), desc="sft", dynamic_ncols=True, disable=None)
+    bar = progress.bar(range(steps), "sft", steps)
     batches = []
     M.peak_memory(device)   # from here: the training steps' peak
     t_train = t_heldout = 0.0
@@ -181,6 +180,7 @@ def real_setup(args, device):
 
 def main(argv=None):
     args = config.resolve_sft(config.sft_parser().parse_args(argv))
+    print(config.set_threads(args, tiny=args.preset == "tiny"))
     print("config:", json.dumps(vars(args), sort_keys=True))
     device = M.resolve_device(args.device)
     torch.manual_seed(args.seed)

@@ -16,17 +16,16 @@ import json
 import math
 import os
 import random
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
 import evaluate as E
 import grpo
 import prompts
-from pool import Entry, Pool, parse_summary
+from pool import Entry, parse_summary
 from reward import reward
-from support import config, data, lora, ranks, rundir
+from support import config, data, lora, progress, ranks, rundir
 from support import controls as C
 from support import model as M
 from support import world as W
@@ -279,13 +278,14 @@ def step_metrics(step, s, stats, pool, args, seconds, world):
 # =============================================================================================
 
 def main(argv=None):
-    args = config.resolve_config(config.build_parser().parse_args(argv))
+    args = config.train_args(argv)   # flags; with --resume, the run's own settings
     args.device = ranks.init(args.device)   # torchrun: join the other ranks, one GPU each
     config.check_training_run(args)         # before anything loads or writes
     train_set, eval_sets = data.problems(args.data, args.eval_data, args.eval_limit,
                                          args.question_field, args.answer_field)
     world = W.TinyWorld() if args.data == "tiny" else None
     run = rundir.Run(args)   # rank 0 writes into the run directory and speaks
+    run.say(config.set_threads(args, tiny=world is not None))
     args.precision_used = M.choose_precision(args.precision, args.device, say=run.main)
     run.say("config:", json.dumps(vars(args), sort_keys=True))
     ckpt = run.find_checkpoint()   # with --resume: where the run stopped, if anywhere
@@ -298,9 +298,8 @@ def main(argv=None):
     if start == 0 and run.evaluates(0):   # step 0: the SFT model
         run.log({"step": 0, "precision": args.precision_used,
                  **E.periodic_eval(model, tok, eval_sets, args, world)})
-    bar = tqdm(range(start + 1, args.steps + 1), desc="lanpo" if args.p_feedback else "grpo",
-               dynamic_ncols=True, disable=None if run.main else True, initial=start,
-               total=args.steps)
+    bar = progress.bar(range(start + 1, args.steps + 1), "lanpo" if args.p_feedback else "grpo",
+                       args.steps, initial=start, enabled=run.main)
     device = M.device_of(model)
     for step in bar:
         M.peak_memory(device)   # from here: this step's peak (on a GPU)
@@ -338,10 +337,15 @@ def load_models(args, ckpt, world):
     pi_ref of the KL term (the SFT model; with LoRA the same weights with the adapters off, no
     second copy; None when beta = 0) and the tokenizer."""
     start_from = ckpt if ckpt and not args.lora_rank else None   # LoRA: the base from --init
-    model, tok = M.load_model(start_from or args.init,
-                              gguf_file=None if start_from else args.gguf_file,
-                              device=args.device, precision=args.precision_used,
-                              grad_checkpointing=args.grad_checkpointing)
+    try:
+        model, tok = M.load_model(start_from or args.init,
+                                  gguf_file=None if start_from else args.gguf_file,
+                                  device=args.device, precision=args.precision_used,
+                                  grad_checkpointing=args.grad_checkpointing)
+    except UserError as e:   # a damaged checkpoint: name the way out
+        if start_from is None:
+            raise
+        raise UserError(f"{e}; restore it, or delete {ckpt} to start the run again") from None
     if args.lora_rank:
         lora.add_lora(model, args.lora_rank, lora.resolve_alpha(args.lora_rank, args.lora_alpha),
                       args.seed)

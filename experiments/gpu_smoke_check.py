@@ -15,6 +15,8 @@ metrics.jsonl) and fails (exit code 1, one line per failure) on:
   and the time without saying so;
 - a peak of GPU memory above experiments/memory_plan.py's plan for the same settings (the SFT
   step, the held-out pass, the setup with its bootstrap, the RL step: the largest RL phase);
+- an RL run whose metrics.jsonl does not log every step 1..steps once, in order (a run that
+  lost its last steps, or logged one twice);
 - an RL run whose pool never put feedback into a prompt (coverage 0 at the last step), so the
   longest prompts were never sampled or scored.
 It prints seconds per phase and the peak memory next to the plan either way.
@@ -107,6 +109,13 @@ def check_runs(sft_dir, rl_dir, expect_precision, kl_tol=1e-3, plan=None,
         steps = [r for r in rows if "reward" in r]   # step 0 holds only an evaluation
         if not steps:
             fail.append(f"RL {rl_dir}: no training step in metrics.jsonl")
+        elif "steps" in cfg:   # every step of the run, once, in order: none lost at the end
+            logged, want = [r.get("step") for r in steps], list(range(1, cfg["steps"] + 1))
+            if logged != want:
+                missing = sorted(set(want) - set(logged))
+                fail.append(f"RL {rl_dir}: metrics.jsonl logs steps {logged[0]}..{logged[-1]} "
+                            f"({len(logged)} rows) of the run's 1..{cfg['steps']}"
+                            + (f"; missing {missing[:5]}" if missing else ""))
         lines.append(f"RL {rl_dir}:")
         for r in steps:
             step = r.get("step")

@@ -1,11 +1,12 @@
-"""How many torch threads should the tiny preset use? SFT and RL steps, 1 and 2 threads, on an
-idle machine and on one where another process keeps a core busy (a laptop with a browser open).
+"""How many torch threads should the tiny preset use? SFT and RL steps, 1 and 2 threads (and 2
+with OMP_WAIT_POLICY=PASSIVE: waiting threads sleep instead of spinning), on an idle machine and
+on one where another process keeps a core busy (a laptop with a browser open).
 
 Each cell runs `python sft.py` (a short SFT from scratch) or `python train.py` (a short RL run
 from an SFT model) as a user would, with `--threads N`, and reports seconds per step of the
 steps themselves (SFT: sft_report.json's training time; RL: the step's phases in metrics.jsonl),
 start-up and evaluation left out. The cells
-are interleaved (idle 1, idle 2, loaded 1, loaded 2, and again) so that drift of a shared
+are interleaved (idle 1, 2, 2 passive, loaded 1, 2, 2 passive, and again) so that drift of a shared
 machine falls on every cell alike; each cell is the median of its repeats.
 
     python experiments/threads.py --init runs/tiny/sft [--repeats 2]
@@ -25,9 +26,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SFT_STEPS, RL_STEPS = 60, 12
 
 
-def run(cmd):
-    subprocess.run([sys.executable, *cmd], cwd=ROOT, check=True, capture_output=True,
-                   env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"})
+def run(cmd, passive=False):
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    if passive:   # OpenMP threads sleep instead of spinning while they wait for work
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    subprocess.run([sys.executable, *cmd], cwd=ROOT, check=True, capture_output=True, env=env)
 
 
 def sft_seconds(out):
@@ -55,14 +58,15 @@ def main():
     cells = {}
     for rep in range(args.repeats):
         for load in ("idle", "loaded"):
-            for threads in (1, 2):
+            for threads in ("1", "2", "2 passive"):
                 hog = busy() if load == "loaded" else None
+                n, passive = threads[0], threads.endswith("passive")
                 try:
                     run(["sft.py", "--steps", str(SFT_STEPS), "--examples", "2000",
-                         "--threads", str(threads), "--out", f"{tmp}/sft", "--overwrite"])
+                         "--threads", n, "--out", f"{tmp}/sft", "--overwrite"], passive)
                     run(["train.py", "--init", args.init, "--steps", str(RL_STEPS),
-                         "--eval-every", "0", "--no-final-eval", "--threads", str(threads),
-                         "--run-dir", f"{tmp}/rl", "--overwrite"])
+                         "--eval-every", "0", "--no-final-eval", "--threads", n,
+                         "--run-dir", f"{tmp}/rl", "--overwrite"], passive)
                     sft, rl = sft_seconds(f"{tmp}/sft"), rl_seconds(f"{tmp}/rl")
                 finally:
                     if hog:
@@ -78,9 +82,9 @@ def main():
            "raw": cells}
     for stage in ("sft", "rl"):
         for load in ("idle", "loaded"):
-            one, two = out["cells"][f"{stage} {load} 1"], out["cells"][f"{stage} {load} 2"]
+            one, two, calm = (out["cells"][f"{stage} {load} {t}"] for t in ("1", "2", "2 passive"))
             print(f"{stage:4} {load:7} 1 thread {one:.3f} s/step, 2 threads {two:.3f} "
-                  f"({two / one:.2f}x)")
+                  f"({two / one:.2f}x), 2 passive {calm:.3f} ({calm / one:.2f}x)")
     with open(os.path.join(ROOT, "experiments", "results", "threads.json"), "w") as f:
         json.dump(out, f, indent=1)
 

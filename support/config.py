@@ -7,6 +7,7 @@ and the runtime (device, precision, memory). `RESUMABLE` lists the flags that on
 fast or where a run computes, not what: only those may differ on --resume.
 """
 import argparse
+import json
 import os
 
 import grpo
@@ -65,8 +66,8 @@ def with_presets(ap, presets):
 # Flags that may change on --resume: they change how fast or where a run computes, not what.
 # run_dir: a run directory may be moved (or copied to continue a run) without changing what it
 # computes. precision_used follows from --precision and the device (train.py logs it each step).
-RESUMABLE = {"steps", "resume", "overwrite", "run_dir", "device", "sample_micro_batch",
-             "logprob_tokens",
+RESUMABLE = {"steps", "resume", "overwrite", "run_dir", "device", "threads",
+             "sample_micro_batch", "logprob_tokens",
              "grad_checkpointing", "eval_every", "ckpt_every", "final_eval", "eval_limit",
              "max_bad_updates", "precision_used"}
 
@@ -139,6 +140,8 @@ def build_parser():
 
     g = ap.add_argument_group("runtime and memory").add_argument
     g("--device", default="auto", help="auto, cpu or cuda")
+    g("--threads", type=int, default=None,
+      help="torch threads (default: 1 on the tiny world, else torch's; OMP_NUM_THREADS too)")
     g("--precision", default=None, choices=M.PRECISIONS,
       help="auto: bf16 autocast over float32 weights on a GPU with native bf16, else float32")
     g("--sample-micro-batch", type=int, default=None, help="rows per generate call")
@@ -154,6 +157,44 @@ def build_parser():
     return with_presets(ap, PRESETS)
 
 
+# What a resumed run does not take from its config.json: how this invocation runs, not what.
+NOT_RESTORED = {"resume", "overwrite", "device", "precision_used"}
+
+
+def train_args(argv=None):
+    """train.py's flags, parsed; with --resume every flag not given anew comes from the run's
+    own config.json (a flag given anew that changes what the run computes is refused later, by
+    rundir.check_run_dir); then the preset's defaults and the checks."""
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.resume:
+        restore_run_settings(args, given_flags(ap, argv))
+    return resolve_config(args)
+
+
+def given_flags(ap, argv) -> set:
+    """The flags given on the command line (argparse sets a default only where nothing is)."""
+    unset = object()
+    probe = ap.parse_args(argv, argparse.Namespace(**{a.dest: unset for a in ap._actions}))
+    return {k for k, v in vars(probe).items() if v is not unset}
+
+
+def restore_run_settings(args, given):
+    run_dir = args.run_dir or os.path.join("runs", args.preset, "rl")
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        raise UserError(f"--resume: no run in {run_dir} (no config.json)")
+    with open(path) as f:
+        saved = json.load(f)
+    for k, v in saved.items():
+        if k in NOT_RESTORED or not hasattr(args, k):
+            continue
+        if k not in given:
+            setattr(args, k, v)
+        elif v != getattr(args, k) and k in RESUMABLE and os.environ.get("RANK", "0") == "0":
+            print(f"resume: --{k.replace('_', '-')} {v} -> {getattr(args, k)}")
+
+
 def resolve_config(args):
     """Fill preset defaults and reject bad values with one line each."""
     if args.preset not in PRESETS:
@@ -167,7 +208,7 @@ def resolve_config(args):
         (0 <= args.p_feedback <= 1, "--p-feedback must be in [0, 1]"),
         (0 <= args.gamma <= 1, "--gamma must be in [0, 1]"),
         (args.group_size >= 2, "--group-size must be at least 2 (a group needs a baseline)"),
-        (args.steps >= 0, "--steps must not be negative"),
+        (args.steps >= 1, "--steps must be at least 1"),
         (args.problems_per_step >= 1, "--problems-per-step must be at least 1"),
         (args.lr > 0, "--lr must be positive"),
         (args.beta >= 0, "--beta must not be negative"),
@@ -198,6 +239,26 @@ def resolve_config(args):
         raise UserError("--feedback oracle needs the tiny world (--data tiny): only it knows "
                         "each problem's true principle")
     return args
+
+
+def set_threads(args, tiny: bool) -> str:
+    """torch's intra-op threads: --threads, else OMP_NUM_THREADS, else one on the tiny world (a
+    0.66M-parameter model gains little from a second thread, and on a busy machine the threads
+    wait for each other: RESULTS.md, Costs), else torch's default. Returns the line to say."""
+    if args.threads is not None and args.threads < 1:
+        raise UserError("--threads must be at least 1")
+    import torch
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+        why = "--threads"
+    elif os.environ.get("OMP_NUM_THREADS"):
+        why = "OMP_NUM_THREADS"
+    elif tiny:
+        torch.set_num_threads(1)
+        why = "the tiny world's default; --threads N for more"
+    else:
+        why = "torch's default; --threads N to change"
+    return f"threads: {torch.get_num_threads()} ({why})"
 
 
 def check_training_run(args):
@@ -280,6 +341,8 @@ def sft_parser():
     a("--eval-limit", type=int, default=None,
       help="problems per dataset in the final report (default: all for tiny, 32 otherwise)")
     a("--device", default="auto", help="auto, cpu or cuda")
+    a("--threads", type=int, default=None,
+      help="torch threads (default: 1 on the tiny world, else torch's; OMP_NUM_THREADS too)")
     a("--precision", default=None, choices=M.PRECISIONS,
       help="auto: bf16 autocast over float32 weights on a GPU, float32 elsewhere")
     a("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import re
+import socket
 import zlib
 from pathlib import Path
 
@@ -242,11 +243,16 @@ def load_hub(name, config=None, split="train", question_field=None, answer_field
         import datasets  # imported here: heavy, and only this loader needs it
     except ImportError:
         raise UserError("the package datasets is not installed: pip install datasets") from None
+    offline = not hub_reachable()
+    if offline:   # the local cache only: no retries, no noise, one line if it is not there
+        hub_offline(datasets)
     try:
         ds = datasets.load_dataset(name, config, split=split)   # config None: the default one
     except Exception as e:  # no network, unknown name/config/split: all the user's to fix
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"cannot load hub dataset {name!r}: {first_line}") from None
+        why = " (huggingface.co cannot be reached: only the local cache was asked)" \
+            if offline else ""
+        raise UserError(f"cannot load hub dataset {name!r}: {first_line}{why}") from None
     rows = []
     for index, raw in enumerate(ds):
         if limit is not None and len(rows) >= limit:
@@ -255,6 +261,27 @@ def load_hub(name, config=None, split="train", question_field=None, answer_field
                             default_id=f"{name}/{split}/{index}",
                             where=f"hub dataset {name} split {split} row {index}"))
     return _finish(rows, f"hub dataset {name} split {split}")
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Can this machine open a connection to the hub? (HF_HUB_OFFLINE=1 says no.)"""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_offline(datasets):
+    """The hub's offline mode for this process: the libraries read the setting once, at import,
+    so it is set in their constants too. Their retry warnings are silenced."""
+    import huggingface_hub.constants
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+    if hasattr(datasets, "config"):   # (tests pass a stand-in module)
+        datasets.config.HF_HUB_OFFLINE = True
+        datasets.utils.logging.set_verbosity_error()
 
 # =============================================================================================
 # 2. Choosing a source by name (the --data and --eval-data flags)

@@ -14,13 +14,26 @@ class UserError(Exception):
     """Bad input from the user. The message is one line that names the cause."""
 
 
+# What a Ctrl-C says after "interrupted" (train.py: where the run stopped, how to go on).
+_on_interrupt = [lambda: ""]
+
+
+def on_interrupt(say):
+    """Register `say()`, the rest of the line a Ctrl-C prints."""
+    _on_interrupt[0] = say
+
+
 def run_cli(main, argv=None):
-    """Run `main(argv)`; turn a UserError into `error: ...` on stderr and exit code 2."""
+    """Run `main(argv)`: a UserError becomes `error: ...` on stderr and exit code 2; Ctrl-C one
+    line, `interrupted...`, and exit code 130 (the shell's code for an interrupted program)."""
     try:
         return main(argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted{_on_interrupt[0]()}", file=sys.stderr)
+        sys.exit(130)
 
 
 @contextmanager

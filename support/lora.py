@@ -88,14 +88,17 @@ def is_lora(model) -> bool:
 
 def add_lora(model, rank: int, alpha: float, seed: int = 0):
     """Replace every TARGETS projection of `model` by a LoRALinear, in place; freeze all other
-    weights. On a model that runs under bf16 autocast (a GPU run), the frozen base is cast to
-    bf16 (half the memory; the forward is bf16 anyway) and the adapters stay float32. `seed`
-    draws the A matrices. Returns the model."""
+    weights. Under bf16 autocast (a GPU run) the frozen base's weights go to bf16 (half the
+    memory; the forward is bf16 anyway) and the adapters stay float32. `seed` draws the A
+    matrices. Returns the model."""
     if rank < 1 or alpha <= 0:
         raise ValueError("LoRA needs rank >= 1 and alpha > 0")
     model.requires_grad_(False)
     if getattr(model, "autocast_dtype", None) is not None:
-        model.to(model.autocast_dtype)
+        # weights only: buffers stay float32 (rotary inv_freq in bf16 puts a token at position
+        # 2,000 up to 1.9 rad away from where the merged model, in float32, puts it)
+        for p in model.parameters():
+            p.data = p.data.to(model.autocast_dtype)
     targets = [(parent, name, child) for parent in model.modules()
                for name, child in parent.named_children()
                if name in TARGETS and type(child) is nn.Linear]

@@ -170,8 +170,12 @@ def load_model(name_or_dir: str, gguf_file: str | None = None, device="auto", pr
         # the dtype it loads in (float32 here)
         save_dtype = getattr(AutoConfig.from_pretrained(name_or_dir, **kw), "dtype", None)
         model = AutoModelForCausalLM.from_pretrained(name_or_dir, dtype=torch.float32, **kw)
-    except (OSError, ValueError) as e:   # no such hub id, not a model directory, no network
-        raise UserError(f"cannot load model {name_or_dir!r}: {str(e).strip().splitlines()[0]}") from None
+    except Exception as e:   # noqa: BLE001  (no such hub id, no network, a damaged file)
+        if not isinstance(e, (OSError, ValueError)) and not os.path.isdir(name_or_dir):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        damaged = "" if isinstance(e, (OSError, ValueError)) else " (a damaged or cut file?)"
+        raise UserError(f"cannot load model {name_or_dir!r}: {first}{damaged}") from None
     if gguf_file:
         # transformers dequantizes a GGUF file to ordinary float tensors on load, yet leaves the
         # model marked as quantized, which forbids save_pretrained. The weights are plain

@@ -20,7 +20,7 @@ import uuid
 import torch
 
 from support import ranks
-from support.errors import UserError
+from support.errors import UserError, on_interrupt
 
 # --- Atomic writes --------------------------------------------------------------------------
 
@@ -48,6 +48,7 @@ def atomic_dir(out_dir: str, write):
     tmp, old = os.path.join(parent, f".{base}.tmp-{tag}"), os.path.join(parent, f".{base}.old-{tag}")
     try:
         write(tmp)
+        _readable(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -55,6 +56,16 @@ def atomic_dir(out_dir: str, write):
         os.rename(out, old)
     os.rename(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _readable(directory: str):
+    """Every file the mode a new file gets here (644 under the usual umask): safetensors writes
+    weights through a private temporary file (600), which would hide them from a group."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for root, _, files in os.walk(directory):
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
 def append_jsonl(path: str, rows: list[dict]):
@@ -145,7 +156,13 @@ def load_state(ckpt: str) -> dict:
     """state.pt, every tensor on the CPU whatever device saved it (a run saved on cuda:1
     resumes on a host with one GPU, or none): the optimizer's load_state_dict moves its
     state to the parameters' device, and random states are CPU tensors anyway."""
-    return torch.load(os.path.join(ckpt, "state.pt"), map_location="cpu", weights_only=False)
+    path = os.path.join(ckpt, "state.pt")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:   # noqa: BLE001  (a truncated or damaged file)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"cannot read {path} ({first[:120]}): the checkpoint is damaged; restore "
+                        f"it, or delete {ckpt} to start the run again") from None
 
 
 # --- The run directory ----------------------------------------------------------------------
@@ -199,6 +216,18 @@ class Run:
         self.metrics_path = os.path.join(args.run_dir, "metrics.jsonl")
         self.samples_path = os.path.join(args.run_dir, "samples.jsonl")
         self.counters = {"bad_in_a_row": 0, "skipped_total": 0}
+        self.step = self.saved_step = None   # the last step logged, and checkpointed
+        self.started = False                 # has anything been written yet?
+        on_interrupt(self.interrupted)
+
+    def interrupted(self) -> str:
+        """What Ctrl-C says: where the run stopped, what is kept, the command that goes on."""
+        if not self.started:
+            return f" before the run started; {self.args.run_dir} is as it was"
+        kept = (f"the checkpoint of step {self.saved_step} is kept" if self.saved_step else
+                "no checkpoint yet")
+        return (f" at step {self.step}; {kept}; go on with: python train.py --resume "
+                f"--run-dir {self.args.run_dir}")
 
     def say(self, *words, file=None):
         if self.main:
@@ -231,13 +260,24 @@ class Run:
             # every rank continues its own streams (state["rng"] is rank 0's)
             set_rng_state(py_rng, state.get("rank_rng", [state["rng"]])[ranks.rank()])
             start, self.counters = state["step"], state["counters"]
+            self._check_not_finished(start)
             self.counters["bad_in_a_row"] = 0   # a person resumed: a fresh chance
             pool = Pool.load(os.path.join(ckpt, "pool.jsonl"))
             self.say(f"resumed from step {start} ({len(pool)} pool entries)")
         ranks.barrier()   # every rank has read the run directory before rank 0 writes into it
         if self.main:
             start_run_dir(self.args, [self.metrics_path, self.samples_path], start)
+        self.started, self.step, self.saved_step = True, start, start or None
         return start, pool
+
+    def _check_not_finished(self, start):
+        """--resume does not extend a finished run unless --steps asks for more."""
+        steps, run_dir = self.args.steps, self.args.run_dir
+        if start > steps:
+            raise UserError(f"--resume: the checkpoint is at step {start}, past --steps {steps}")
+        if start == steps and os.path.isdir(os.path.join(run_dir, "final")):
+            raise UserError(f"the run in {run_dir} is finished (step {start}); pass --steps N "
+                            f"with N > {start} to continue it")
 
     def evaluates(self, step) -> bool:
         """Is `step` one of the periodic evaluations? Rank 0 alone evaluates."""
@@ -245,6 +285,7 @@ class Run:
         return self.main and bool(every) and step % every == 0
 
     def log(self, metrics, samples=None):
+        self.step = metrics["step"]
         if self.main:
             append_jsonl(self.metrics_path, [metrics])
             if samples is not None:
@@ -275,6 +316,7 @@ class Run:
         if self.main:
             save_checkpoint(self.args.run_dir, step, model, tok, opt, pool, py_rng,
                             self.counters, extra)
+        self.saved_step = step
 
     def save_pool_and_curves(self, pool):
         """pool.jsonl, and curves.png when matplotlib is installed (its path, or None)."""
@@ -291,32 +333,65 @@ def read_jsonl_log(path: str) -> list[dict]:
 
 
 def plot_curves(run_dir: str):
-    """curves.png from metrics.jsonl, when matplotlib is installed."""
+    """curves.png from metrics.jsonl, when matplotlib is installed: a title that names the run,
+    a y label and a title saying what each panel shows, whole steps on the x axis."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return None
     rows = read_jsonl_log(os.path.join(run_dir, "metrics.jsonl"))
-    panels = [("reward", ["reward", "reward_feedback", "reward_plain"]),
-              ("zero-shot test accuracy", sorted({k for r in rows for k in r
-                                                  if k.startswith("eval/")})),
-              ("zero-std group fraction", ["zero_std_frac"]), ("KL to SFT", ["kl"]),
-              ("response length", ["response_length"]),
-              ("language channel", ["coverage", "retrieval_precision", "summary_correct"])]
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
-    for ax, (title, keys) in zip(axes.flat, panels):
+    with open(os.path.join(run_dir, "config.json")) as f:
+        cfg = json.load(f)
+    # (title, y label, y range or None for the data's own, keys)
+    panels = [
+        ("reward of the rollouts (mean)", "reward (0 or 1)", (0, 1.05),
+         ["reward", "reward_feedback", "reward_plain"]),
+        ("zero-shot test accuracy (greedy)", "accuracy", (0, 1.05),
+         sorted({k for r in rows for k in r if k.startswith("eval/")})),
+        ("groups whose G rewards are all equal\n(zero advantage: no gradient)", "fraction",
+         (0, 1.05), ["zero_std_frac"]),
+        ("KL to the SFT model (k3, per token)", "KL", None, ["kl"]),
+        ("response length", "tokens", "from 0", ["response_length"]),
+        ("language channel: problems given a context, retrieved\nproblems of the same family, "
+         "summaries that are right", "fraction", (0, 1.05),
+         ["coverage", "retrieval_precision", "summary_correct"])]
+    fig, axes = plt.subplots(2, 3, figsize=(14, 8))
+    for ax, (title, ylabel, ylim, keys) in zip(axes.flat, panels):
         for k in keys:
             pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None]
             if pts:
                 ax.plot(*zip(*pts), label=k, marker="." if k.startswith("eval/") else None)
-        ax.set_title(title)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not logged in this run", ha="center", transform=ax.transAxes)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ylim == "from 0":
+            ax.set_ylim(0, max([1.0] + [v for line in ax.lines for v in line.get_ydata()]) * 1.1)
+        elif ylim:
+            ax.set_ylim(*ylim)
         if len(ax.lines) > 1:
             ax.legend(fontsize=7)
+    fig.suptitle(run_title(cfg))
     fig.tight_layout()
     path = os.path.join(run_dir, "curves.png")
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def run_title(cfg: dict) -> str:
+    """The run in a few words: its arm, its data and its seed."""
+    if cfg.get("p_feedback", 0) == 0:
+        arm = "GRPO"
+    else:
+        arm = f"LANPO (feedback {cfg.get('feedback')}, p_t {cfg.get('p_feedback')}"
+        arm += f", scored {cfg['score_context']})" if cfg.get("score_context", "prompt") != \
+            "prompt" else ")"
+    return (f"{arm}: {cfg.get('data')} data, {cfg.get('steps')} steps of "
+            f"{cfg.get('problems_per_step')} problems x G = {cfg.get('group_size')}, seed "
+            f"{cfg.get('seed')}, from {cfg.get('init')}")

@@ -9,7 +9,6 @@ from support import data
 from support import model as M
 import sft
 from support import bootstrap
-from support import config
 from support.errors import UserError
 from test_qwen import qwen_dir, solving_sampler  # noqa: F401 (a fixture)
 

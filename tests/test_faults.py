@@ -12,6 +12,7 @@ import torch
 import grpo
 from support import model as M
 from support import rundir
+from support.errors import run_cli
 import train
 from pool import Pool
 
@@ -104,3 +105,79 @@ def test_bad_data_file_exits_2_and_writes_nothing(tmp_path, tiny_dir, capsys, co
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and needle in err and "\n" not in err, err
     assert not (tmp_path / "rl").exists()
+
+
+# --- a newcomer's first hour: resume keeps the run's settings; every failure is one line ----
+
+def test_resume_takes_the_runs_own_settings_and_does_not_extend_a_finished_run(tmp_path,
+                                                                               tiny_dir):
+    """--resume with nothing else continues the run as it was started (its --init, steps,
+    checkpoint and evaluation settings), says a changed resumable flag, refuses to extend a
+    finished run unless --steps asks for more, and refuses a flag that changes the run."""
+    p = run(tmp_path, tiny_dir, 3, "--final-eval", "--eval-limit", "3", "--seed", "5")
+    assert p.returncode == 0, p.stderr[-2000:]
+    rl = str(tmp_path / "rl")
+    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    again = lambda *flags: subprocess.run(   # noqa: E731  (nothing but --resume and these)
+        [sys.executable, "train.py", "--resume", "--run-dir", rl, *flags], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=300)
+    p = again()
+    assert p.returncode == 2 and "finished (step 3)" in p.stderr and "--steps" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    p = again("--steps", "5")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "resume: --steps 3 -> 5" in p.stdout
+    cfg = json.load(open(os.path.join(rl, "config.json")))
+    assert (cfg["init"], cfg["steps"], cfg["ckpt_every"], cfg["eval_every"], cfg["seed"],
+            cfg["eval_limit"], cfg["group_size"]) == (tiny_dir, 5, 2, 0, 5, 3, 4)
+    assert [json.loads(l)["step"] for l in open(os.path.join(rl, "metrics.jsonl"))] == \
+        [1, 2, 3, 4, 5]
+    p = again("--steps", "6", "--lr", "1e-3")
+    assert p.returncode == 2 and "lr" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_go_on(tmp_path, tiny_dir, monkeypatch, capsys):
+    real = train.train_step
+
+    def interrupted_in_step_3(step, *a, **k):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real(step, *a, **k)
+    monkeypatch.setattr(train, "train_step", interrupted_in_step_3)
+    rl = tmp_path / "rl"
+    argv = ["--init", tiny_dir, "--run-dir", str(rl), "--steps", "4", "--problems-per-step", "2",
+            "--group-size", "4", "--max-new-tokens", "6", "--summary-tokens", "6",
+            "--eval-every", "0", "--ckpt-every", "2", "--no-final-eval"]
+    with pytest.raises(SystemExit) as e:
+        run_cli(train.main, argv)
+    err = "\n".join(l for l in capsys.readouterr().err.strip().splitlines()
+                    if l.strip() and not l.startswith("lanpo: step"))   # progress: no terminal
+    assert e.value.code == 130 and len(err.splitlines()) == 1, err
+    assert "interrupted at step 2" in err and "checkpoint of step 2 is kept" in err
+    assert f"python train.py --resume --run-dir {rl}" in err
+    monkeypatch.setattr(train, "train_step", real)
+    train.main(["--resume", "--run-dir", str(rl)])   # the command it gave, as it is
+    assert [json.loads(l)["step"] for l in open(rl / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "state.pt"])
+def test_a_damaged_checkpoint_is_one_line_that_names_it(tmp_path, tiny_dir, damaged):
+    assert run(tmp_path, tiny_dir, 2).returncode == 0
+    path = tmp_path / "rl" / "checkpoint" / damaged
+    with open(path, "r+b") as f:   # cut in half, as a full disk or a killed copy leaves it
+        f.truncate(os.path.getsize(path) // 2)
+    p = run(tmp_path, tiny_dir, 4, "--resume")
+    assert p.returncode == 2, p.stderr[-2000:]
+    err = p.stderr.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint" in err, err
+    assert (damaged if damaged == "state.pt" else "damaged") in err and "to start the run" in err
+
+
+def test_every_file_a_run_writes_has_the_same_mode(tmp_path, tiny_dir):
+    """The weights too (safetensors writes them through a private temporary file)."""
+    assert run(tmp_path, tiny_dir, 2).returncode == 0
+    modes = {os.path.relpath(os.path.join(root, f), tmp_path):
+             os.stat(os.path.join(root, f)).st_mode & 0o777
+             for root, _, files in os.walk(tmp_path / "rl") for f in files}
+    assert "rl/checkpoint/model.safetensors" in modes and "rl/final/model.safetensors" in modes
+    assert len(set(modes.values())) == 1, modes

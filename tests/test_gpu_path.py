@@ -188,3 +188,26 @@ def test_out_of_memory_is_one_line_naming_the_flag(tiny_dir, tmp_path, monkeypat
     with pytest.raises(UserError, match="--sample-micro-batch"):
         with oom_hint("sampling", "lower --sample-micro-batch"):
             raise torch.cuda.OutOfMemoryError("x")
+
+
+@pytest.mark.parametrize("when", ["step 0", "the periodic evaluation", "the final evaluation"])
+def test_out_of_memory_while_evaluating_is_one_line_too(tiny_dir, tmp_path, monkeypatch, capsys,
+                                                        when):
+    import evaluate
+    real, calls = evaluate._evaluate, []
+    first_oom = {"step 0": 1, "the periodic evaluation": 4, "the final evaluation": 7}[when]
+
+    def oom_on_call(*a, **k):   # 3 test sets per evaluation: step 0, step 1, the final modes
+        calls.append(1)
+        if len(calls) == first_oom:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return real(*a, **k)
+    monkeypatch.setattr(evaluate, "_evaluate", oom_on_call)
+    with pytest.raises(SystemExit) as e:
+        run_cli(train.main, ["--init", tiny_dir, "--run-dir", str(tmp_path / "rl"), "--steps",
+                             "1", "--problems-per-step", "2", "--group-size", "2",
+                             "--eval-every", "1", "--eval-limit", "2"])
+    err = [l for l in capsys.readouterr().err.strip().splitlines()
+           if not l.startswith("lanpo: step")]   # progress lines (no terminal here)
+    assert e.value.code == 2 and len(err) == 1, err
+    assert "out of memory while evaluating" in err[0] and "--sample-micro-batch" in err[0]

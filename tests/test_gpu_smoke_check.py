@@ -59,6 +59,12 @@ def test_a_good_run_passes(tmp_path):
     (dict(steps=[good_step(1), good_step(2, peak_gpu_gib=14.5)]), "above the plan"),
     (dict(steps=[good_step(1), good_step(2, coverage=0.0)]), "coverage 0"),
     (dict(steps=[]), "no training step"),
+    (dict(steps=[good_step(1)], cfg={"precision_used": "bf16", "p_feedback": 0.75, "steps": 2}),
+     "missing [2]"),
+    (dict(steps=[good_step(1), good_step(3)],
+          cfg={"precision_used": "bf16", "p_feedback": 0.75, "steps": 3}), "missing [2]"),
+    (dict(steps=[good_step(1), good_step(2), good_step(2)],
+          cfg={"precision_used": "bf16", "p_feedback": 0.75, "steps": 2}), "(3 rows)"),
     (dict(report={"seconds": 3, "history": []}), "held-out pass never ran"),
     (dict(report={"seconds": 3, "history": [{"step": 2, "train_loss": float("nan"),
                                              "heldout_loss": 1.0}]}), "train_loss is nan"),
@@ -75,9 +81,8 @@ def test_each_bad_run_fails(tmp_path, bad, needle):
 def test_main_exits_1_and_compares_with_the_plan_of_the_runs_settings(tmp_path, tiny_dir,
                                                                          capsys):
     from support import config
-    import sft
     rl_cfg = dict(config.PRESETS["tiny"], precision_used="bf16", p_feedback=0.75, beta=0.04,
-                  lora_rank=0, init=tiny_dir)
+                  lora_rank=0, init=tiny_dir, steps=2)
     sft_cfg = dict(config.SFT_PRESETS["tiny"])
     def args(s, r):
         return ["runs", "--sft-dir", s, "--rl-dir", r, "--expect-precision", "bf16"]

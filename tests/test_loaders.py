@@ -6,6 +6,7 @@ so what it really checks is that normalization never turns a gold answer into ""
 also boxes each gold in a response and checks reward() gives 1 (extraction round trip).
 """
 import json
+import time
 import sys
 import types
 
@@ -52,6 +53,13 @@ def test_every_gold_is_equivalent_to_itself(loaded, key):
            if reward(f"So the answer is $\\boxed{{{r['answer']}}}$.", r["answer"]) != 1.0]
     assert bad == []
 
+
+
+@pytest.fixture(autouse=True)
+def hub_reachable(monkeypatch):
+    """The hub tests pass a stand-in `datasets` module and need no network: say the hub is
+    reachable, so no test switches the process into the hub's offline mode for the others."""
+    monkeypatch.setattr(L, "hub_reachable", lambda timeout=3.0: True)
 
 def test_known_golds(loaded):
     first = {key: rows[0]["answer"] for key, rows in loaded.items()}
@@ -291,3 +299,20 @@ def test_train_on_a_jsonl_file_evaluates_on_its_held_out_tenth(tmp_path, tiny_di
     trained_on = {json.loads(l)["prompt"].split("Problem: ")[-1]
                   for l in open(run / "samples.jsonl")}
     assert trained_on and not trained_on & held_out
+
+
+def test_an_unreachable_hub_is_one_quick_line(monkeypatch):
+    """No network: the hub's offline mode at once (the local cache only), not a minute of
+    retries and their warnings, then one line that says why."""
+    datasets = pytest.importorskip("datasets")
+    import huggingface_hub.constants as hub_constants
+    monkeypatch.setattr(L, "hub_reachable", lambda timeout=3.0: False)
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):   # restored after the test
+        monkeypatch.setenv(name, "0")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", hub_constants.HF_HUB_OFFLINE)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", datasets.config.HF_HUB_OFFLINE)
+    start = time.monotonic()
+    with pytest.raises(UserError, match="cannot be reached") as e:
+        L.load_hub("no-such-user/no-such-dataset-lanpo")
+    assert time.monotonic() - start < 15 and "\n" not in str(e.value)
+    assert hub_constants.HF_HUB_OFFLINE is True   # offline mode was switched on

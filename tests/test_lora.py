@@ -154,3 +154,27 @@ def test_bad_lora_flags_exit_2(tmp_path, tiny_dir, capsys):
         err = capsys.readouterr().err.strip()
         assert e.value.code == 2 and "lora" in err.lower() and "\n" not in err
     assert not (tmp_path / "rl").exists()
+
+
+def test_lora_keeps_the_rotary_positions_of_the_base(qwen_dir, tmp_path):  # noqa: F811
+    """Under bf16 the base's weights go to bf16, its buffers do not: the rotary table is the
+    base model's float32 one, so cos and sin at position 2,000 are the merged model's (which is
+    loaded again in float32), and so are the logits there, to bf16's rounding."""
+    model, tok = M.load_model(qwen_dir, device="cpu", precision="bf16")
+    lora.add_lora(model, 4, 8.0)
+    base, _ = M.load_model(qwen_dir, device="cpu")
+    want = dict(base.named_buffers())
+    tables = [(n, b) for n, b in model.named_buffers() if "inv_freq" in n]
+    assert tables and all(b.dtype == torch.float32 and torch.equal(b, want[n]) for n, b in tables)
+    lora.save_model(model, tok, str(tmp_path / "merged"))
+    merged, _ = M.load_model(str(tmp_path / "merged"), device="cpu")
+    x, pos = torch.zeros(1, 1, 8), torch.tensor([[2000]])
+    cos, sin = model.model.rotary_emb(x, pos)
+    cos_m, sin_m = merged.model.rotary_emb(x, pos)
+    assert torch.allclose(cos, cos_m, atol=1e-6) and torch.allclose(sin, sin_m, atol=1e-6)
+    ids = torch.randint(3, len(tok), (1, 2001), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with M.autocast(model):
+            got = model(input_ids=ids).logits[0, -1].float()
+        want_logits = merged(input_ids=ids).logits[0, -1]
+    assert (got - want_logits).abs().max() < 0.05 * want_logits.abs().max()

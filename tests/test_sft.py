@@ -9,7 +9,6 @@ import sft
 from support import curriculum
 from support import bootstrap
 from support import model as M
-from support import config
 from support import world as W
 from conftest import build_tiny
 from support.errors import UserError, run_cli

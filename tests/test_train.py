@@ -584,7 +584,7 @@ def test_resume_rejects_an_incompatible_config(tmp_path, tiny_dir, capsys):
 
 @pytest.mark.parametrize("flags,needle", [
     (["--p-feedback", "1.5"], "p-feedback"), (["--group-size", "1"], "group-size"),
-    (["--gamma", "-0.1"], "gamma"), (["--steps", "-1"], "steps"),
+    (["--gamma", "-0.1"], "gamma"), (["--steps", "-1"], "steps"), (["--steps", "0"], "steps"),
     (["--preset", "huge"], "preset"), (["--init", "no/such/dir/at/all"], "not found"),
 ])
 def test_bad_flags_exit_2_and_write_nothing(tmp_path, tiny_dir, capsys, flags, needle):
