@@ -20,11 +20,16 @@ each phase it lists what is alive at the phase's peak:
 - activations of the transformer body: per token and layer, bytes = a_H x hidden + a_I x
   intermediate, with or without gradient checkpointing (then: each layer's input and the
   rotary tables, b_H x hidden, plus one layer recomputed in the backward);
-- logits: SFT computes them for at most support/model.py's LOSS_CHUNK_TOKENS response tokens at a time; the
-  RL update (model.token_logprobs) for every response position of a --logprob-tokens
-  micro-batch;
-- sampling: the KV cache (bf16 under autocast) of sample-micro-batch rows x (prompt +
-  max-new-tokens), the prefill's activations of one layer, and the sampler's float32 logits;
+- logits: SFT computes them for at most LOSS_CHUNK_TOKENS (support/model.py) response tokens
+  at a time; the RL update (model.token_logprobs) for every response position of a
+  --logprob-tokens micro-batch, its peak the larger of the backward's start and its end;
+- under bf16 autocast, the bf16 copies of float32 weights that a backward keeps: the output
+  layer's with gradient checkpointing, every Linear's without (sampling keeps none: it runs
+  with autocast's weight cache off);
+- sampling: the larger of the prefill (one layer's temporaries and the prompt's cache) and the
+  whole KV cache (bf16 under autocast) of sample-micro-batch rows x (prompt + max-new-tokens)
+  with one layer's copy while it grows, plus the sampler's logits and probabilities; the SFT
+  bootstrap's largest call is its summaries and reflections, 2 x (rows / samples) long prompts;
 - 0.25 GiB of CUDA workspaces (cuBLAS), which PyTorch's allocator counts as allocated.
 
 The per-element constants (a_H, a_I, b_H, bytes per logit) were measured on the CPU with
@@ -33,8 +38,11 @@ float32 or bf16 weights); tests/test_memory_plan.py checks the whole plan agains
 peaks of each phase on tiny models. On a GPU the kernels differ (cuBLAS needs workspace,
 attention runs other kernels), so `experiments/gpu_smoke.sh` prints the measured peak next to
 this plan and fails when a phase goes above it. A phase fits a card of N GB when plan x 1.1 +
-1 GiB <= N x 10^9 bytes: the CUDA context (about 0.5 GiB) and the caching allocator's
-fragmentation are not in the tensors' count. Every number of the plan is GiB (2^30 bytes).
+1 GiB <= N x 10^9 bytes: the 10% is the caching allocator's fragmentation (the KV cache grows
+a little at every decoding step; support/__init__.py sets
+PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True unless you set it, which keeps it small), the
+1 GiB the CUDA context (about 0.5 GiB) and libraries; neither is in the tensors' count. Every
+number of the plan is GiB (2^30 bytes).
 
 `plan(config, settings)` is the importable part; `settings_for(preset, ...)` builds the
 settings of a preset, `settings_from(sft_config, rl_config)` those of two runs (the smoke
@@ -79,12 +87,23 @@ KNOWN_CONFIGS["Qwen/Qwen2.5-1.5B"] = KNOWN_CONFIGS["Qwen/Qwen2.5-1.5B-Instruct"]
 ACT_KEPT = {"fp32": (40, 16), "bf16": (34, 8), "bf16-weights": (24, 8)}
 BOUNDARY = {"fp32": 7.75, "bf16": 5.9, "bf16-weights": 4.2}
 RECOMPUTE = 1.3
+# The prefill of a generate call (no grad): bytes per prompt token = p_H x hidden + p_I x
+# intermediate at its peak (one layer's temporaries, attention's in float32 after the rotary
+# embedding among them). Measured with 8-16 rows of 256-1024-token prompts and intermediate
+# sizes 128-512.
+PREFILL = {"fp32": (13.7, 12.2), "bf16": (15.6, 6.0), "bf16-weights": (6.7, 8.1)}
+# A decoding step's sampler: the step's logits and generate's float32 copies and probabilities,
+# bytes per row and vocabulary entry (measured with 8 rows, 80-320 new tokens).
+SAMPLER_BYTES = {"fp32": 72, "bf16": 36, "bf16-weights": 44}
 # Bytes per logit element at the peak: SFT's chunk in its backward, and the same without grad.
 LOGIT_BYTES = {"sft": {"fp32": 15, "bf16": 13}, "sft_nograd": {"fp32": 10.5, "bf16": 9.5}}
-# The RL update's micro-batch (model.token_logprobs): its forward keeps every response
-# position's logits and a float32 copy per row for the backward (bytes per element of all
-# rows), and its backward works one row at a time (bytes per element of one row).
-UPDATE_LOGIT_BYTES = {"fp32": (13.5, 3), "bf16": (5.5, 10)}
+# The RL update's micro-batch (model.token_logprobs), in bytes per logit element of one row
+# (response positions x vocabulary): its peak is the larger of the start of the backward (every
+# row's logits kept from the forward, "kept" per row, plus one row's backward, "one row") and
+# its end (every row's gradient, "grads" per row, when unbind's backward stacks them).
+# Measured at 1, 2, 3, 4, 6 and 8 rows of 513 positions at Qwen2.5's vocabulary (151,936).
+UPDATE_LOGIT_BYTES = {"fp32": {"kept": 4.0, "one row": 12.2, "grads": 8.0, "grads fixed": 0.3},
+                      "bf16": {"kept": 4.0, "one row": 12.1, "grads": 6.0, "grads fixed": 4.2}}
 
 
 @dataclass
@@ -99,6 +118,7 @@ class Settings:
     loss_chunk_tokens: int = 1024
     heldout_rows: int = 32
     bootstrap_rows: int = 128          # sft.py's --sample-micro-batch
+    bootstrap_samples: int = 4         # sft.py's --bootstrap-samples
     bootstrap_prompt_tokens: int = 2400   # a summary prompt: the question + 4 answers of 512
     bootstrap_new_tokens: int = 512
     sample_rows: int = 128             # train.py's --sample-micro-batch
@@ -128,6 +148,7 @@ def settings_from(sft_cfg: dict, rl_cfg: dict, **overrides) -> Settings:
         grad_checkpointing=bool(r["grad_checkpointing"]), sft_batch_size=s["batch_size"],
         sft_max_len=s["max_len"], loss_chunk_tokens=s.get("loss_chunk_tokens", 1024),
         heldout_rows=4 * s["batch_size"], bootstrap_rows=s["sample_micro_batch"],
+        bootstrap_samples=s.get("bootstrap_samples", 4),
         bootstrap_new_tokens=s["max_new_tokens"],
         bootstrap_prompt_tokens=4 * s["max_new_tokens"] + 352,
         sample_rows=r["sample_micro_batch"], max_new_tokens=r["max_new_tokens"],
@@ -176,6 +197,16 @@ def count_params(config, lora_rank: int = 0) -> tuple[int, int]:
                  for name, m in model.named_modules()
                  if name.rsplit(".", 1)[-1] in lora.TARGETS) if lora_rank else 0
     return n, n_lora
+
+
+def linear_params(config) -> int:
+    """Parameters of the model's Linear layers (the output layer included, once if tied)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in {id(m.weight): m.weight for m in model.modules()
+                                   if isinstance(m, torch.nn.Linear)}.values())
 
 
 def reference_bytes(config) -> int:
@@ -251,11 +282,16 @@ def plan(config, settings: Settings) -> dict:
         return tokens * (2 * H * resid + 3 * I * act)
 
     def sampling(rows, prompt, new):
-        # the cache, plus one layer's copy while it grows (each decoding step concatenates)
-        kv = rows * (prompt + new) * (n_layers + 1) * 2 * kv_dim * act
-        return {"KV cache (%d rows x %d tokens)" % (rows, prompt + new): kv,
-                "prefill (one layer)": body_nograd(rows, prompt),
-                "sampler logits (fp32)": rows * V * 4 * 4}
+        """The larger of the prefill (one layer's temporaries, and the prompt's cache) and the
+        last decoding step (the whole cache, plus one layer's copy while it grows: each step
+        concatenates), with the sampler's float32 logits."""
+        def kv(length, copies):
+            return rows * length * (n_layers + copies) * 2 * kv_dim * act
+        p_H, p_I = PREFILL[kind]
+        prefill = rows * prompt * (p_H * H + p_I * I) + kv(prompt, 0)
+        return {"max(prefill of %d x %d tokens, KV cache of %d tokens)" % (
+                    rows, prompt, prompt + new): max(prefill, kv(prompt + new, 1)),
+                "sampler (logits, probabilities)": rows * V * SAMPLER_BYTES[kind]}
 
     def phase(*parts):
         merged = {}
@@ -265,6 +301,14 @@ def plan(config, settings: Settings) -> dict:
             merged["CUDA workspaces"] = s.cuda_workspace
         return {"parts": merged, "total": sum(merged.values())}
 
+    # Under bf16 autocast a float32 weight is cast for each matmul, and the backward keeps the
+    # bf16 copy: with checkpointing the output layer's (the body's layers are recomputed one at
+    # a time), without it every Linear's. (A LoRA base is bf16 already: no copies.)
+    head_copy = {}
+    if bf16 and not s.lora_rank:
+        n = V * H if s.grad_checkpointing else linear_params(config)
+        head_copy = {"bf16 copies of %s for the backward" % (
+            "the output layer" if s.grad_checkpointing else "every Linear"): 2 * n}
     ckpt = " with checkpointing" if s.grad_checkpointing else ""
     sft_tokens = s.sft_batch_size * s.sft_max_len
     chunk = min(s.loss_chunk_tokens or sft_tokens, sft_tokens)   # 0: the whole batch at once
@@ -273,9 +317,15 @@ def plan(config, settings: Settings) -> dict:
     # The loss's backward (one chunk's logits at a time) comes first, then the body's.
     sft_logits = chunk * V * LOGIT_BYTES["sft"][s.precision] + sft_tokens * H * 4
     out = {"params": (P, P_lora)}
-    out["SFT bootstrap sampling"] = phase(weights, sampling(
-        s.bootstrap_rows, s.bootstrap_prompt_tokens, s.bootstrap_new_tokens))
-    out["SFT step"] = phase(weights, grads, adam, {
+    # The bootstrap samples the answers of rows // samples problems in one call of `rows` short
+    # prompts, then their summaries and reflections in one call of 2 x (rows // samples) long
+    # ones: the larger of the two.
+    problems = max(1, s.bootstrap_rows // s.bootstrap_samples)
+    answers = sampling(s.bootstrap_rows, s.min_prompt_tokens, s.bootstrap_new_tokens)
+    summaries = sampling(2 * problems, s.bootstrap_prompt_tokens, s.bootstrap_new_tokens)
+    out["SFT bootstrap sampling"] = phase(weights, max(
+        answers, summaries, key=lambda parts: sum(parts.values())))
+    out["SFT step"] = phase(weights, grads, adam, head_copy, {
         "activations kept%s (%d x %d tokens)" % (ckpt, s.sft_batch_size, s.sft_max_len): kept,
         "max(logits chunk of %d tokens, a layer's backward, AdamW step)" % chunk:
             max(sft_logits, transient, step_temps - kept)})
@@ -297,12 +347,14 @@ def plan(config, settings: Settings) -> dict:
     positions = rows * (s.max_new_tokens + 1)
     seq = s.logprob_tokens // rows
     kept, transient = body_train(rows, seq)
-    per_position, per_row = UPDATE_LOGIT_BYTES[s.precision]
-    out["RL log-prob + update micro-batch"] = phase(*rl_state, {
+    u = UPDATE_LOGIT_BYTES[s.precision]
+    row_logits = (s.max_new_tokens + 1) * V
+    logits = row_logits * max(u["one row"] + u["kept"] * rows,
+                              u["grads fixed"] + u["grads"] * rows)
+    out["RL log-prob + update micro-batch"] = phase(*rl_state, head_copy, {
         "activations kept%s (%d tokens)" % (ckpt, s.logprob_tokens): kept,
         "max(logits of %d response positions, a layer's backward)" % positions:
-            max(positions * V * per_position + (s.max_new_tokens + 1) * V * per_row,
-                transient)})
+            max(logits, transient)})
     out["RL summaries"] = phase(*rl_idle, sampling(s.summary_rows, s.summary_prompt_tokens,
                                                     s.summary_tokens))
     return out

@@ -14,3 +14,10 @@ ranks.py       torchrun: each rank's problems, where ranks meet
 lora.py        LoRA by hand
 errors.py      one-line errors (exit code 2), phases with their out-of-memory advice
 """
+import os
+
+# Before any CUDA memory exists: let PyTorch's allocator grow its segments instead of leaving
+# fragments (the KV cache grows at every decoding step); a setting of the user's wins (either
+# name: torch 2.9 renamed it PYTORCH_ALLOC_CONF).
+if not (os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF")):
+    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"

@@ -112,13 +112,16 @@ def choose_precision(precision: str, device, say: bool = True) -> str:
     return used
 
 
-def autocast(model):
+def autocast(model, cache: bool = True):
     """The context a forward pass of `model` runs in: bf16 autocast for a model that load_model
-    marked for it (precision bf16: the policy, and a frozen model), nothing otherwise."""
+    marked for it (precision bf16: the policy, and a frozen model), nothing otherwise. `cache`:
+    keep each weight's bf16 copy for the whole block (what a backward needs); sampling says no,
+    since the copies of every weight would stay for all of its decoding steps."""
     dtype = getattr(model, "autocast_dtype", None)
     if dtype is None:
         return nullcontext()
-    return torch.autocast(device_type=next(model.parameters()).device.type, dtype=dtype)
+    return torch.autocast(device_type=next(model.parameters()).device.type, dtype=dtype,
+                          cache_enabled=cache)
 
 
 def device_of(model) -> torch.device:
@@ -406,8 +409,9 @@ def sample(model, tokenizer, prompts: list[str], n: int = 1, max_new_tokens=64,
     ids_parts, mask_parts, trunc_parts = [], [], []
     for start in range(0, len(rows), micro_batch):
         ids, attn = _left_pad(rows[start:start + micro_batch], pad_id, device)
-        # one generate call per micro-batch: KV cache, positions from the attention mask
-        with autocast(model):
+        # one generate call per micro-batch: KV cache, positions from the attention mask; no
+        # cache of bf16 weight copies (a model's worth, for every decoding step)
+        with autocast(model, cache=False):
             out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
                                  eos_token_id=stops, pad_token_id=pad_id, use_cache=True,
                                  **_one_dtype_cache(model), **knobs)
@@ -490,12 +494,13 @@ def _chunk_logprobs(model, prompts, response_ids, response_mask, temperature):
     with autocast(model):
         logits = model(input_ids=torch.cat([ids, resp], 1), attention_mask=attn,
                        position_ids=positions, use_cache=False, **kw).logits[:, -(used + 1):-1]
-    # log_softmax(z)[y] = z[y] - logsumexp(z), row by row in float32: this never holds a
-    # float32 copy of more than one row's [used, vocab] logits at a time (under grad, autograd
-    # keeps those copies for backward; the micro-batch bounds them).
+    # log_softmax(z)[y] = z[y] - logsumexp(z), row by row in float32: without grad no more than
+    # one row's float32 [used, vocab] copy exists at a time (under grad autograd keeps them;
+    # the micro-batch bounds them). unbind, not logits[i]: the backward of each logits[i]
+    # would allocate a zero tensor the size of the whole micro-batch's logits.
     rows = []
-    for i in range(n_rows):
-        z = logits[i].float() / temperature
+    for i, row in enumerate(logits.unbind(0)):
+        z = row.float() / temperature
         rows.append(z.gather(-1, resp[i, :, None]).squeeze(-1) - torch.logsumexp(z, dim=-1))
     lp = torch.where(mask, torch.stack(rows), 0.0)
     return F.pad(lp, (0, width - used))

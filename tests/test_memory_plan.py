@@ -128,7 +128,12 @@ def test_plan_matches_measured_peaks(precision, lora_rank, checkpointing):
             got, before = measure(model, settings)
         want = planned[phase]["total"] - persistent(planned[phase]["parts"], before)
         report.append(f"{phase}: measured {got / 1e6:.2f} MB, planned {want / 1e6:.2f} MB")
-        assert BELOW * want <= got <= ABOVE * want, "\n".join(report)
+        # sampling here is all decoding (32-token prompts, 160 new): the plan adds the
+        # sampler's per-row buffers, measured at their largest, to the largest of prefill and
+        # cache, so it is an upper bound by up to half in this corner (test_plan_holds_... has
+        # the tight band on what dominates a real run)
+        below = 0.5 if phase == "RL sampling" else BELOW
+        assert below * want <= got <= ABOVE * want, "\n".join(report)
     print("\n".join(report))
 
 
@@ -175,3 +180,57 @@ def test_phases_with_a_large_vocabulary(precision, phase, monkeypatch):
         got, before = PHASES[phase](model, settings)
     want = planned["total"] - persistent(planned["parts"], before)
     assert BELOW * want <= got <= ABOVE * want, (got, want, planned["parts"])
+
+
+# What dominates a real run, where the plan must be tight: plan / measured in [0.90, 1.15].
+TIGHT = (0.90, 1.15)
+REAL_VOCAB = dict(vocab_size=151936, hidden_size=32, intermediate_size=64)
+
+
+@pytest.mark.parametrize("precision,lora_rank", [("bf16", 0), ("bf16", 8), ("fp32", 0)])
+@pytest.mark.parametrize("what", ["update, 1 row", "update, 6 rows", "prefill", "summaries"])
+def test_plan_holds_within_10_15_percent(what, precision, lora_rank, monkeypatch):
+    """An update at Qwen2.5's vocabulary (1 row of 513 positions, 6 rows of 129: the start and
+    the end of the backward are the peaks), 16 prefills of 512-token prompts, the summaries' batch (16 rows of long
+    prompts), in float32, bf16 autocast and with LoRA: the plan within -10% / +15%."""
+    if what.startswith("update"):
+        rows = int(what.split()[1])
+        for k, v in REAL_VOCAB.items():
+            monkeypatch.setitem(CONFIG, k, v)
+        new = 512 if rows == 1 else 128   # 6 x 129 positions: the end of the backward is the
+        over = dict(logprob_tokens=rows * (32 + new), max_new_tokens=new,   # peak (every row's
+                    min_prompt_tokens=32)                                  # gradient), cheaply
+        phase = "RL log-prob + update micro-batch"
+    elif what == "prefill":
+        over = dict(sample_rows=16, prompt_tokens=512, max_new_tokens=4)
+        phase = "RL sampling"
+    else:   # train.py's summaries: --problems-per-step rows of the longest prompts
+        over = dict(sample_rows=16, prompt_tokens=768, max_new_tokens=24)
+        phase = "RL sampling"
+    settings = MP.Settings(**{**SETTINGS.__dict__, "precision": precision,
+                              "lora_rank": lora_rank, **over})
+    planned = MP.plan(CONFIG, settings)[phase]
+    if what == "summaries":   # the same arithmetic under the summaries' own settings
+        s2 = MP.Settings(**{**settings.__dict__, "summary_rows": 16,
+                            "summary_prompt_tokens": 768, "summary_tokens": 24})
+        assert MP.plan(CONFIG, s2)["RL summaries"] == planned
+    model = tiny(precision, lora_rank)
+    with M.autocast(model):
+        got, before = PHASES[phase](model, settings)
+    want = planned["total"] - persistent(planned["parts"], before)
+    assert TIGHT[0] * got <= want <= TIGHT[1] * got, (got / 2**20, want / 2**20, planned["parts"])
+
+
+def test_sampling_keeps_no_bf16_copy_of_the_weights(monkeypatch):
+    """Under bf16 autocast with its cache on, every Linear weight's bf16 copy lives as long as
+    the autocast block: for a generate call, all its decoding steps (2 bytes per parameter,
+    0.92 GiB for Qwen2.5-0.5B). Sampling runs with the cache off, so a short call on a model
+    whose weights dwarf its activations allocates far less than one such copy."""
+    monkeypatch.setitem(CONFIG, "hidden_size", 256)
+    monkeypatch.setitem(CONFIG, "intermediate_size", 1024)
+    model = tiny("bf16", checkpointing=False)
+    copy = 2 * MP.linear_params(MP.load_config(CONFIG))
+    s = MP.Settings(**{**SETTINGS.__dict__, "sample_rows": 2, "prompt_tokens": 8,
+                       "max_new_tokens": 4})
+    got, _ = measure_sampling(model, s)
+    assert got < 0.5 * copy, (got, copy)
