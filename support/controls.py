@@ -14,10 +14,9 @@ import math
 
 import torch
 
+import prompts
 from support import model as M
 from support import world as W
-
-import prompts
 
 LESSON_FEEDBACK = ("inter", "both", "placebo")    # --feedback values with an inter-sample block
 ATTEMPT_FEEDBACK = ("intra", "both", "placebo")   # ... and with an intra-sample block
