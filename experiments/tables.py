@@ -1,8 +1,8 @@
 """Markdown tables of the committed results (experiments/results/*.json), for RESULTS.md and
-the README.
+the README's result paragraph (tests/test_tables.py ties the two).
 
     python experiments/tables.py [SUITE ...]       # RESULTS.md's tables of each suite
-    python experiments/tables.py headline          # the README's tables (controls, long runs)
+    python experiments/tables.py headline          # the headline tables (controls, long runs)
 """
 import json
 import os
@@ -167,7 +167,7 @@ METHODS = [("grpo", None), ("lanpo", "placebo"), ("lanpo-plain", "placebo-plain"
 
 
 def headline_table(name, hard=0.15):
-    """The README's table: per method, rl-test greedy accuracy, its paired difference from GRPO
+    """The headline table (RESULTS.md): per method, rl-test greedy accuracy, its paired difference from GRPO
     and from the placebo of its own scoring (95% intervals, n runs), and per rl family with a
     designed start rate up to `hard` the median step at which it reached 0.9 greedy (the
     easier families reach 0.9 in every run of every arm on the tiny world)."""
@@ -197,7 +197,7 @@ def headline_table(name, hard=0.15):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["headline"]:   # the README's tables
+    if sys.argv[1:2] == ["headline"]:   # the headline tables
         for suite in sys.argv[2:] or ("controls", "controls_long"):
             print(headline_table(suite))
         sys.exit()
