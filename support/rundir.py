@@ -271,11 +271,13 @@ class Run:
         return start, pool
 
     def _check_not_finished(self, start):
-        """--resume does not extend a finished run unless --steps asks for more."""
+        """--resume does not extend a finished run unless --steps asks for more. A run stopped
+        in its final evaluation is not finished: resuming it saves final/ and evaluates."""
         steps, run_dir = self.args.steps, self.args.run_dir
         if start > steps:
             raise UserError(f"--resume: the checkpoint is at step {start}, past --steps {steps}")
-        if start == steps and os.path.isdir(os.path.join(run_dir, "final")):
+        evaluated = not self.args.final_eval or os.path.exists(os.path.join(run_dir, "eval.json"))
+        if start == steps and os.path.isdir(os.path.join(run_dir, "final")) and evaluated:
             raise UserError(f"the run in {run_dir} is finished (step {start}); pass --steps N "
                             f"with N > {start} to continue it")
 

@@ -124,6 +124,10 @@ def test_resume_takes_the_runs_own_settings_and_does_not_extend_a_finished_run(t
     p = again()
     assert p.returncode == 2 and "finished (step 3)" in p.stderr and "--steps" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+    os.remove(os.path.join(rl, "eval.json"))   # as if killed in its final evaluation
+    p = again()
+    assert p.returncode == 0 and os.path.exists(os.path.join(rl, "eval.json")), p.stderr[-2000:]
+    assert [json.loads(l)["step"] for l in open(os.path.join(rl, "metrics.jsonl"))] == [1, 2, 3]
     p = again("--steps", "5")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "resume: --steps 3 -> 5" in p.stdout
