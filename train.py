@@ -189,7 +189,7 @@ def train_step(step, model, ref_model, tok, opt, pool, train_set, args, rng, wor
         # 3. y ~ pi(. | x, c) for every prompt, in one batched call
         rollouts = M.sample(model, tok, texts, n=1, max_new_tokens=args.max_new_tokens,
                             temperature=args.temperature, top_p=args.top_p,
-                            micro_batch=args.sample_micro_batch)
+                            micro_batch=args.sample_micro_batch, compile=args.compile)
     with phase("reward"):
         # 4. r_i, the numerical reward alone: is rollout i's answer the gold one of its problem?
         rewards = [reward(y, problems[i // G]["answer"]) for i, y in enumerate(rollouts.texts)]
@@ -224,11 +224,13 @@ class StepRecord:
     summaries: list | None   # None: no summary was asked for
     lengths: list
     truncated: list
+    decode_steps: list   # one number per rank
 
     @classmethod
     def of(cls, problems, texts, rollouts, rewards, has_context, retrieved, summaries):
         return cls(problems, texts, rollouts.texts, rewards, has_context, retrieved, summaries,
-                   rollouts.response_mask.sum(1).tolist(), rollouts.truncated.tolist())
+                   rollouts.response_mask.sum(1).tolist(), rollouts.truncated.tolist(),
+                   [rollouts.decode_steps])
 
     def samples(self, step, G):
         """The first and last rollout of the first two problems, to read in samples.jsonl."""
@@ -262,7 +264,9 @@ def step_metrics(step, s, stats, pool, args, seconds, world):
          "retrieval_hit_rate": _mean([float(bool(r)) for r in s.retrieved]) if inter else None,
          "skipped_update": stats is None,
          **{f"t_{k}": round(v, 4) for k, v in seconds.items()},
-         "tokens_per_s": sum(s.lengths) / max(seconds["generation"], 1e-9)}
+         "tokens_per_s": sum(s.lengths) / max(seconds["generation"], 1e-9),
+         # this rank's sampling time per decoding step (its prefill included)
+         "ms_per_decode_step": 1000 * seconds["generation"] / max(s.decode_steps[0], 1)}
     m.update(stats or {})
     if world is not None:   # the tiny world checks the language channel against the truth
         m.update(world.language_channel(s.problems, s.retrieved if inter else None, s.summaries,
@@ -286,6 +290,8 @@ def main(argv=None):
     world = W.TinyWorld() if args.data == "tiny" else None
     run = rundir.Run(args)   # rank 0 writes into the run directory and speaks
     run.say(config.set_threads(args, tiny=world is not None))
+    if args.compile:
+        run.say("--compile:", M.compile_backend(M.resolve_device(args.device))[1])
     args.precision_used = M.choose_precision(args.precision, args.device, say=run.main)
     run.say("config:", json.dumps(vars(args), sort_keys=True))
     ckpt = run.find_checkpoint()   # with --resume: where the run stopped, if anywhere

@@ -5,9 +5,13 @@ compiled (torch.compile, inductor). A 24-layer narrow Llama (hidden 64) at batch
 thread; each variant's tokens are compared with generate's at the same seed.
 
     python experiments/decode_step.py [--new-tokens 32] [--compile]
+    python experiments/decode_step.py --sampler
 
-Writes experiments/results/decode_step.json. A measurement of where a faster sampler could come
-from, not the sampler train.py uses (model.sample calls generate).
+Writes experiments/results/decode_step.json: a measurement of where a faster sampler could come
+from. `--sampler` measures the sampler train.py uses, model.sample, as it is and with
+`compile=True` (train.py --compile: a static cache and inductor's decoding step), on the same
+24-layer model with the tiny world's tokenizer and 64 of its prompts, left-padded, stopping at
+EOS; it writes experiments/results/decode_step_sampler.json.
 """
 import argparse
 import json
@@ -28,7 +32,11 @@ def main():
     ap.add_argument("--rows", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="also the compiled static loop")
+    ap.add_argument("--sampler", action="store_true",
+                    help="model.sample against model.sample(compile=True) instead")
     args = ap.parse_args()
+    if args.sampler:
+        return measure_sampler(args)
     torch.set_num_threads(1)
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, StaticCache
     torch.manual_seed(0)
@@ -97,6 +105,58 @@ def main():
            "rows": B, "prompt_tokens": P, "new_tokens": N,
            "compile_seconds": compile_seconds, "results": results}
     with open(os.path.join(ROOT, "experiments", "results", "decode_step.json"), "w") as f:
+        json.dump(out, f, indent=1)
+
+
+def measure_sampler(args):
+    """model.sample, today's and compiled, side by side (interleaved repeats; the compiled one
+    is warmed up first: its first calls compile)."""
+    torch.set_num_threads(1)
+    sys.path.insert(0, ROOT)
+    from transformers import LlamaForCausalLM
+    import prompts
+    from support import model as M
+    from support import world as W
+    world = W.TinyWorld()
+    tok = W.tiny_tokenizer(world)
+    torch.manual_seed(0)
+    cfg = W.tiny_model_config(tok, hidden=64, layers=24, heads=4)
+    cfg.eos_token_id = None   # a random model: every row decodes all --new-tokens
+    model = LlamaForCausalLM(cfg).eval()
+    texts = [prompts.solve_prompt(p["question"])
+             for p in world.problems("rl", "train")[:args.rows]]
+
+    def run(compile):
+        torch.manual_seed(1)
+        t = time.perf_counter()
+        r = M.sample(model, tok, texts, max_new_tokens=args.new_tokens, micro_batch=args.rows,
+                     compile=compile)
+        return time.perf_counter() - t, r
+
+    backend, why = M.compile_backend(torch.device("cpu"))
+    t = time.perf_counter()
+    run(True)   # compiles
+    compile_seconds = round(time.perf_counter() - t, 1)
+    results, reference = {}, None
+    for _ in range(args.repeats):
+        for name, compile in (("model.sample", False), ("model.sample(compile=True)", True)):
+            seconds, r = run(compile)
+            reference = r.response_ids if reference is None else reference
+            out = results.setdefault(name, {"ms_per_step": [], "same_tokens": True})
+            out["ms_per_step"].append(round(seconds / r.decode_steps * 1000, 2))
+            out["same_tokens"] &= bool(torch.equal(r.response_ids, reference))
+    base = min(results["model.sample"]["ms_per_step"])
+    for name, r in results.items():
+        r["best_ms_per_step"] = min(r["ms_per_step"])
+        r["vs_today"] = round(r["best_ms_per_step"] / base, 2)
+        print(f"{name:28} {r['best_ms_per_step']:6.1f} ms/step ({r['vs_today']:.2f}x), "
+              f"same tokens: {r['same_tokens']}")
+    out = {"command": "python experiments/decode_step.py " + " ".join(sys.argv[1:]),
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread",
+           "model": "Llama, 24 layers, hidden 64, intermediate 128, the tiny world's vocabulary",
+           "rows": args.rows, "new_tokens": args.new_tokens, "backend": backend, "why": why,
+           "compile_seconds_first_call": compile_seconds, "results": results}
+    with open(os.path.join(ROOT, "experiments", "results", "decode_step_sampler.json"), "w") as f:
         json.dump(out, f, indent=1)
 
 

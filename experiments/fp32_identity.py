@@ -47,6 +47,7 @@ def run(out):
     import torch
     from transformers import LlamaForCausalLM
     from support import model as M
+    from support import rundir
     from support import world as W
     tmp = tempfile.mkdtemp()
     tok = W.tiny_tokenizer(W.TinyWorld())
@@ -66,7 +67,7 @@ def run(out):
                         *flags], check=True, capture_output=True,
                        env=dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1"))
         metrics = [{k: v for k, v in json.loads(line).items()
-                    if not k.startswith("t_") and k != "tokens_per_s"}
+                    if not rundir.is_timing(k)}
                    for line in open(f"{rd}/metrics.jsonl")]
         result[arm] = {"metrics": metrics,
                        "samples": [json.loads(line) for line in open(f"{rd}/samples.jsonl")],

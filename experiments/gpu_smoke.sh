@@ -14,8 +14,11 @@
 #      problems come back and their prompts carry an earlier attempt of up to 512 tokens and
 #      lessons (the longest prompts the preset builds);
 #   3. the same with LoRA (--lora-rank 16) for three steps: the reference is the base with its
-#      adapters off, so KL at step 1 must be 0.
-# Every run prints seconds per phase and the peak GPU memory next to the plan.
+#      adapters off, so KL at step 1 must be 0;
+#   4. three steps of 2. with --compile (a static KV cache, the decoding step compiled; the
+#      first step compiles).
+# Every run prints seconds per phase, the rollouts' ms per decoding step and tokens per second,
+# and the peak GPU memory next to the plan.
 #
 #   bash experiments/gpu_smoke.sh [cuda device, default cuda]
 #
@@ -80,5 +83,11 @@ python train.py --preset qwen --init $OUT/qwen-sft --run-dir $OUT/qwen-lora --ov
   --steps 3 --eval-every 0 --no-final-eval --lora-rank 16 --lr 1e-5
 $CHECK runs --rl-dir $OUT/qwen-lora --expect-precision "$PRECISION"
 python -c "import sys; sys.path.insert(0, '.'); from support import model as M; M.load_model('$OUT/qwen-lora/final', device='cpu')"
+
+echo "== 4. --preset qwen with --compile on $DEVICE (compare 'ms per decoding step' with 2.)"
+python train.py --preset qwen --init $OUT/qwen-sft --run-dir $OUT/qwen-compiled --overwrite \
+  --device "$DEVICE" --data $OUT/gsm8k-20.jsonl --eval-data gsm8k --problems-per-step 8 \
+  --steps 3 --eval-every 0 --no-final-eval --compile
+$CHECK runs --rl-dir $OUT/qwen-compiled --expect-precision "$PRECISION"
 
 echo "gpu_smoke: all checks passed. The real run: see README, 'One GPU'."

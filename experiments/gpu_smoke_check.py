@@ -132,7 +132,7 @@ def check_runs(sft_dir, rl_dir, expect_precision, kl_tol=1e-3, plan=None,
             lines.append(f"  step {step}: {sum(phases.values()):.1f} s ("
                          + ", ".join(f"{k} {v:.1f}" for k, v in phases.items())
                          + f"); reward {r.get('reward')}, kl {r.get('kl')}, coverage "
-                         f"{r.get('coverage')}")
+                         f"{r.get('coverage')}" + _decode_speed(r))
             peak_vs_plan(f"RL step {step}", r.get("peak_gpu_gib"), "RL step")
         if steps:
             kl0 = steps[0].get("kl")
@@ -145,6 +145,13 @@ def check_runs(sft_dir, rl_dir, expect_precision, kl_tol=1e-3, plan=None,
                 fail.append(f"RL {rl_dir}: no prompt carried feedback at the last step "
                             "(coverage 0): the pool's longest prompts were never exercised")
     return fail, lines
+
+
+def _decode_speed(row) -> str:
+    """The rollouts' sampling speed of one step: ms per decoding step (its prefill included)
+    and tokens per second (runs from before these were logged print nothing)."""
+    ms, tps = row.get("ms_per_decode_step"), row.get("tokens_per_s")
+    return "" if ms is None else f"; sampling {ms:.1f} ms per decoding step, {tps:.0f} tokens/s"
 
 
 def check_logits(model_dir, device, expect_precision, precision="auto"):

@@ -66,7 +66,7 @@ def fingerprint(run_dir):
                 for r in rows]
         return hashlib.sha256(json.dumps(rows).encode()).hexdigest(), len(rows)
 
-    metrics, n = lines("metrics.jsonl", drop=("tokens_per_s",))
+    metrics, n = lines("metrics.jsonl", drop=("tokens_per_s", "ms_per_decode_step"))
     return {"steps_logged": n, "metrics": metrics, "samples": lines("samples.jsonl")[0],
             "pool": sha(os.path.join(run_dir, "pool.jsonl")),
             "eval": sha(os.path.join(run_dir, "eval.json")),

@@ -73,6 +73,17 @@ MUT = [
  ("R28 --help shows default: None", "support/config.py", "if action.default is None or action.default is False:", "if action.default is False:", "tests/test_config.py"),
  ("R29 --help hides the presets' values", "support/config.py", "    return with_presets(ap, PRESETS)", "    return ap", "tests/test_config.py"),
  ("R30 A_i with its sign flipped", "grpo.py", "adv = r - r.mean(dim=1, keepdim=True)", "adv = r.mean(dim=1, keepdim=True) - r", "tests/test_grpo.py tests/test_learning.py"),
+ # --- later: --compile, resume, the smoke script, the SFT-draw statistics -------------------
+ ("N01 --compile never reaches the rollouts", "train.py", "micro_batch=args.sample_micro_batch, compile=args.compile)", "micro_batch=args.sample_micro_batch)", TT + "::test_compile_reaches_the_rollouts_and_the_step_logs_decode_time"),
+ ("N02 sample ignores compile", "support/model.py", "cache = _static_cache(model, ids.shape, max_new_tokens) if compile else", "cache = _static_cache(model, ids.shape, max_new_tokens) if False else", "tests/test_model.py -k compile"),
+ ("N03 static cache never compiled", "support/model.py", '    return {name: cache, "compile_config": config}', '    return {name: cache, "disable_compile": True}', "tests/test_model.py -k compile"),
+ ("N04 decode time is not a timing", "support/rundir.py", 'TIMINGS = ("tokens_per_s", "ms_per_decode_step")', 'TIMINGS = ("tokens_per_s",)', TT + "::test_compile_reaches_the_rollouts_and_the_step_logs_decode_time"),
+ ("N05 a run killed in its final evaluation is finished", "support/rundir.py", 'evaluated = not self.args.final_eval or os.path.exists(os.path.join(run_dir, "eval.json"))', "evaluated = True", TF + "::test_resume_takes_the_runs_own_settings_and_does_not_extend_a_finished_run"),
+ ("N06 the smoke script imports a moved module", "experiments/gpu_smoke.sh", "from support import data\n", "import data\n", "tests/test_gpu_smoke_check.py"),
+ ("N07 the smoke check says no sampling speed", "experiments/gpu_smoke_check.py", '+ f"{r.get(\'coverage\')}" + _decode_speed(r))', '+ f"{r.get(\'coverage\')}")', "tests/test_gpu_smoke_check.py"),
+ ("N08 sign-flip p counts strictly larger", "experiments/sft_draws.py", ">= observed - 1e-12", "> observed + 1e-12", "tests/test_tables.py"),
+ ("N09 an SFT seed's first RL seed stands for it", "experiments/sft_draws.py", "return {ss: statistics.mean(v) for ss, v in sorted(seeds.items())}", "return {ss: v[0] for ss, v in sorted(seeds.items())}", "tests/test_tables.py"),
+ ("N10 learning counted among the runs that learned", "experiments/sft_draws.py", "for s in BY_STEPS} | {\"runs\": len(firsts)}", "for s in BY_STEPS} | {\"runs\": len(firsts)} if False else {str(s): sum(f is not None and f <= s for f in firsts) / max(1, sum(f is not None for f in firsts)) for s in BY_STEPS} | {\"runs\": len(firsts)}", "tests/test_tables.py"),
 ]
 
 

@@ -75,8 +75,9 @@ def build_inputs(tmp):
 
 
 def logged(run_dir):
+    from support import rundir
     metrics = [{k: v for k, v in json.loads(line).items()
-                if not k.startswith("t_") and k != "tokens_per_s"}
+                if not rundir.is_timing(k)}
                for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     samples = [json.loads(line) for line in open(os.path.join(run_dir, "samples.jsonl"))]
     return metrics, samples

@@ -67,7 +67,7 @@ def with_presets(ap, presets):
 # run_dir: a run directory may be moved (or copied to continue a run) without changing what it
 # computes. precision_used follows from --precision and the device (train.py logs it each step).
 RESUMABLE = {"steps", "resume", "overwrite", "run_dir", "device", "threads",
-             "sample_micro_batch", "logprob_tokens",
+             "sample_micro_batch", "compile", "logprob_tokens",
              "grad_checkpointing", "eval_every", "ckpt_every", "final_eval", "eval_limit",
              "max_bad_updates", "precision_used"}
 
@@ -145,6 +145,8 @@ def build_parser():
     g("--precision", default=None, choices=M.PRECISIONS,
       help="auto: bf16 autocast over float32 weights on a GPU with native bf16, else float32")
     g("--sample-micro-batch", type=int, default=None, help="rows per generate call")
+    g("--compile", action="store_true",
+      help="rollouts with a static KV cache and a torch.compile'd decoding step (a GPU)")
     g("--logprob-tokens", type=int, default=None,
       help="padded tokens per log-prob micro-batch (lower it on out-of-memory)")
     g("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,

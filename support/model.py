@@ -30,14 +30,16 @@ import importlib.util
 import inspect
 import json
 import os
+import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import (AttentionInterface, AutoConfig, AutoModelForCausalLM, AutoTokenizer,
-                          DynamicCache, GenerationConfig)
+                          CompileConfig, DynamicCache, GenerationConfig, StaticCache)
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils import logging as hf_logging
@@ -358,6 +360,7 @@ class Rollouts:
     response_mask: torch.Tensor      # FloatTensor[N, T], 1 up to and including the first EOS
     texts: list[str]                 # decoded responses, special tokens dropped
     truncated: torch.Tensor          # BoolTensor[N], no EOS within max_new_tokens
+    decode_steps: int = 0            # forward passes of one token each, over all generate calls
 
 
 def _as_list(x):
@@ -390,9 +393,12 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device):
 
 @torch.no_grad()   # not inference_mode: its tensors could not be saved for backward later
 def sample(model, tokenizer, prompts: list[str], n: int = 1, max_new_tokens=64,
-           temperature=1.0, top_p=1.0, greedy=False, micro_batch: int = 64) -> Rollouts:
+           temperature=1.0, top_p=1.0, greedy=False, micro_batch: int = 64,
+           compile: bool = False) -> Rollouts:
     """n responses per prompt (raw user texts; formatted here). Draws from torch's global
-    random stream: the caller seeds it (train.py with --seed; evaluation forks it)."""
+    random stream: the caller seeds it (train.py with --seed; evaluation forks it).
+    compile: a static KV cache and a compiled decoding step (`compile_backend`); the same
+    tokens, less host work per token on a GPU."""
     if n < 1 or micro_batch < 1 or max_new_tokens < 1:
         raise UserError("n, max_new_tokens and the sample micro-batch must be at least 1")
     if not greedy and (temperature <= 0 or not 0 < top_p <= 1):
@@ -406,16 +412,19 @@ def sample(model, tokenizer, prompts: list[str], n: int = 1, max_new_tokens=64,
     # top_k=0 must be explicit: left unset (None), transformers fills in its default of 50.
     knobs = (dict(do_sample=False) if greedy else
              dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0))
-    ids_parts, mask_parts, trunc_parts = [], [], []
+    ids_parts, mask_parts, trunc_parts, decode_steps = [], [], [], 0
     for start in range(0, len(rows), micro_batch):
         ids, attn = _left_pad(rows[start:start + micro_batch], pad_id, device)
+        cache = _static_cache(model, ids.shape, max_new_tokens) if compile else \
+            _one_dtype_cache(model)
         # one generate call per micro-batch: KV cache, positions from the attention mask; no
         # cache of bf16 weight copies (a model's worth, for every decoding step)
         with autocast(model, cache=False):
             out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
                                  eos_token_id=stops, pad_token_id=pad_id, use_cache=True,
-                                 **_one_dtype_cache(model), **knobs)
+                                 **cache, **knobs)
         resp = out[:, ids.shape[1]:].cpu()
+        decode_steps += resp.shape[1]
         # The mask is computed per micro-batch, before padding to a common width: a row with
         # no EOS is "all generated tokens", which must not include our extra padding columns.
         mask, trunc = response_mask(resp, stops)
@@ -425,7 +434,7 @@ def sample(model, tokenizer, prompts: list[str], n: int = 1, max_new_tokens=64,
     mask = torch.cat([F.pad(p, (0, width - p.shape[1])) for p in mask_parts])
     texts = tokenizer.batch_decode([r[m > 0].tolist() for r, m in zip(response_ids, mask)],
                                    skip_special_tokens=True)
-    return Rollouts(rows, response_ids, mask, texts, torch.cat(trunc_parts))
+    return Rollouts(rows, response_ids, mask, texts, torch.cat(trunc_parts), decode_steps)
 
 
 class OneDtypeCache(DynamicCache):
@@ -452,6 +461,55 @@ def _one_dtype_cache(model) -> dict:
         return {}
     name = "cache" if _accepts(model, "cache") else "past_key_values"
     return {name: OneDtypeCache(dtype, config=model.config)}
+
+
+class OneDtypeStaticCache(StaticCache):
+    """A static KV cache (preallocated, written in place: no torch.cat per token, fixed shapes a
+    compiled decoding step can reuse) in one dtype, as OneDtypeCache."""
+
+    def __init__(self, dtype, **kwargs):
+        super().__init__(**kwargs)
+        self.kv_dtype = dtype
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        return super().update(key_states.to(self.kv_dtype), value_states.to(self.kv_dtype),
+                              layer_idx, *args, **kwargs)
+
+
+STATIC_CACHE_BUCKET = 64   # cache lengths round up to this: one compiled step serves many steps
+
+
+def _static_cache(model, prompt_shape, max_new_tokens) -> dict:
+    """generate()'s arguments for a static cache and its compiled decoding step. The cache's
+    length is rounded up, so prompts of similar length share one compiled graph (torch compiles
+    once per batch size and cache length)."""
+    rows, width = prompt_shape
+    length = -(-(width + max_new_tokens) // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET
+    dtype = getattr(model, "autocast_dtype", None) or next(model.parameters()).dtype
+    cache = OneDtypeStaticCache(dtype, config=model.config, max_cache_len=length)
+    backend, _ = compile_backend(device_of(model))
+    name = "cache" if _accepts(model, "cache") else "past_key_values"
+    if backend is None:   # the static cache alone
+        return {name: cache, "disable_compile": True}
+    config = CompileConfig(fullgraph=False, dynamic=False, backend=backend,
+                           # CUDA graphs on a GPU: the decoding step is launched as one graph
+                           mode="reduce-overhead" if device_of(model).type == "cuda" else None)
+    config._compile_all_devices = True   # transformers compiles on GPUs only unless told
+    return {name: cache, "compile_config": config}
+
+
+@lru_cache(maxsize=None)
+def compile_backend(device: torch.device) -> tuple[str | None, str]:
+    """(torch.compile's backend for the decoding step, or None, and why): inductor where it can
+    build kernels (a C++ compiler on the CPU, Triton on a GPU), else no compilation."""
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        return None, "Triton is not installed: decoding with a static cache, uncompiled"
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        return None, "no C++ compiler: decoding with a static cache, uncompiled"
+    if device.type not in ("cpu", "cuda"):
+        return None, f"torch.compile is not tried on {device.type}: a static cache, uncompiled"
+    return "inductor", ("decoding with a static cache, compiled by torch.compile (inductor; "
+                        "the first steps compile, about a minute)")
 
 
 # --- Log-probabilities --------------------------------------------------------------------

@@ -167,6 +167,15 @@ def load_state(ckpt: str) -> dict:
 
 # --- The run directory ----------------------------------------------------------------------
 
+TIMINGS = ("tokens_per_s", "ms_per_decode_step")   # besides the t_<phase> seconds
+
+
+def is_timing(key: str) -> bool:
+    """Does this metric measure the machine (seconds, throughput) rather than the run? Two runs
+    that compute the same thing agree on every other metric."""
+    return key.startswith("t_") or key in TIMINGS
+
+
 def check_run_dir(args, resumable: set):
     """A new run refuses to write over a different one; --resume checks that the saved config
     is compatible (only the flags in `resumable` may change). Writes nothing."""

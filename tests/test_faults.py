@@ -85,7 +85,7 @@ def test_same_seed_same_metrics(tmp_path, tiny_dir):
                     "--problems-per-step", "2", "--group-size", "4", "--max-new-tokens", "6",
                     "--summary-tokens", "6", "--eval-every", "1", "--no-final-eval"])
         rows.append([{k: v for k, v in json.loads(l).items()
-                      if not k.startswith("t_") and k != "tokens_per_s"}
+                      if not rundir.is_timing(k)}
                      for l in open(tmp_path / name / "metrics.jsonl")])
     assert rows[0] == rows[1] and len(rows[0]) == 3
 

@@ -48,6 +48,16 @@ def test_a_good_run_passes(tmp_path):
     assert failures(tmp_path) == []
 
 
+def test_each_rl_step_prints_its_sampling_speed(tmp_path):
+    """The report's line of an RL step says its ms per decoding step and tokens per second."""
+    sft, rl = write_runs(tmp_path, steps=[good_step(1, ms_per_decode_step=21.5,
+                                                    tokens_per_s=812.4), good_step(2)])
+    _, lines = C.check_runs(sft, rl, "bf16", plan=PLAN)
+    step1 = next(l for l in lines if "step 1:" in l)
+    assert "21.5 ms per decoding step, 812 tokens/s" in step1
+    assert "decoding" not in next(l for l in lines if "step 2:" in l)   # not logged: not said
+
+
 @pytest.mark.parametrize("bad,needle", [
     (dict(steps=[good_step(1), good_step(2, skipped_update=True)]), "skipped"),
     (dict(steps=[good_step(1), good_step(2, loss=float("nan"))]), "loss is nan"),

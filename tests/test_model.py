@@ -127,6 +127,59 @@ def test_sample_asks_for_plain_sampling(tiny, tok, monkeypatch):
     assert seen[0]["attention_mask"][:, 0].tolist() == [0, 0, 1]
 
 
+def _sampled(model, tok, greedy, **kw):
+    torch.manual_seed(5)
+    r = M.sample(model, tok, PROMPTS, n=4, max_new_tokens=12, greedy=greedy, micro_batch=3, **kw)
+    return r.response_ids, r.texts, r.decode_steps
+
+
+@pytest.mark.parametrize("backend", [None, "eager"])
+def test_static_cache_and_compiled_decoding_sample_the_same_tokens(tiny, tok, monkeypatch,
+                                                                   backend):
+    """--compile: a static KV cache (None: no compiler, the cache alone; eager: torch.compile's
+    graph capture, without building kernels) samples what the default sampler does, greedy and
+    at a fixed seed, and it is what generate is given."""
+    seen = []
+    real = tiny.generate
+    monkeypatch.setattr(tiny, "generate", lambda **kw: seen.append(kw) or real(**kw))
+    monkeypatch.setattr(M, "compile_backend", lambda device: (backend, "why"))
+    for greedy in (True, False):
+        ids, texts, steps = _sampled(tiny, tok, greedy)
+        assert not any(isinstance(kw.get("cache"), M.StaticCache) for kw in seen)
+        seen.clear()
+        ids_c, texts_c, steps_c = _sampled(tiny, tok, greedy, compile=True)
+        assert torch.equal(ids, ids_c) and texts == texts_c and steps == steps_c
+        assert len(seen) == 3 and all(isinstance(kw["cache"], M.StaticCache) for kw in seen)
+        if backend is None:
+            assert all(kw["disable_compile"] for kw in seen)
+        else:
+            assert all(kw["compile_config"].backend == backend for kw in seen)
+        seen.clear()
+    # decode steps: the generated width of each generate call (8 rows in calls of 3, 3, 2)
+    assert 3 <= steps <= 3 * 12 and steps >= ids.shape[1]
+
+
+def test_compile_uses_inductor_only_where_it_can_build_kernels(tiny, tok, monkeypatch):
+    """Without a C++ compiler the CPU decodes with the static cache, uncompiled (the run goes
+    on, and says so); with one, inductor compiles the decoding step and still samples the same
+    tokens (the first call compiles: some seconds)."""
+    import shutil
+    cpu = torch.device("cpu")
+    M.compile_backend.cache_clear()
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "which", lambda name: None)
+        backend, why = M.compile_backend(cpu)
+        assert backend is None and "no C++ compiler" in why
+    M.compile_backend.cache_clear()
+    backend, why = M.compile_backend(cpu)
+    assert backend == ("inductor" if any(shutil.which(c) for c in ("c++", "g++", "clang++"))
+                       else None)
+    for greedy in (True, False):
+        ids, texts, _ = _sampled(tiny, tok, greedy)
+        ids_c, texts_c, _ = _sampled(tiny, tok, greedy, compile=True)
+        assert torch.equal(ids, ids_c) and texts == texts_c
+
+
 def test_response_mask_on_uneven_batch(tiny, tok):
     # The mask rule on a hand-made batch: EOS (2) counts, what follows does not.
     ids = torch.tensor([[5, 2, 0, 0], [5, 6, 7, 8], [2, 0, 0, 0]])

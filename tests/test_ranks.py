@@ -11,6 +11,7 @@ import torch
 
 import ranks_grad
 import train
+from support import rundir
 from support.errors import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,7 +51,7 @@ def final_state(run_dir):
     from support import model as M
     model, _ = M.load_model(os.path.join(run_dir, "checkpoint"), device="cpu")
     metrics = [{k: v for k, v in json.loads(line).items()
-                if not k.startswith("t_") and k != "tokens_per_s"}
+                if not rundir.is_timing(k)}
                for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     return (model.state_dict(), open(os.path.join(run_dir, "checkpoint", "pool.jsonl")).read(),
             metrics, open(os.path.join(run_dir, "samples.jsonl")).read())
@@ -129,7 +130,7 @@ def test_one_process_is_untouched_and_ranks_draw_their_own_streams(monkeypatch):
     from support import ranks
     import train
     items = [{"id": 1}, {"id": 2}]
-    record = train.StepRecord(items, *([["a", "b"]] * 5), None, [1, 2], [False, False])
+    record = train.StepRecord(items, *([["a", "b"]] * 5), None, [1, 2], [False, False], [7])
     assert ranks.share(items) is items
     assert ranks.gather(record) is record
     assert ranks.total(3, 2.5) == [3, 2.5] and ranks.rank_seed(7) == 7

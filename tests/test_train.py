@@ -21,6 +21,7 @@ import grpo
 from support import model as M
 import prompts
 import train
+from support import rundir
 from support import world as W
 from support.errors import run_cli
 from pool import Entry, Pool, parse_summary
@@ -538,6 +539,24 @@ def test_temperature_reaches_sampling_and_the_log_probs(tmp_path, tiny_dir, monk
     assert scored and all(c.get("temperature") == 0.7 for c in scored)
 
 
+def test_compile_reaches_the_rollouts_and_the_step_logs_decode_time(tmp_path, tiny_dir,
+                                                                     monkeypatch):
+    """--compile reaches the rollouts' sampling (not the greedy summaries), the run computes
+    what it computes without it, and every step logs its milliseconds per decoding step."""
+    monkeypatch.setattr(M, "compile_backend", lambda device: ("eager", "graph capture only"))
+    runs = []
+    for name, flags in (("plain", []), ("compiled", ["--compile"])):
+        with monkeypatch.context() as m:   # each run spies on the real model.sample
+            _, sampled, _, _ = spied_run(tmp_path / name, tiny_dir, m, *flags, steps=2)
+        rows = [json.loads(l) for l in open(tmp_path / name / "rl" / "metrics.jsonl")]
+        runs.append([{k: v for k, v in r.items() if not rundir.is_timing(k)} for r in rows])
+        rollouts = [c for c in sampled if not c.get("greedy")]
+        assert rollouts and all(c.get("compile") is bool(flags) for c in rollouts)
+        assert all(not c.get("compile") for c in sampled if c.get("greedy"))
+        assert all(r["ms_per_decode_step"] > 0 for r in rows if "reward" in r)
+    assert runs[0] == runs[1]
+
+
 # --- checkpoints and resume -----------------------------------------------------------------
 
 def fake_reward(text, gold):
@@ -550,7 +569,7 @@ def _final_state(run_dir):
     metrics = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
     for m in metrics:
         for k in list(m):
-            if k.startswith("t_") or k == "tokens_per_s":
+            if rundir.is_timing(k):
                 del m[k]
     return model.state_dict(), open(os.path.join(run_dir, "checkpoint", "pool.jsonl")).read(), \
         metrics
@@ -609,8 +628,8 @@ def test_refuses_to_overwrite_another_run(tmp_path, tiny_dir, capsys):
 def _training_rows(run_dir):
     """metrics.jsonl without timings and evaluations: what training computed."""
     rows = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
-    return [{k: v for k, v in r.items() if not k.startswith(("t_", "eval")) and
-             k != "tokens_per_s"} for r in rows if "reward" in r]
+    return [{k: v for k, v in r.items() if not (rundir.is_timing(k) or k.startswith("eval"))}
+            for r in rows if "reward" in r]
 
 
 def test_seed_reaches_sampling_and_evaluations_draw_nothing_from_the_run(tmp_path, tiny_dir,
