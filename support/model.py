@@ -482,9 +482,8 @@ STATIC_CACHE_BUCKET = 64   # cache lengths round up to this: one compiled step s
 def _static_cache(model, prompt_shape, max_new_tokens) -> dict:
     """generate()'s arguments for a static cache and its compiled decoding step. The cache's
     length is rounded up, so prompts of similar length share one compiled graph (torch compiles
-    once per batch size and cache length)."""
-    rows, width = prompt_shape
-    length = -(-(width + max_new_tokens) // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET
+    once per batch size and cache length; the prefill runs uncompiled)."""
+    length = -(-(prompt_shape[1] + max_new_tokens) // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET
     dtype = getattr(model, "autocast_dtype", None) or next(model.parameters()).dtype
     cache = OneDtypeStaticCache(dtype, config=model.config, max_cache_len=length)
     backend, _ = compile_backend(device_of(model))

@@ -120,6 +120,20 @@ def test_placebo_on_real_data_uses_another_problems_lessons_never_its_own():
         assert any("principle of q" in t for t in texts)
 
 
+def test_placebo_on_real_data_matches_the_real_lessons_counts():
+    """Real data: the placebo has as many principles and pitfalls as the real context, drawing
+    on as many other problems as it takes (one problem's lessons may hold fewer)."""
+    pool = Pool()
+    for i in range(6):   # each problem distilled one principle and one pitfall
+        pool.add([Entry(f"q{i}", f"question {i}", f"attempt {i}", 1.0, 0, [f"principle {i}"],
+                        [f"pitfall {i}"], {})])
+    for seed in range(20):
+        principles, pitfalls = C.placebo_lessons({"id": "q0"}, pool, 3, 2, random.Random(seed))
+        assert len(principles) == 3 and len(pitfalls) == 2
+        assert not {"principle 0", "pitfall 0"} & set(principles + pitfalls)   # never its own
+    assert C.placebo_lessons({"id": "q0"}, pool, 9, 1, random.Random(0))[0].__len__() == 5
+
+
 def test_placebo_is_refused_with_raw_trajectories(tmp_path, tiny_dir, capsys):
     with pytest.raises(SystemExit) as e:
         run_cli(train.main, small_run(tmp_path, tiny_dir, "--feedback", "placebo",

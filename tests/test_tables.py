@@ -1,6 +1,7 @@
 """experiments/tables.py prints the headline of RESULTS.md and the README from the committed
 JSON: each method is paired with its own placebo, "step to 0.9" is the median over the runs
-that got there, and the README's numbers are the ones the table prints."""
+that got there, the README's numbers are the ones the table prints; experiments/sft_draws.py's
+statistics are exact."""
 import copy
 import os
 import sys
@@ -35,16 +36,22 @@ def test_step_to_0_9_is_the_median_over_the_runs_that_learned():
     assert tables.learned_step({"first_step_at_0.9": [None, None]}) is None
 
 
-def test_the_readme_quotes_the_headline_as_the_table_prints_it():
+def test_the_readme_quotes_the_sft_draws_as_the_table_prints_them():
+    """The README's result paragraph quotes each contrast (mean [t interval] and the sign-flip
+    p) as `python experiments/tables.py draws` prints it from the committed JSON."""
     with open(os.path.join(ROOT, "README.md")) as f:
         readme = " ".join(f.read().split())
-    table = tables.headline_table("controls")
-    for arm, quoted in (("lanpo", ["-0.065 [-0.098, -0.031]", "+0.024 [-0.038, +0.091]"]),
-                        ("lanpo-plain", ["+0.090 [+0.054, +0.113]", "+0.101 [+0.033, +0.171]"]),
-                        ("lanpo-corrected", ["-0.034 [-0.090, +0.024]",
-                                             "-0.023 [-0.081, +0.044]"])):
-        for q in quoted:
-            assert q in row(table, arm) and q in readme, (arm, q)
+    table = tables.draws_table("greedy")
+    for contrast, quoted in (("lanpo - grpo", "-0.043 [-0.072, -0.013]"),
+                             ("lanpo - placebo", "+0.002 [-0.036, +0.040]"),
+                             ("lanpo-plain - grpo", "+0.078 [+0.018, +0.139]"),
+                             ("lanpo-plain - placebo-plain", "+0.072 [-0.019, +0.164]"),
+                             ("lanpo-corrected - grpo", "-0.019 [-0.067, +0.029]")):
+        cells = [c.strip() for c in row(table, contrast).split("|")]
+        assert cells[-3] == quoted and quoted in readme, (contrast, cells[-3])
+        assert f"{quoted}, p = {cells[-2]}" in readme, (contrast, cells[-2])
+    signs = [c.strip() for c in row(table, "lanpo - grpo").split("|")][-4]
+    assert signs == "0 / 4 / 6" and "below GRPO on 6 of 10 SFT draws and level on 4" in readme
 
 
 # --- experiments/sft_draws.py: one value per SFT draw, and tests honest at few -----------------
@@ -74,3 +81,4 @@ def test_each_sft_seed_is_one_value_and_learning_is_censored():
     runs = [{"first_learned": {"f": 25}}, {"first_learned": {"f": 150}},
             {"first_learned": {"f": None}}, {"first_learned": {"f": 200}}]
     assert sft_draws.learned_by(runs, "f") == {"50": 0.25, "100": 0.25, "200": 0.75, "runs": 4}
+    assert sft_draws.learned_by(runs, "f", 600)["600"] == 0.75   # censored at the end
