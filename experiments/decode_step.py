@@ -84,21 +84,9 @@ def main():
         loop(True, step)   # the first call compiles
         compile_seconds = round(time.perf_counter() - t, 1)
         variants["hand-written loop, static cache, compiled"] = lambda: loop(True, step)
-    results, reference = {}, None
     with torch.no_grad():
-        for _ in range(args.repeats):   # interleaved, so drift falls on every variant alike
-            for name, run in variants.items():
-                seconds, tokens = run()
-                reference = tokens if reference is None else reference
-                r = results.setdefault(name, {"ms_per_step": [], "same_tokens": True})
-                r["ms_per_step"].append(round(seconds / N * 1000, 2))
-                r["same_tokens"] &= bool(torch.equal(tokens, reference))
-    base = min(results["generate (dynamic cache)"]["ms_per_step"])
-    for name, r in results.items():
-        r["best_ms_per_step"] = min(r["ms_per_step"])
-        r["vs_generate"] = round(r["best_ms_per_step"] / base, 2)
-        print(f"{name:44} {r['best_ms_per_step']:6.1f} ms/step ({r['vs_generate']:.2f}x), "
-              f"same tokens: {r['same_tokens']}")
+        results = side_by_side({name: lambda run=run: (*run(), N) for name, run in
+                                variants.items()}, args.repeats, "vs_generate")
     out = {"command": "python experiments/decode_step.py " + " ".join(sys.argv[1:]),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread",
            "model": "Llama, 24 layers, hidden 64, intermediate 256, vocab 2000",
@@ -106,6 +94,27 @@ def main():
            "compile_seconds": compile_seconds, "results": results}
     with open(os.path.join(ROOT, "experiments", "results", "decode_step.json"), "w") as f:
         json.dump(out, f, indent=1)
+
+
+def side_by_side(variants, repeats, vs):
+    """Each variant (a call returning seconds, tokens, decoding steps) `repeats` times,
+    interleaved so that drift falls on every variant alike: ms per decoding step, the best
+    repeat against the first variant's (key `vs`), and whether its tokens equal the first's."""
+    results, reference = {}, None
+    for _ in range(repeats):
+        for name, run in variants.items():
+            seconds, tokens, steps = run()
+            reference = tokens if reference is None else reference
+            r = results.setdefault(name, {"ms_per_step": [], "same_tokens": True})
+            r["ms_per_step"].append(round(seconds / steps * 1000, 2))
+            r["same_tokens"] &= bool(torch.equal(tokens, reference))
+    base = min(next(iter(results.values()))["ms_per_step"])
+    for name, r in results.items():
+        r["best_ms_per_step"] = min(r["ms_per_step"])
+        r[vs] = round(r["best_ms_per_step"] / base, 2)
+        print(f"{name:44} {r['best_ms_per_step']:6.1f} ms/step ({r[vs]:.2f}x), "
+              f"same tokens: {r['same_tokens']}")
+    return results
 
 
 def measure_sampler(args):
@@ -137,20 +146,13 @@ def measure_sampler(args):
     t = time.perf_counter()
     run(True)   # compiles
     compile_seconds = round(time.perf_counter() - t, 1)
-    results, reference = {}, None
-    for _ in range(args.repeats):
-        for name, compile in (("model.sample", False), ("model.sample(compile=True)", True)):
-            seconds, r = run(compile)
-            reference = r.response_ids if reference is None else reference
-            out = results.setdefault(name, {"ms_per_step": [], "same_tokens": True})
-            out["ms_per_step"].append(round(seconds / r.decode_steps * 1000, 2))
-            out["same_tokens"] &= bool(torch.equal(r.response_ids, reference))
-    base = min(results["model.sample"]["ms_per_step"])
-    for name, r in results.items():
-        r["best_ms_per_step"] = min(r["ms_per_step"])
-        r["vs_today"] = round(r["best_ms_per_step"] / base, 2)
-        print(f"{name:28} {r['best_ms_per_step']:6.1f} ms/step ({r['vs_today']:.2f}x), "
-              f"same tokens: {r['same_tokens']}")
+    def variant(compile):
+        seconds, r = run(compile)
+        return seconds, r.response_ids, r.decode_steps
+
+    results = side_by_side({"model.sample": lambda: variant(False),
+                            "model.sample(compile=True)": lambda: variant(True)},
+                           args.repeats, "vs_today")
     out = {"command": "python experiments/decode_step.py " + " ".join(sys.argv[1:]),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread",
            "model": "Llama, 24 layers, hidden 64, intermediate 128, the tiny world's vocabulary",

@@ -437,7 +437,7 @@ def sample(model, tokenizer, prompts: list[str], n: int = 1, max_new_tokens=64,
     return Rollouts(rows, response_ids, mask, texts, torch.cat(trunc_parts), decode_steps)
 
 
-class OneDtypeCache(DynamicCache):
+class _OneDtype:
     """A KV cache in one dtype. Under bf16 autocast the key after RoPE is float32 (rotary cos and
     sin are float32) while the value is bf16: the cache would hold keys at twice the values' size,
     and attention would cast the whole cached key at every step. Attention casts its inputs to
@@ -452,6 +452,15 @@ class OneDtypeCache(DynamicCache):
                               layer_idx, *args, **kwargs)
 
 
+class OneDtypeCache(_OneDtype, DynamicCache):
+    """generate()'s own cache (grown by torch.cat every step), in one dtype."""
+
+
+class OneDtypeStaticCache(_OneDtype, StaticCache):
+    """A static KV cache (preallocated, written in place: no torch.cat per token, fixed shapes a
+    compiled decoding step can reuse), in one dtype."""
+
+
 def _one_dtype_cache(model) -> dict:
     """generate()'s cache argument under autocast; nothing (its own cache) otherwise. The
     argument is `cache` in recent transformers 5.x (whose models take `cache`), and
@@ -461,19 +470,6 @@ def _one_dtype_cache(model) -> dict:
         return {}
     name = "cache" if _accepts(model, "cache") else "past_key_values"
     return {name: OneDtypeCache(dtype, config=model.config)}
-
-
-class OneDtypeStaticCache(StaticCache):
-    """A static KV cache (preallocated, written in place: no torch.cat per token, fixed shapes a
-    compiled decoding step can reuse) in one dtype, as OneDtypeCache."""
-
-    def __init__(self, dtype, **kwargs):
-        super().__init__(**kwargs)
-        self.kv_dtype = dtype
-
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        return super().update(key_states.to(self.kv_dtype), value_states.to(self.kv_dtype),
-                              layer_idx, *args, **kwargs)
 
 
 STATIC_CACHE_BUCKET = 64   # cache lengths round up to this: one compiled step serves many steps

@@ -53,7 +53,7 @@ def update_args(**kw):
     return gpu_update_args(**{"inner_epochs": 1, "logprob_tokens": 10_000, **kw})
 
 
-def rollouts_of(model, tok, n_problems=2, G=4, max_new_tokens=8, seed=0):
+def rollouts_of(model, tok, n_problems=2, G=4, max_new_tokens=8, seed=0, compile=False):
     """Rollouts of prompts of different lengths (plain and feedback-aware), so rows are
     left-padded, as in train_step."""
     import prompts
@@ -62,7 +62,7 @@ def rollouts_of(model, tok, n_problems=2, G=4, max_new_tokens=8, seed=0):
              prompts.feedback_prompt(p["question"], ["add then mul"], ["mul then mul"])
              for p in probs for j in range(G)]
     torch.manual_seed(seed)
-    return M.sample(model, tok, texts, max_new_tokens=max_new_tokens)
+    return M.sample(model, tok, texts, max_new_tokens=max_new_tokens, compile=compile)
 
 
 # --- 2. precision "auto" ----------------------------------------------------------------------
@@ -166,7 +166,7 @@ def test_kl_is_to_the_frozen_sft_model_not_the_current_policy(saved, precision):
 
 # --- 4. the KV cache --------------------------------------------------------------------------
 
-def cached_dtypes(model, tok):
+def cached_dtypes(model, tok, compile=False):
     """The dtypes of every key and value tensor the KV cache held during sampling."""
     seen = set()
 
@@ -176,21 +176,25 @@ def cached_dtypes(model, tok):
             seen.update({layer.keys.dtype, layer.values.dtype})
     handle = model.register_forward_hook(hook)
     try:
-        rollouts_of(model, tok, max_new_tokens=4)
+        rollouts_of(model, tok, max_new_tokens=4, compile=compile)
     finally:
         handle.remove()
     return seen
 
 
-def test_kv_cache_holds_one_dtype_under_bf16_autocast(saved):
+def test_kv_cache_holds_one_dtype_under_bf16_autocast(saved, monkeypatch):
     """Under autocast the key after RoPE would be float32 (bf16 key times float32 cos) and the
-    value bf16: the cache holds both in bf16, for the policy and for a frozen model."""
+    value bf16: the cache holds both in bf16, for the policy and for a frozen model, and so
+    does --compile's static cache (here uncompiled: the cache is what is checked)."""
     arch, path = saved
+    monkeypatch.setattr(M, "compile_backend", lambda device: (None, "not here"))
     for frozen in (False, True):
         model, tok = M.load_model(path, device="cpu", precision="bf16", frozen=frozen)
         assert cached_dtypes(model, tok) == {torch.bfloat16}
+    assert cached_dtypes(model, tok, compile=True) == {torch.bfloat16}
     model, tok = M.load_model(path, device="cpu", precision="fp32")
     assert cached_dtypes(model, tok) == {torch.float32}
+    assert cached_dtypes(model, tok, compile=True) == {torch.float32}
 
 
 def test_sampling_and_scoring_agree_under_bf16_autocast(saved):
