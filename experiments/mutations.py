@@ -87,6 +87,7 @@ MUT = [
  ("N10 learning counted among the runs that learned", "experiments/sft_draws.py", "/ len(firsts)", "/ max(1, sum(f is not None for f in firsts))", "tests/test_tables.py"),
  ("N11 the real-data placebo takes one problem's lessons", "support/controls.py", "        if len(principles) >= n_principles and len(pitfalls) >= n_pitfalls:\n            break", "        if principles or pitfalls:\n            break", TC),
  ("N12 the static cache keeps float32 keys under autocast", "support/model.py", "    cache = OneDtypeStaticCache(dtype, config=model.config, max_cache_len=length)", "    cache = StaticCache(config=model.config, max_cache_len=length)", P + "test_kv_cache_holds_one_dtype_under_bf16_autocast"),
+ ("N13 a reused static cache is not reset", "support/model.py", "        cache = kept[1]\n        cache.reset()\n", "        cache = kept[1]\n", "tests/test_model.py -k compile"),
 ]
 
 

@@ -478,10 +478,20 @@ STATIC_CACHE_BUCKET = 64   # cache lengths round up to this: one compiled step s
 def _static_cache(model, prompt_shape, max_new_tokens) -> dict:
     """generate()'s arguments for a static cache and its compiled decoding step. The cache's
     length is rounded up, so prompts of similar length share one compiled graph (torch compiles
-    once per batch size and cache length; the prefill runs uncompiled)."""
+    once per batch size and cache length; the prefill runs uncompiled). The last cache is kept
+    on the model and reset for the next call of the same shape, as transformers does with its
+    own: the compiled step (and a CUDA graph) expects its tensors at the same addresses."""
     length = -(-(prompt_shape[1] + max_new_tokens) // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET
     dtype = getattr(model, "autocast_dtype", None) or next(model.parameters()).dtype
-    cache = OneDtypeStaticCache(dtype, config=model.config, max_cache_len=length)
+    key = (prompt_shape[0], length, dtype)
+    kept = getattr(model, "_static_kv", None)
+    if kept is not None and kept[0] == key:
+        cache = kept[1]
+        cache.reset()
+    else:
+        model._static_kv = None   # the old one goes before the new one is allocated
+        cache = OneDtypeStaticCache(dtype, config=model.config, max_cache_len=length)
+        model._static_kv = (key, cache)
     backend, _ = compile_backend(device_of(model))
     name = "cache" if _accepts(model, "cache") else "past_key_values"
     if backend is None:   # the static cache alone

@@ -150,6 +150,8 @@ def test_static_cache_and_compiled_decoding_sample_the_same_tokens(tiny, tok, mo
         ids_c, texts_c, steps_c = _sampled(tiny, tok, greedy, compile=True)
         assert torch.equal(ids, ids_c) and texts == texts_c and steps == steps_c
         assert len(seen) == 3 and all(isinstance(kw["cache"], M.StaticCache) for kw in seen)
+        # calls of one shape (3 rows, one length bucket) reuse one cache, reset in between
+        assert seen[0]["cache"] is seen[1]["cache"] and seen[2]["cache"] is not seen[1]["cache"]
         if backend is None:
             assert all(kw["disable_compile"] for kw in seen)
         else:
