@@ -226,9 +226,8 @@ def final_eval(model, tok, pool, eval_sets, args, metrics_path):
     """The three modes on every test set; prints the table and returns the results."""
     cfg = eval_cfg(args)
     modes = [m for m in MODES if m != "pool" or len(pool)]
-    with oom_hint("evaluating", "lower --sample-micro-batch"):
-        results = {name: {mode: evaluate(model, tok, probs, mode, cfg, pool) for mode in modes}
-                   for name, probs in eval_sets.items()}
+    results = {name: {mode: evaluate(model, tok, probs, mode, cfg, pool) for mode in modes}
+               for name, probs in eval_sets.items()}
     print()
     print_table(results, 1, json_path=os.path.join(args.run_dir, "eval.json"))
     first = rundir.read_jsonl_log(metrics_path)[:1]
@@ -343,9 +342,9 @@ def main(argv=None):
     modes = MODES if args.mode == "all" else (args.mode,)
     if pool is None:
         modes = tuple(m for m in modes if m != "pool") if args.mode == "all" else modes
-    with oom_hint("evaluating", "lower --sample-micro-batch"):
-        results = {name: {m: evaluate(model, tok, probs, m, args, pool, args.k, args.seed)
-                          for m in modes} for name, probs in datasets.items()}
+    # (evaluate() turns running out of GPU memory into its one-line hint)
+    results = {name: {m: evaluate(model, tok, probs, m, args, pool, args.k, args.seed)
+                      for m in modes} for name, probs in datasets.items()}
     print_table(results, args.k, json_path=args.out)
     if args.out:
         with open(args.out, "w") as f:

@@ -161,11 +161,13 @@ def test_static_cache_and_compiled_decoding_sample_the_same_tokens(tiny, tok, mo
     assert 3 <= steps <= 3 * 12 and steps >= ids.shape[1]
 
 
-def test_compile_uses_inductor_only_where_it_can_build_kernels(tiny, tok, monkeypatch):
+def test_compile_uses_inductor_only_where_it_can_build_kernels(tiny, tok, monkeypatch, tmp_path):
     """Without a C++ compiler the CPU decodes with the static cache, uncompiled (the run goes
     on, and says so); with one, inductor compiles the decoding step and still samples the same
-    tokens (the first call compiles: some seconds)."""
+    tokens (the first call compiles: some seconds). Inductor's kernels go to a cache of this
+    test's own: one built under another ATEN_CPU_CAPABILITY fails to compile (measured)."""
     import shutil
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     cpu = torch.device("cpu")
     M.compile_backend.cache_clear()
     with monkeypatch.context() as m:
