@@ -137,6 +137,8 @@ def candidate_runs(flags, sft_seed, seed):
     their config: each arm directory records its flags in flags.json."""
     out = []
     for arm_dir in sorted(glob.glob(os.path.join(HERE, "runs", "*", "*"))):
+        if not os.path.isdir(arm_dir):   # other experiments keep files there (mechanism/*.json)
+            continue
         d = os.path.join(arm_dir, f"sft{sft_seed}-rl{seed}")
         try:
             with open(os.path.join(arm_dir, "flags.json")) as fh:

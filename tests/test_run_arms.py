@@ -91,6 +91,9 @@ def args(steps, name=None):
 def test_a_finished_run_with_the_same_flags_is_reused_from_any_suite(arms_dir):
     root, calls = arms_dir
     done = make_run(root, "main", "grpo", ["--p-feedback", "0"], 200)
+    # other experiments keep plain files beside the suites' arm folders; they are not arms
+    (root / "runs" / "mechanism").mkdir()
+    (root / "runs" / "mechanism" / "summaries.json").write_text("{}")
     assert R.run_one("controls", "grpo", ["--p-feedback", "0"], 0, 0, args(200)) == done
     assert calls == []
     # other flags, another seed, or another length is not the same run
