@@ -43,7 +43,7 @@ def n_feedback(p_feedback: float, group_size: int) -> int:
     return int(math.floor(p_feedback * group_size + 0.5))
 
 
-def build_prompts(problems, pool, args, rng, world=None):
+def build_prompts(problems, pool, args, rng, world=None, bank=None):
     """G prompts per problem, group by group: the first k carry a context c when the pool has
     something to say, the rest are plain. Returns the prompts, whether each has c, and per
     problem the ids it retrieved. No argument holds a gold answer."""
@@ -58,7 +58,7 @@ def build_prompts(problems, pool, args, rng, world=None):
                                                      k=args.top_k, gamma=args.gamma)]
             principles, pitfalls = pool.lessons(found)
         principles, pitfalls, raw = C.lessons(p, found, principles, pitfalls, k, pool, args,
-                                              rng, world)   # a control may stand in
+                                              rng, world, bank)   # a control may stand in
         retrieved.append(found)
         for i in range(G):
             attempt = None
@@ -66,7 +66,7 @@ def build_prompts(problems, pool, args, rng, world=None):
                 # Reward-Agnostic Reflection (section 4.1): an earlier attempt at this very
                 # problem, drawn without looking at its reward
                 entry = pool.earlier_attempt(p["id"], rng, failed_only=args.reflection == "leaky")
-                attempt = C.attempt(p, entry, pool, args, rng, world)   # a control may stand in
+                attempt = C.attempt(p, entry, pool, args, rng, world, bank)   # ... here too
             with_c = bool(i < k and (principles or pitfalls or raw or attempt is not None))
             texts.append(prompts.feedback_prompt(p["question"], principles, pitfalls,
                                                  attempt=attempt, raw_attempts=raw,
@@ -177,14 +177,15 @@ def grow_pool(pool, step_record, step, args):
 # One RL step
 # =============================================================================================
 
-def train_step(step, model, ref_model, tok, opt, pool, train_set, args, rng, world=None):
+def train_step(step, model, ref_model, tok, opt, pool, train_set, args, rng, world=None,
+               bank=None):
     """One LANPO step (the module docstring's list). Returns (metrics, sample completions)."""
     G, phase = args.group_size, Phases()
     with phase("pool"):
         # 1. a batch of problems (N ranks: each keeps its share of rank 0's draw)
         problems = ranks.share(rng.sample(train_set, min(args.problems_per_step, len(train_set))))
         # 2. G prompts per problem, k = round(p_t * G) of them with a context c
-        texts, has_context, retrieved = build_prompts(problems, pool, args, rng, world)
+        texts, has_context, retrieved = build_prompts(problems, pool, args, rng, world, bank)
     with phase("generation"):
         # 3. y ~ pi(. | x, c) for every prompt, in one batched call
         rollouts = M.sample(model, tok, texts, n=1, max_new_tokens=args.max_new_tokens,
@@ -288,6 +289,7 @@ def main(argv=None):
     train_set, eval_sets = data.problems(args.data, args.eval_data, args.eval_limit,
                                          args.question_field, args.answer_field)
     world = W.TinyWorld() if args.data == "tiny" else None
+    bank_problems = C.placebo_problems(args, train_set, eval_sets)   # --placebo-from prior only
     run = rundir.Run(args)   # rank 0 writes into the run directory and speaks
     run.say(config.set_threads(args, tiny=world is not None))
     if args.compile:
@@ -301,6 +303,8 @@ def main(argv=None):
     rng = random.Random(ranks.rank_seed(args.seed))
     torch.manual_seed(ranks.rank_seed(args.seed))
     start, pool = run.resume(ckpt, model, opt, rng)   # (0, an empty pool) or the checkpoint's
+    # a real-data placebo's content: the starting model's lessons, written once (None otherwise)
+    bank = C.placebo_bank(run, start, model, tok, bank_problems, args, rng, summarize_groups)
     if start == 0 and run.evaluates(0):   # step 0: the SFT model
         run.log({"step": 0, "precision": args.precision_used,
                  **E.periodic_eval(model, tok, eval_sets, args, world)})
@@ -310,7 +314,7 @@ def main(argv=None):
     for step in bar:
         M.peak_memory(device)   # from here: this step's peak (on a GPU)
         m, samples = train_step(step, model, ref_model, tok, opt, pool, train_set, args, rng,
-                                world)
+                                world, bank)
         m["precision"] = args.precision_used
         if device.type == "cuda":
             m["peak_gpu_gib"] = M.peak_memory(device)

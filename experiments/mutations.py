@@ -8,7 +8,8 @@ Writes experiments/results/mutations.json (mutations_<PREFIXES>.json for a part)
 guards the GPU path (tests/test_precision.py and two of tests/test_evaluate.py); the R list
 guards what the redesign moved or rewrote: the controls' seam, the paper's path in train.py, the
 rank-0 writer and resume, the update's sums over ranks, the SFT split and --help; the N list
---compile, resume after a final evaluation, the smoke script, experiments/sft_draws.py.
+--compile, resume after a final evaluation, the smoke script, experiments/sft_draws.py, the
+real-data placebo's bank.
 """
 import json
 import os
@@ -88,6 +89,12 @@ MUT = [
  ("N11 the real-data placebo takes one problem's lessons", "support/controls.py", "        if len(principles) >= n_principles and len(pitfalls) >= n_pitfalls:\n            break", "        if principles or pitfalls:\n            break", TC),
  ("N12 the static cache keeps float32 keys under autocast", "support/model.py", "    cache = OneDtypeStaticCache(dtype, config=model.config, max_cache_len=length)", "    cache = StaticCache(config=model.config, max_cache_len=length)", P + "test_kv_cache_holds_one_dtype_under_bf16_autocast"),
  ("N13 a reused static cache is not reset", "support/model.py", "        cache = kept[1]\n        cache.reset()\n", "        cache = kept[1]\n", "tests/test_model.py -k compile"),
+ ("N14 the bank placebo draws from the pool", "support/controls.py", "    if bank is not None:\n        return _draw(", "    if False:\n        return _draw(", TC + " -k bank"),
+ ("N15 the bank placebo's counts stop at the bank's size", "support/controls.py", "    while len(out) < n:", "    while len(out) < min(n, len(items)):", TC + " -k bank"),
+ ("N16 placebo problems may be training problems", "support/data.py", "    if both:\n        raise UserError(f\"{len(both)} problems of --placebo-data", "    if False:\n        raise UserError(f\"{len(both)} problems of --placebo-data", TC + " -k bank"),
+ ("N17 a resumed run writes a new bank", "support/controls.py", "    if start > 0:   # a resumed run", "    if False:   # a resumed run", TC + " -k bank"),
+ ("N18 the bank placebo has no attempt", "support/controls.py", "        return rng.choice(bank[\"attempts\"])", "        return None", TC + " -k bank"),
+ ("N19 the placebo bank is built for every real-data run", "support/config.py", "    if args.feedback != \"placebo\" or args.data == \"tiny\":\n        if given:", "    if args.data == \"tiny\":\n        if given:", TC + " -k placebo_source"),
 ]
 
 

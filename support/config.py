@@ -106,6 +106,13 @@ def build_parser():
     g("--feedback", default="both", choices=["both", "intra", "inter", "oracle", "placebo"],
       help="the paper's blocks (intra, inter, both); the tiny world's true rule (oracle); or "
            "both's blocks with no experience of the run in them (placebo)")
+    g("--placebo-from", default=None, choices=["prior", "pool"],
+      help="real-data placebo: the starting model's lessons about --placebo-data (prior, "
+           "the default) or random other problems' from the pool (pool)")
+    g("--placebo-data", default=None,
+      help="--placebo-from prior: problems outside the training and test sets (gsm8k: svamp)")
+    g("--placebo-problems", type=int, default=64,
+      help="--placebo-from prior: how many of them the starting model solves and summarizes")
     g("--inter-format", default="summary", choices=["summary", "raw"],
       help="inter-sample block: distilled principles/pitfalls, or raw retrieved attempts")
     g("--reflection", default="agnostic", choices=["agnostic", "leaky"],
@@ -237,10 +244,42 @@ def resolve_config(args):
     if args.feedback == "placebo" and args.inter_format == "raw":
         raise UserError("--feedback placebo fills the summary blocks; it cannot be combined "
                         "with --inter-format raw")
+    resolve_placebo(args)
     if args.feedback == "oracle" and args.data != "tiny":
         raise UserError("--feedback oracle needs the tiny world (--data tiny): only it knows "
                         "each problem's true principle")
     return args
+
+
+# The placebo's source of problems for --data gsm8k: SVAMP's test split (arithmetic word
+# problems like GSM8K's; neither GSM8K split holds them).
+PLACEBO_DATA = {"gsm8k": "svamp"}
+
+
+def resolve_placebo(args):
+    """Where a real-data placebo's content comes from (None unless --feedback placebo on real
+    data): --placebo-from prior needs problems outside the training and test sets."""
+    given = args.placebo_from is not None or args.placebo_data is not None
+    if args.data == "tiny" and given:
+        raise UserError("--placebo-from and --placebo-data are for real data: the tiny world's "
+                        "placebo guesses among its nine procedures")
+    if args.placebo_problems < 1:
+        raise UserError("--placebo-problems must be at least 1")
+    if args.feedback != "placebo" or args.data == "tiny":
+        if given:
+            raise UserError("--placebo-from and --placebo-data need --feedback placebo")
+        return
+    args.placebo_from = args.placebo_from or "prior"
+    if args.placebo_from == "pool":
+        if args.placebo_data is not None:
+            raise UserError("--placebo-data is for --placebo-from prior")
+        return
+    args.placebo_data = args.placebo_data or PLACEBO_DATA.get(args.data)
+    if args.placebo_data is None:
+        raise UserError(f"--feedback placebo on {args.data}: name problems outside the training "
+                        "and test sets with --placebo-data (their lessons, written by the "
+                        "starting model before RL, fill the placebo), or pass --placebo-from "
+                        "pool")
 
 
 def set_threads(args, tiny: bool) -> str:

@@ -3,20 +3,26 @@
 train.py follows the paper: contexts c from the pool, every response scored under the prompt it
 was sampled with, log pi(y | x, c). The controls change one of three things, and only here:
 - a context's content: `--feedback placebo` (the blocks and counts of `both`, with content that
-  carries no experience of the run), `oracle` (tiny world: the family's true rule), and
+  carries no experience of the run: guessed procedures in the tiny world, elsewhere a bank of
+  lessons the starting model wrote before RL about problems outside the run), `oracle` (tiny world: the family's true rule), and
   `--inter-format raw` (retrieved attempts instead of lessons);
 - the prompt a feedback-aware response is scored under: `--score-context plain|corrected`;
 - each token's weight in the loss: the truncated importance weight of `corrected`.
 With the defaults every function here hands the paper's values back unchanged, so a reader of
 the paper can skip this file.
 """
+import json
 import math
+import os
 
 import torch
 
 import prompts
+from reward import reward
+from support import data, ranks
 from support import model as M
 from support import world as W
+from support.errors import UserError
 
 LESSON_FEEDBACK = ("inter", "both", "placebo")    # --feedback values with an inter-sample block
 ATTEMPT_FEEDBACK = ("intra", "both", "placebo")   # ... and with an intra-sample block
@@ -34,7 +40,7 @@ def intra_sample(args) -> bool:
 
 # --- What a context holds -------------------------------------------------------------------
 
-def lessons(problem, found, principles, pitfalls, k, pool, args, rng, world=None):
+def lessons(problem, found, principles, pitfalls, k, pool, args, rng, world=None, bank=None):
     """The inter-sample block of one problem: (principles, pitfalls, raw attempts or None).
     The paper: the retrieved problems' lessons as they are."""
     if k and args.feedback == "oracle":   # the family's true rule: is the summary the bottleneck?
@@ -42,25 +48,32 @@ def lessons(problem, found, principles, pitfalls, k, pool, args, rng, world=None
     if args.inter_format == "raw":        # ablation: the retrieved attempts, not distilled
         return [], [], pool.raw_attempts(found, rng) or None
     if args.feedback == "placebo" and (principles or pitfalls):
-        return (*placebo_lessons(problem, pool, len(principles), len(pitfalls), rng, world), None)
+        return (*placebo_lessons(problem, pool, len(principles), len(pitfalls), rng, world,
+                                 bank), None)
     return principles, pitfalls, None
 
 
-def attempt(problem, entry, pool, args, rng, world=None):
+def attempt(problem, entry, pool, args, rng, world=None, bank=None):
     """The intra-sample block of one rollout: the drawn entry's text, or the placebo's."""
     if args.feedback == "placebo" and entry is not None:
-        return placebo_attempt(problem, pool, rng, world)
+        return placebo_attempt(problem, pool, rng, world, bank)
     return entry.attempt if entry is not None else None
 
 
-def placebo_lessons(problem, pool, n_principles, n_pitfalls, rng, world=None):
+def placebo_lessons(problem, pool, n_principles, n_pitfalls, rng, world=None, bank=None):
     """As many principles and pitfalls as the real lessons had. Tiny world: procedures drawn
-    uniformly at random (the right one as likely as any other). Elsewhere: the lessons of random
-    *other* problems, not chosen by similarity (experience of the run, but not relevant), taken
-    from as many of them as it needs to match both counts (fewer only if the pool has fewer)."""
+    uniformly at random (the right one as likely as any other). With a bank (--placebo-from
+    prior): lessons the starting model wrote before RL about problems outside the run, drawn at
+    random (no experience of the run, no relevance). Else (--placebo-from pool): the lessons of
+    random *other* problems of the pool, not chosen by similarity (experience of the run, but
+    not relevant), from as many of them as it needs to match both counts (fewer only if the
+    pool has fewer)."""
     if world is not None:
         texts = [W.procedure_text(q) for q in rng.sample(W.PROCEDURES, n_principles + n_pitfalls)]
         return texts[:n_principles], texts[n_principles:]
+    if bank is not None:
+        return _draw(bank["principles"], n_principles, rng), _draw(bank["pitfalls"], n_pitfalls,
+                                                                   rng)
     others = _other_problems(pool, problem)
     rng.shuffle(others)
     principles, pitfalls = [], []
@@ -73,11 +86,14 @@ def placebo_lessons(problem, pool, n_principles, n_pitfalls, rng, world=None):
     return principles[:n_principles], pitfalls[:n_pitfalls]
 
 
-def placebo_attempt(problem, pool, rng, world=None):
-    """Tiny world: this problem's numbers worked by a random procedure. Elsewhere: an attempt
-    at a random other problem of the pool."""
+def placebo_attempt(problem, pool, rng, world=None, bank=None):
+    """Tiny world: this problem's numbers worked by a random procedure. With a bank: one of the
+    starting model's attempts at a problem outside the run. Else: an attempt at a random other
+    problem of the pool."""
     if world is not None:
         return W.solution_text(rng.choice(W.PROCEDURES), *problem["numbers"])
+    if bank is not None:
+        return rng.choice(bank["attempts"])
     others = _other_problems(pool, problem)
     return rng.choice(pool.entries[rng.choice(others)]).attempt if others else None
 
@@ -85,6 +101,71 @@ def placebo_attempt(problem, pool, rng, world=None):
 def _other_problems(pool, problem):
     """The pool's problems other than this one, in a fixed order (so the seed decides)."""
     return sorted(pid for pid in pool.entries if pid != problem["id"])
+
+
+def _draw(items, n, rng):
+    """n of the items, at random: all different while there are enough, then again from the
+    top, so the count always matches the real context's."""
+    out = []
+    while len(out) < n:
+        out += rng.sample(items, min(n - len(out), len(items)))
+    return out
+
+
+# --- The real-data placebo's bank: lessons written before RL ---------------------------------
+
+BANK_FILE = "placebo_bank.json"
+
+
+def placebo_problems(args, train_set, eval_sets):
+    """The problems a --placebo-from prior bank is written about ([] for any other run), read
+    and checked (outside the training and test sets) before anything is written."""
+    if getattr(args, "placebo_from", None) != "prior":
+        return []
+    return data.placebo_problems(args.placebo_data, args.placebo_problems, train_set, eval_sets)
+
+
+def placebo_bank(run, start, model, tok, bank_problems, args, rng, summarize):
+    """--placebo-from prior: the lessons and attempts the starting model writes, before any RL
+    step, about problems outside the training and test sets, made the way the run makes its
+    pool's (G rollouts per problem, graded, one summary per group by `summarize`). The run
+    directory keeps it, so a resumed run draws from the same bank. None for any other run."""
+    if getattr(args, "placebo_from", None) != "prior":
+        return None
+    path = os.path.join(args.run_dir, BANK_FILE)
+    if start > 0:   # a resumed run: the bank it started with
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            raise UserError(f"--resume: {path} is missing (the placebo's bank, written when "
+                            "the run started); start the run again with --overwrite") from None
+    G, mine = args.group_size, ranks.share(bank_problems)
+    out = M.sample(model, tok, [prompts.solve_prompt(p["question"]) for p in mine for _ in
+                                range(G)],
+                   n=1, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                   top_p=args.top_p, micro_batch=args.sample_micro_batch)
+    rewards = [reward(y, mine[i // G]["answer"]) for i, y in enumerate(out.texts)]
+    summaries = summarize(model, tok, mine, out.texts, rewards, args, rng) or []
+    parts = ranks.gather_objects((out.texts, summaries), "the placebo's bank")
+    bank = {"problems": [p["id"] for p in bank_problems], "attempts": [], "principles": [],
+            "pitfalls": []}
+    for texts, sums in parts:
+        bank["attempts"] += texts
+        for principles, pitfalls in filter(None, sums):
+            bank["principles"] += [x for x in principles if x not in bank["principles"]]
+            bank["pitfalls"] += [x for x in pitfalls if x not in bank["pitfalls"]]
+    empty = [k for k in ("principles", "pitfalls") if not bank[k]]
+    if empty:
+        raise UserError(f"the starting model wrote no {' and no '.join(empty)} about the "
+                        f"{len(bank_problems)} problems of --placebo-data {args.placebo_data}: "
+                        "raise --placebo-problems, or pass --placebo-from pool")
+    if run.main:
+        run.write_json(BANK_FILE, bank)
+    run.say(f"placebo bank: {len(bank['principles'])} principles, {len(bank['pitfalls'])} "
+            f"pitfalls and {len(bank['attempts'])} attempts, written by the starting model about "
+            f"{len(bank_problems)} problems of {args.placebo_data}")
+    return bank
 
 
 # --- Where the gradient of a feedback-aware response goes -----------------------------------

@@ -350,6 +350,22 @@ def problems(spec, eval_spec=None, eval_limit=None, question_field=None, answer_
     return train, evals
 
 
+def placebo_problems(spec, n, train, evals) -> list[dict]:
+    """The first n problems of --placebo-data (read whole, like a separate --eval-data): the
+    starting model's lessons about them fill a real-data placebo. Refuses any that is also a
+    training or test problem (same id or question): their lessons must hold no experience of
+    the run and nothing about the problems it is tested on."""
+    rows = [p for ps in eval_datasets(spec, whole_file=True).values() for p in ps][:n]
+    seen = {p["id"] for p in train} | {p["question"] for p in train}
+    for ps in evals.values():
+        seen |= {p["id"] for p in ps} | {p["question"] for p in ps}
+    both = [p for p in rows if p["id"] in seen or p["question"] in seen]
+    if both:
+        raise UserError(f"{len(both)} problems of --placebo-data {spec} are also training or "
+                        f"test problems (e.g. {both[0]['id']!r}); name problems outside both")
+    return rows
+
+
 def heldout(problem: dict) -> bool:
     """Is this problem of a JSONL file in its held-out tenth? Decided by a hash of the question
     text, so it is stable across runs, machines and orderings of the file."""

@@ -150,12 +150,13 @@ def gather(record):
         for i, n in enumerate(names)})
 
 
-def gather_objects(obj):
-    """Every rank's `obj`, in rank order, on every rank (the random streams a checkpoint holds)."""
+def gather_objects(obj, what="the checkpoint's random streams"):
+    """Every rank's `obj`, in rank order, on every rank (the random streams a checkpoint holds;
+    the placebo bank's share of each rank)."""
     if not distributed():
         return [obj]
     everyone = [None] * world_size()
-    with _meeting("the checkpoint's random streams"):
+    with _meeting(what):
         dist.all_gather_object(everyone, obj)
     return everyone
 
