@@ -12,6 +12,8 @@ goes to experiments/results/<suite>.json and .png.
 
     python experiments/run_arms.py main --sft-seeds 0 1 2 --seeds 0 1 --jobs 2
     python experiments/run_arms.py gamma --sft-seeds 0 1 --seeds 0
+    python experiments/run_arms.py controls --merge controls_long controls_long_sft3-4 \
+        --name controls_long5      # one summary of committed results made on other machines
 
 Each job runs with one torch thread; `--jobs 2` uses both cores of a 2-core machine.
 Besides the final accuracies, the summary holds, per rl family and arm, the first step at which
@@ -411,6 +413,36 @@ def summarize(runs, sft_seeds):
     return out
 
 
+def merge(names, suite):
+    """The runs of several committed results of one suite (same steps and evaluation interval,
+    different (SFT seed, RL seed) pairs), as runs[arm] = [(sft seed, rl seed, result)], and
+    what made each: the runs themselves may be on other machines, their records are in the
+    JSON. A pair that two files both hold must be the same run."""
+    runs, made, shape = {}, [], None
+    for name in names:
+        with open(os.path.join(HERE, "results", f"{name}.json")) as f:
+            d = json.load(f)
+        if d["suite"] != suite:
+            raise SystemExit(f"{name} is a {d['suite']} result, not {suite}")
+        if shape not in (None, (d["steps"], d["eval_every"])):
+            raise SystemExit(f"{name}: {d['steps']} steps evaluated every {d['eval_every']}, "
+                             f"not {shape[0]} every {shape[1]} like the others")
+        shape = (d["steps"], d["eval_every"])
+        made.append({k: d.get(k) for k in ("command", "commit", "machine")})
+        for arm, s in d["summary"].items():
+            have = {(ss, rs): r for ss, rs, r in runs.get(arm, [])}
+            for r in s["runs"]:
+                key, rec = (r["sft_seed"], r["seed"]), {k: v for k, v in r.items()
+                                                        if k not in ("sft_seed", "seed")}
+                if key in have and have[key]["final"] != rec["final"]:
+                    raise SystemExit(f"{arm} {key}: two different runs in {', '.join(names)}")
+                if key not in have:
+                    runs.setdefault(arm, []).append((*key, rec))
+    for items in runs.values():
+        items.sort(key=lambda x: x[:2])
+    return runs, made, shape
+
+
 def plot(suite, summary, steps, path):
     try:
         import matplotlib
@@ -486,7 +518,25 @@ def main():
                     help="results file name (default: the suite's); e.g. controls_long")
     ap.add_argument("--replot", action="store_true",
                     help="only redraw the figure from the committed results/<suite>.json")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="RESULTS",
+                    help="run nothing: one summary (--name) of these committed results")
     args = ap.parse_args()
+    if args.merge:
+        if not args.name:
+            raise SystemExit("--merge needs --name, the merged results' name")
+        runs, made, (steps, eval_every) = merge(args.merge, args.suite)
+        sft_seeds = sorted({ss for items in runs.values() for ss, _, _ in items})
+        summary = summarize(runs, sft_seeds)
+        out = {"command": "python experiments/run_arms.py " + " ".join(sys.argv[1:]),
+               "suite": args.suite, "merged_from": made, "sft_seeds": sft_seeds,
+               "seeds": sorted({rs for items in runs.values() for _, rs, _ in items}),
+               "steps": steps, "eval_every": eval_every,
+               "contrasts": contrasts(args.suite, runs), "summary": summary}
+        with open(os.path.join(HERE, "results", f"{args.name}.json"), "w") as f:
+            json.dump(out, f, indent=1)
+        plot(args.name, summary, steps, os.path.join(HERE, "results", f"{args.name}.png"))
+        return
+
     if args.replot:
         with open(os.path.join(HERE, "results", f"{args.suite}.json")) as f:
             d = json.load(f)

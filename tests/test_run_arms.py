@@ -134,6 +134,39 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(arms_dir):
     assert "--overwrite" in calls[0] and "--resume" not in calls[0]
 
 
+def test_merged_results_summarize_the_union_of_their_runs(tmp_path, monkeypatch):
+    """--merge: two committed results of one suite, different SFT seeds, give the summary and
+    contrasts of all their runs together; the same pair twice must be the same run, and results
+    of another length are refused."""
+    monkeypatch.setattr(R, "HERE", str(tmp_path))
+    (tmp_path / "results").mkdir()
+    monkeypatch.setattr(R, "summarize", lambda runs, seeds: {
+        arm: {"runs": [{"sft_seed": ss, "seed": rs, **r} for ss, rs, r in items]}
+        for arm, items in runs.items()})
+
+    def result(name, sft_seeds, steps=600, shift=0.0):
+        runs = {arm: [(ss, rs, fake_result(0.1 * ss + rs / 100 + (arm == "lanpo") * 0.05 + shift,
+                                           0.5)) for ss in sft_seeds for rs in (0, 1)]
+                for arm in ("grpo", "lanpo")}
+        (tmp_path / "results" / f"{name}.json").write_text(json.dumps(
+            {"suite": "controls", "steps": steps, "eval_every": 25, "command": name,
+             "summary": R.summarize(runs, sft_seeds)}))
+        return runs
+    a, b = result("a", [0, 1, 2]), result("b", [3, 4])
+    runs, made, shape = R.merge(["a", "b"], "controls")
+    assert shape == (600, 25) and [m["command"] for m in made] == ["a", "b"]
+    assert runs == {arm: a[arm] + b[arm] for arm in a}
+    c = R.contrasts("controls", runs)["lanpo - grpo"]["greedy"]
+    assert c["n"] == 10 and c["sft_seeds"] == 5 and c["mean"] == pytest.approx(0.05)
+    assert R.merge(["a", "a"], "controls")[0] == a   # the same runs twice: counted once
+    result("a2", [2], shift=0.01)
+    with pytest.raises(SystemExit, match="two different runs"):
+        R.merge(["a", "a2"], "controls")
+    result("short", [5], steps=200)
+    with pytest.raises(SystemExit, match="200 steps"):
+        R.merge(["a", "short"], "controls")
+
+
 def test_is_weights_measures_the_first_response_token_against_a_hand_computed_ratio(
         tiny_dir, monkeypatch):
     """experiments/is_weights.py: with every sample counted a success, the procedure token's
