@@ -106,8 +106,15 @@ def controls_table(name):
     d = load(name)
     if d is None:
         return f"(no results for {name} yet)\n"
-    lines = [f"`{d['command']}` (SFT seeds {d['sft_seeds']} x RL seeds {d['seeds']}, "
-             f"{d['steps']} steps, commit {d.get('commit', '?')})", "",
+    made = "; ".join(f"`{m['command']}` at {m['commit']}" for m in d["merged_from"]) \
+        if "merged_from" in d else f"commit {d.get('commit', '?')}"
+    rl = {}
+    for r in next(iter(d["summary"].values()))["runs"]:
+        rl.setdefault(r["sft_seed"], []).append(r["seed"])
+    seeds = f"SFT seeds {d['sft_seeds']} x RL seeds {d['seeds']}" if all(
+        sorted(v) == d["seeds"] for v in rl.values()) else "SFT seed: RL seeds " + ", ".join(
+        f"{k}: {' '.join(map(str, sorted(v)))}" for k, v in sorted(rl.items()))
+    lines = [f"`{d['command']}` ({seeds}, {d['steps']} steps, {made})", "",
              "| arm | n | rl-test greedy mean@1 [95% CI] | rl-test sampled mean@8 [95% CI] | "
              "sft-test | unseen-test | rl train success, first 50 steps: plain / feedback-aware "
              "| zero-std groups |", "|" + " --- |" * 8]
