@@ -8,6 +8,9 @@ Into LOGDIR (never the run directory), per rank r:
                                (open for writing, os.makedirs/mkdir/replace/rename/remove,
                                shutil.rmtree), recorded when main returns
   summarized_rank{r}.json      per step, the ids of the problems the rank wrote summaries of
+                               (step 0: the placebo bank's, before step 1)
+With NAMED_SUMMARIES=1 in the environment each summary is one principle and one pitfall naming
+its problem (a random tiny model writes none that parse).
 KILL_RANK >= 0: that rank kills itself with SIGKILL when step KILL_STEP starts sampling (a
 crash of one process in the middle of a step), or with a negative KILL_STEP raises
 RuntimeError("injected crash") when step -KILL_STEP starts sampling (a bug); -1: no crash.
@@ -60,7 +63,9 @@ real_step, real_sample, real_summarize = train.train_step, M.sample, train.summa
 
 def summarize_and_note(model, tok, problems, *args, **kwargs):
     summarized[current["step"]] = [p["id"] for p in problems]
-    return real_summarize(model, tok, problems, *args, **kwargs)
+    if os.environ.get("NAMED_SUMMARIES"):   # a summary naming its problem (a random model's
+        return [([f"principle of {p['id']}"], [f"pitfall of {p['id']}"]) for p in problems]
+    return real_summarize(model, tok, problems, *args, **kwargs)   # parse as none)
 
 
 def step_and_dump(step, model, ref_model, tok, opt, pool, *args, **kwargs):

@@ -18,10 +18,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
 
 
-def torchrun(script, *args, n=2):
+def torchrun(script, *args, n=2, env=None):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            str(n), script, *map(str, args)]
-    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=ROOT, env=dict(ENV, **(env or {})), capture_output=True,
+                          text=True, timeout=300)
 
 
 def test_two_process_gradient_is_the_one_process_gradient_of_the_union_batch(tmp_path,
@@ -121,6 +122,30 @@ def test_an_error_on_one_rank_stops_every_rank_with_that_ranks_one_line(tmp_path
     assert "error (rank 1 of 2): RuntimeError: injected crash\n" in p.stderr, p.stderr[-3000:]
     assert not os.path.exists(tmp_path / "pool_rank0_step1.jsonl")
     assert "error (rank 0" not in p.stderr
+
+
+def test_two_processes_write_one_placebo_bank_of_both_shares(tmp_path, tiny_dir):
+    """A real-data placebo run on 2 ranks: each rank solves and summarizes its share of the
+    bank's problems (2 and 3 of 5), both draw from the whole bank, rank 0 alone writes it."""
+    from test_controls import jsonl
+    from support import world as W
+    data = jsonl(tmp_path / "train.jsonl", W.TinyWorld().problems("rl", "train")[:12])
+    bank = jsonl(tmp_path / "bank.jsonl", W.TinyWorld().problems("unseen", "test")[:5])
+    run_dir = str(tmp_path / "rl")
+    os.makedirs(tmp_path / "log")
+    p = torchrun("tests/ranks_train.py", tmp_path / "log", -1, 0,
+                 *flags((tiny_dir, run_dir), 2, "--data", data, "--feedback", "placebo",
+                        "--p-feedback", "1.0", "--placebo-data", bank,
+                        "--placebo-problems", "5"), env={"NAMED_SUMMARIES": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    said = [json.load(open(tmp_path / "log" / f"summarized_rank{r}.json"))["0"] for r in (0, 1)]
+    assert [len(x) for x in said] == [2, 3]
+    written = json.load(open(os.path.join(run_dir, "placebo_bank.json")))
+    assert written["principles"] == [f"principle of {i}" for i in said[0] + said[1]]
+    assert len(written["attempts"]) == 5 * 4
+    wrote = [[w for w in json.load(open(tmp_path / "log" / f"writes_rank{r}.json"))
+              if "placebo_bank" in w] for r in (0, 1)]
+    assert wrote[0] and not wrote[1]
 
 
 def test_one_process_is_untouched_and_ranks_draw_their_own_streams(monkeypatch):
