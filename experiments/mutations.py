@@ -95,6 +95,7 @@ MUT = [
  ("N17 a resumed run writes a new bank", "support/controls.py", "    if start > 0:   # a resumed run", "    if False:   # a resumed run", TC + " -k bank"),
  ("N18 the bank placebo has no attempt", "support/controls.py", "        return rng.choice(bank[\"attempts\"])", "        return None", TC + " -k bank"),
  ("N20 each rank keeps only its share of the placebo bank", "support/controls.py", "    parts = ranks.gather_objects((out.texts, summaries), \"the placebo's bank\")", "    parts = [(out.texts, summaries)]", TR + " -k placebo_bank"),
+ ("N21 the pool placebo falls short of the counts", "support/controls.py", "    return _fill(principles, n_principles, rng), _fill(pitfalls, n_pitfalls, rng)", "    return principles[:n_principles], pitfalls[:n_pitfalls]", TC + " -k placebo"),
  ("N19 the placebo bank is built for every real-data run", "support/config.py", "    if args.feedback != \"placebo\" or args.data == \"tiny\":\n        if given:", "    if args.data == \"tiny\":\n        if given:", TC + " -k placebo_source"),
 ]
 

@@ -66,8 +66,8 @@ def placebo_lessons(problem, pool, n_principles, n_pitfalls, rng, world=None, ba
     prior): lessons the starting model wrote before RL about problems outside the run, drawn at
     random (no experience of the run, no relevance). Else (--placebo-from pool): the lessons of
     random *other* problems of the pool, not chosen by similarity (experience of the run, but
-    not relevant), from as many of them as it needs to match both counts (fewer only if the
-    pool has fewer)."""
+    not relevant), from as many of them as it needs to match both counts (repeats only when
+    the whole pool holds fewer; none only when it holds none)."""
     if world is not None:
         texts = [W.procedure_text(q) for q in rng.sample(W.PROCEDURES, n_principles + n_pitfalls)]
         return texts[:n_principles], texts[n_principles:]
@@ -83,7 +83,7 @@ def placebo_lessons(problem, pool, n_principles, n_pitfalls, rng, world=None, ba
         more_principles, more_pitfalls = pool.lessons([pid])
         principles += [x for x in more_principles if x not in principles]
         pitfalls += [x for x in more_pitfalls if x not in pitfalls]
-    return principles[:n_principles], pitfalls[:n_pitfalls]
+    return _fill(principles, n_principles, rng), _fill(pitfalls, n_pitfalls, rng)
 
 
 def placebo_attempt(problem, pool, rng, world=None, bank=None):
@@ -101,6 +101,11 @@ def placebo_attempt(problem, pool, rng, world=None, bank=None):
 def _other_problems(pool, problem):
     """The pool's problems other than this one, in a fixed order (so the seed decides)."""
     return sorted(pid for pid in pool.entries if pid != problem["id"])
+
+
+def _fill(items, n, rng):
+    """The first n items; when there are fewer, repeats of them drawn at random make up n."""
+    return items[:n] + (_draw(items, n - len(items), rng) if 0 < len(items) < n else [])
 
 
 def _draw(items, n, rng):

@@ -122,8 +122,9 @@ def test_placebo_on_real_data_uses_another_problems_lessons_never_its_own():
 
 
 def test_placebo_on_real_data_matches_the_real_lessons_counts():
-    """Real data: the placebo has as many principles and pitfalls as the real context, drawing
-    on as many other problems as it takes (one problem's lessons may hold fewer)."""
+    """Real data, --placebo-from pool: the placebo has as many principles and pitfalls as the
+    real context, drawing on as many other problems as it takes (one problem's lessons may hold
+    fewer), and repeating theirs when all of them hold fewer."""
     pool = Pool()
     for i in range(6):   # each problem distilled one principle and one pitfall
         pool.add([Entry(f"q{i}", f"question {i}", f"attempt {i}", 1.0, 0, [f"principle {i}"],
@@ -132,7 +133,9 @@ def test_placebo_on_real_data_matches_the_real_lessons_counts():
         principles, pitfalls = C.placebo_lessons({"id": "q0"}, pool, 3, 2, random.Random(seed))
         assert len(principles) == 3 and len(pitfalls) == 2
         assert not {"principle 0", "pitfall 0"} & set(principles + pitfalls)   # never its own
-    assert C.placebo_lessons({"id": "q0"}, pool, 9, 1, random.Random(0))[0].__len__() == 5
+    # more than the other problems hold: all of theirs, repeated to make up the count
+    principles = C.placebo_lessons({"id": "q0"}, pool, 9, 1, random.Random(0))[0]
+    assert len(principles) == 9 and set(principles) == {f"principle {i}" for i in range(1, 6)}
 
 
 def test_placebo_from_a_bank_always_matches_the_counts_and_reads_nothing_of_the_pool():
