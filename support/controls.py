@@ -4,8 +4,8 @@ train.py follows the paper: contexts c from the pool, every response scored unde
 was sampled with, log pi(y | x, c). The controls change one of three things, and only here:
 - a context's content: `--feedback placebo` (the blocks and counts of `both`, with content that
   carries no experience of the run: guessed procedures in the tiny world, elsewhere a bank of
-  lessons the starting model wrote before RL about problems outside the run), `oracle` (tiny world: the family's true rule), and
-  `--inter-format raw` (retrieved attempts instead of lessons);
+  lessons the starting model wrote before RL about problems outside the run), `oracle` (tiny
+  world: the family's true rule), and `--inter-format raw` (retrieved attempts, not lessons);
 - the prompt a feedback-aware response is scored under: `--score-context plain|corrected`;
 - each token's weight in the loss: the truncated importance weight of `corrected`.
 With the defaults every function here hands the paper's values back unchanged, so a reader of
