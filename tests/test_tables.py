@@ -54,12 +54,12 @@ def test_the_readme_quotes_the_sft_draws_as_the_table_prints_them():
     assert signs == "0 / 4 / 6" and "below GRPO on 6 of 10 SFT draws and level on 4" in readme
     # the 600-step sentence, from the long runs' table
     long = tables.draws_table("greedy", "sft_draws_long")
-    for contrast, quoted in (("lanpo - grpo", "-0.087 [-0.202, +0.027]"),
-                             ("lanpo-plain - grpo", "+0.021 [-0.041, +0.084]")):
+    for contrast, quoted in (("lanpo - grpo", "-0.077 [-0.168, +0.015]"),
+                             ("lanpo-plain - grpo", "+0.032 [-0.029, +0.094]")):
         cells = [c.strip() for c in row(long, contrast).split("|")]
         assert cells[-3] == quoted and quoted in readme, (contrast, cells[-3])
     cells = [c.strip() for c in row(long, "lanpo - grpo").split("|")]
-    assert cells[-4] == "1 / 0 / 4" and f"-0.087 [-0.202, +0.027], p = {cells[-2]}" in readme
+    assert cells[-4] == "1 / 0 / 4" and f"-0.077 [-0.168, +0.015], p = {cells[-2]}" in readme
     assert "below GRPO on 4 of the 5 seeds" in readme
 
 
