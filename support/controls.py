@@ -145,11 +145,11 @@ def placebo_bank(run, start, model, tok, bank_problems, args, rng, summarize):
         except FileNotFoundError:
             raise UserError(f"--resume: {path} is missing (the placebo's bank, written when "
                             "the run started); start the run again with --overwrite") from None
-    G, mine = args.group_size, ranks.share(bank_problems)
-    out = M.sample(model, tok, [prompts.solve_prompt(p["question"]) for p in mine for _ in
-                                range(G)],
-                   n=1, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                   top_p=args.top_p, micro_batch=args.sample_micro_batch)
+    G, mine = args.group_size, ranks.share(bank_problems)   # N ranks: each solves its share
+    plain = [prompts.solve_prompt(p["question"]) for p in mine for _ in range(G)]
+    out = M.sample(model, tok, plain, n=1, max_new_tokens=args.max_new_tokens,
+                   temperature=args.temperature, top_p=args.top_p,
+                   micro_batch=args.sample_micro_batch)
     rewards = [reward(y, mine[i // G]["answer"]) for i, y in enumerate(out.texts)]
     summaries = summarize(model, tok, mine, out.texts, rewards, args, rng) or []
     parts = ranks.gather_objects((out.texts, summaries), "the placebo's bank")
