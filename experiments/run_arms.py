@@ -126,6 +126,35 @@ def ensure_sft(sft_seed, variant=""):
     return out
 
 
+def sha256_of(path):
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def machine():
+    """What decides which floating-point kernels a run gets: the platform, the CPU model and
+    the capability torch dispatches to (AVX2 and AVX512 kernels differ in the last digits, so
+    the same `sft.py --seed S` makes another model on another of these)."""
+    import torch
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                  if line.startswith("model name")), platform.processor()) \
+        if os.path.exists("/proc/cpuinfo") else platform.processor()
+    return {"platform": platform.platform(), "cpu": model, "cpus": os.cpu_count(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__}
+
+
+def sft_fingerprint(sft_seed, variant=""):
+    """sha256 of the SFT model's weights: two runs pool only if they started from one model
+    (None where there is no such file to hash)."""
+    path = os.path.join(sft_dir(sft_seed, variant), "model.safetensors")
+    return sha256_of(path) if os.path.exists(path) else None
+
+
 def split_flags(flags):
     """(train.py flags, SFT variant) of an arm."""
     if "--sft-variant" in flags:
@@ -217,6 +246,11 @@ def run_one(suite, arm, flags, sft_seed, seed, args):
     os.makedirs(os.path.dirname(run_dir), exist_ok=True)
     with open(run_dir + ".log", "w") as log:
         rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if rc == 0 and os.path.isdir(run_dir):   # where it was made (every machine that worked on it)
+        made = {**machine(), "sft_sha256": sft_fingerprint(sft_seed, variant)}
+        path = os.path.join(run_dir, "made_on.json")
+        before = json.load(open(path)) if os.path.exists(path) else []
+        rundir.atomic_write(path, json.dumps(before + [made] if made not in before else before))
     print(f"{args.name or suite}/{arm}/sft{sft_seed}-rl{seed}: exit {rc} in "
           f"{time.time() - t:.0f} s" + (f" (continued from {start})" if start else ""),
           flush=True)
@@ -259,7 +293,9 @@ def read_run(run_dir):
     with open(os.path.join(run_dir, "samples.jsonl")) as f:
         samples = [json.loads(line) for line in f if line.strip()]
     last = [x for x in samples if x["step"] == samples[-1]["step"]] if samples else []
+    made_on = os.path.join(run_dir, "made_on.json")
     return {
+        "made_on": json.load(open(made_on)) if os.path.exists(made_on) else None,
         "final": {ds: {mode: m["mean@1"] for mode, m in res.items()} for ds, res in ev.items()},
         "sampled": ev_all.get("sampled", {}),
         "family_successes": successes,
@@ -520,6 +556,9 @@ def main():
                     help="only redraw the figure from the committed results/<suite>.json")
     ap.add_argument("--merge", nargs="+", default=None, metavar="RESULTS",
                     help="run nothing: one summary (--name) of these committed results")
+    ap.add_argument("--collect", action="store_true",
+                    help="run nothing: summarize the runs of this suite that have finished "
+                         "(a partial result, marked so; the runs go on when run again)")
     args = ap.parse_args()
     if args.merge:
         if not args.name:
@@ -545,16 +584,25 @@ def main():
         return
     arms = {a: f for a, f in SUITES[args.suite].items() if not args.arms or a in args.arms}
     variants = {split_flags(f)[1] for f in arms.values()}
-    with ThreadPoolExecutor(args.jobs) as ex:
-        list(ex.map(lambda sv: ensure_sft(*sv), [(s, v) for s in args.sft_seeds for v in variants]))
-    jobs = [(arm, flags, sft_seed, seed) for sft_seed in args.sft_seeds for seed in args.seeds
+    # RL seed first, then SFT seed, then arm in the suite's order: a suite stopped part way
+    # holds whole SFT draws of its first RL seed, the most SFT draws for the time spent
+    jobs = [(arm, flags, sft_seed, seed) for seed in args.seeds for sft_seed in args.sft_seeds
             for arm, flags in arms.items()]
-    with ThreadPoolExecutor(args.jobs) as ex:
-        dirs = list(ex.map(lambda j: run_one(args.suite, *j, args), jobs))
+    if args.collect:
+        done = [(j, finished_run(j[1], j[2], j[3], args)) for j in jobs]
+        jobs, dirs = [j for j, d in done if d], [d for _, d in done if d]
+        if not jobs:
+            raise SystemExit("--collect: no run of these has finished yet")
+    else:
+        with ThreadPoolExecutor(args.jobs) as ex:
+            list(ex.map(lambda sv: ensure_sft(*sv),
+                        [(s, v) for s in args.sft_seeds for v in variants]))
+        with ThreadPoolExecutor(args.jobs) as ex:
+            dirs = list(ex.map(lambda j: run_one(args.suite, *j, args), jobs))
     runs = {}
-    for (arm, _, sft_seed, seed), d in zip(jobs, dirs):
+    for (arm, _, sft_seed, seed), d in sorted(zip(jobs, dirs), key=lambda jd: jd[0][2:]):
         runs.setdefault(arm, []).append((sft_seed, seed, read_run(d)))
-    summary = summarize(runs, args.sft_seeds)
+    summary = summarize(runs, sorted({ss for items in runs.values() for ss, _, _ in items}))
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     out = {"command": "python experiments/run_arms.py " + " ".join(sys.argv[1:]),
            "suite": args.suite, "arms": arms, "sft_seeds": args.sft_seeds, "seeds": args.seeds,
@@ -562,8 +610,10 @@ def main():
            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                     capture_output=True, text=True).stdout.strip(),
            "contrasts": contrasts(args.suite, runs),
-           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                       "torch_threads_per_job": 1, "jobs": args.jobs},
+           "machine": {**machine(), "torch_threads_per_job": 1, "jobs": args.jobs},
+           "sft_sha256": {str(s): sft_fingerprint(s) for s in args.sft_seeds},
+           **({"partial": {arm: len(items) for arm, items in runs.items()}} if args.collect
+              else {}),
            "summary": summary}
     name = args.name or args.suite
     with open(os.path.join(HERE, "results", f"{name}.json"), "w") as f:

@@ -200,3 +200,29 @@ def test_is_weights_measures_the_first_response_token_against_a_hand_computed_ra
         want = float(first[3 * i:3 * i + 3].mean())
         assert got[p["family"]]["w_procedure_token"] == pytest.approx(want, rel=1e-5)
         assert abs(want - 1.0) > 1e-3   # the context does change the first token's probability
+
+
+def test_a_run_records_the_machine_and_the_sft_model_it_was_made_from(arms_dir, monkeypatch):
+    """made_on.json: platform, torch's CPU capability and the SFT model's sha256, one record
+    per machine that worked on the run (a run resumed elsewhere keeps both), read back into
+    the run's summary record (experiments/ANALYSIS.md pools only one machine's runs)."""
+    root, calls = arms_dir
+    sft = root / "sft"
+    sft.mkdir()
+    (sft / "model.safetensors").write_bytes(b"weights of SFT seed 0")
+    monkeypatch.setattr(R, "sft_dir", lambda seed, variant="": str(sft))
+    run_dir = make_run(root, "controls", "grpo", ["--p-feedback", "0"], 600, finished=False)
+    R.run_one("controls", "grpo", ["--p-feedback", "0"], 0, 0, args(600))
+    made = json.load(open(os.path.join(run_dir, "made_on.json")))
+    import hashlib
+    import torch
+    assert len(made) == 1 and made[0]["sft_sha256"] == hashlib.sha256(
+        b"weights of SFT seed 0").hexdigest()
+    assert made[0]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    # the same machine again adds nothing; another one is appended
+    R.run_one("controls", "grpo", ["--p-feedback", "0"], 0, 0, args(600))
+    assert len(json.load(open(os.path.join(run_dir, "made_on.json")))) == 1
+    monkeypatch.setattr(R, "machine", lambda: {"platform": "elsewhere", "cpu_capability": "X"})
+    R.run_one("controls", "grpo", ["--p-feedback", "0"], 0, 0, args(600))
+    made = json.load(open(os.path.join(run_dir, "made_on.json")))
+    assert [m["cpu_capability"] for m in made][1] == "X" and len(made) == 2

@@ -61,33 +61,3 @@ def test_the_readme_quotes_the_sft_draws_as_the_table_prints_them():
     cells = [c.strip() for c in row(long, "lanpo - grpo").split("|")]
     assert cells[-4] == "1 / 0 / 4" and f"-0.077 [-0.168, +0.015], p = {cells[-2]}" in readme
     assert "below GRPO on 4 of the 5 seeds" in readme
-
-
-# --- experiments/sft_draws.py: one value per SFT draw, and tests honest at few -----------------
-
-import sft_draws  # noqa: E402
-
-
-def test_sign_flip_p_is_exact_over_every_sign_pattern():
-    # 3 positive seeds: only all-plus and all-minus reach |mean| = 1, so p = 2 / 8
-    assert sft_draws.sign_flip_p([1.0, 1.0, 1.0]) == 0.25
-    assert sft_draws.sign_flip_p([0.1, -0.1]) == 1.0   # every pattern is as extreme as 0
-    # 5 of 5 positive: the smallest p five SFT seeds can give, 1/16, not below 0.05
-    assert sft_draws.sign_flip_p([0.11, 0.11, 0.11, 0.05, 0.06]) == 2 / 32
-    assert sft_draws.sign_flip_p([0.3, 0.1, 0.1, 0.1]) == 2 / 16
-    # sums of +-0.3 and three +-0.1: 8 of the 16 reach |0.4| (0.3 with two or three 0.1s)
-    assert sft_draws.sign_flip_p([0.3, -0.1, 0.1, 0.1]) == 8 / 16
-
-
-def test_each_sft_seed_is_one_value_and_learning_is_censored():
-    by_run = {(0, 0): 0.1, (0, 1): 0.3, (1, 0): -0.2, (2, 0): None}
-    assert sft_draws.per_seed(by_run) == {0: 0.2, 1: -0.2}   # RL seeds averaged; None dropped
-    s = sft_draws.over_seeds({0: 0.2, 1: -0.2, 2: 0.3})
-    assert (s["positive"], s["zero"], s["negative"]) == (2, 0, 1)
-    assert abs(s["mean"] - 0.1) < 1e-12 and s["t95"][0] < 0 < s["t95"][1]
-    half = 4.303 * 0.2646 / 3 ** 0.5   # t(2) x sd / sqrt(n)
-    assert abs(s["t95"][1] - (0.1 + half)) < 1e-3
-    runs = [{"first_learned": {"f": 25}}, {"first_learned": {"f": 150}},
-            {"first_learned": {"f": None}}, {"first_learned": {"f": 200}}]
-    assert sft_draws.learned_by(runs, "f") == {"50": 0.25, "100": 0.25, "200": 0.75, "runs": 4}
-    assert sft_draws.learned_by(runs, "f", 600)["600"] == 0.75   # censored at the end
