@@ -4,6 +4,7 @@ the README's result paragraph (tests/test_tables.py ties the two).
     python experiments/tables.py [SUITE ...]       # RESULTS.md's tables of each suite
     python experiments/tables.py headline          # the headline tables (controls, long runs)
     python experiments/tables.py draws [NAME]      # every SFT draw (experiments/sft_draws.py)
+    python experiments/tables.py verdicts          # the README's table, one row per machine
 """
 import json
 import os
@@ -169,6 +170,50 @@ def family_counts_table(name):
     return "\n".join(lines) + "\n"
 
 
+def per_problem_median(rows, key):
+    """The median over problems of each problem's mean over its rows (its SFT seeds): the
+    statistic of the mechanism table's every column."""
+    by = {}
+    for r in rows:
+        v = key(r)
+        if v is not None:
+            by.setdefault(r["problem"], []).append(v)
+    vals = sorted(sum(v) / len(v) for v in by.values())
+    return statistics.median(vals) if vals else None
+
+
+def mechanism_table(name="mechanism_tiny", y="gold"):
+    """The first-step mechanism table (experiments/mechanism.py --tiny), every column the median
+    over problems of the per-problem mean over SFT seeds. magnitude: <g_0, g_c> / ||g_0||^2 =
+    cos^2 / tau, the first-order zero-shot gain of a gradient step along g_c against one of the
+    same size along g_0 (it keeps gradient magnitudes); sign-step share: Adam's first step
+    (lr x sign), whose size is the same whatever the gradient's magnitude, so to first order
+    it is a |g_0|-weighted sign agreement of g_0 and g_c, at most 1 by construction."""
+    d = load(name)
+    lines = ["| model | c | log pi(y \\| x, c) | log pi(y \\| x) | tau | cos(g_0, g_c) | "
+             "magnitude <g_0, g_c> / \\|\\|g_0\\|\\|^2 | sign-step share | rows with a "
+             "negative sign-step share |", "|" + " --- |" * 9]
+    for step in (0, 100, 200):
+        for ctx, label in (("oracle", "true rule"), ("pool", "run's pool"),
+                           ("placebo", "placebo")):
+            rows = [r for r in d["rows"] if r["step"] == step and r["context"] == ctx
+                    and r["y"] == y]
+            med = {k: per_problem_median(rows, f) for k, f in (
+                ("lc", lambda r: r["logp_context"]), ("l0", lambda r: r["logp_plain"]),
+                ("tau", lambda r: r["tau"]), ("cos", lambda r: r["cos"]["prompt"]),
+                ("mag", lambda r: r["cos"]["prompt"] ** 2 / r["tau"] if r["tau"] else None),
+                ("share", lambda r: r["share_vs_plain"]))}
+            neg = sum(r["share_vs_plain"] is not None and r["share_vs_plain"] < 0 for r in rows)
+            lines.append(f"| {'SFT (step 0)' if step == 0 else f'step {step}'} | {label} | "
+                         f"{med['lc']:.2f} | {med['l0']:.2f} | {med['tau']:.2f} | "
+                         f"{med['cos']:.2f} | {med['mag']:.2f} | {med['share']:.2f} | "
+                         f"{neg} of {len(rows)} |")
+    return "\n".join(lines) + "\n"
+
+
+# The strata of experiments/ANALYSIS.md: (label, experiments/sft_draws.py result), one machine each
+STRATA = [("C: this machine", "sft_draws_C"), ("A", "sft_draws_A"), ("B", "sft_draws_B")]
+
 # The paper's algorithm and the two extensions, each with the placebo that has its scoring.
 METHODS = [("grpo", None), ("lanpo", "placebo"), ("lanpo-plain", "placebo-plain"),
            ("lanpo-corrected", "placebo-corrected")]
@@ -204,45 +249,96 @@ def headline_table(name, hard=0.15):
     return "\n".join(lines) + "\n"
 
 
-def draws_table(what="greedy", name="sft_draws"):
-    """experiments/sft_draws.py's summary: per contrast, every SFT seed's difference, the signs,
-    the mean over seeds with its t interval and the exact sign-flip p; then per hard family the
-    share of runs that had learned it by each step."""
+ENDPOINT_NAMES = {"sampled": "rl-test sampled mean@8 (primary)", "greedy": "rl-test greedy mean@1",
+                  "auc": "area under the greedy rl-test curve"}
+
+
+def draws_table(what="sampled", name="sft_draws"):
+    """experiments/sft_draws.py's summary for one endpoint: per contrast, every SFT seed's
+    difference, the signs (a difference of at most one problem is level, 0), the mean over
+    seeds with its t interval, the exact two-sided sign-flip p, Holm's adjusted p (over the
+    three primary contrasts for those on the primary endpoint, over the ten otherwise) and the
+    verdict word; then per hard family the share of runs that had learned it by each step,
+    averaged per SFT seed."""
     d = load(name)
     if d is None:
         return f"(no {name}.json yet: python experiments/sft_draws.py)\n"
     seeds = sorted(next(iter(d["contrasts"].values()))[what]["by_sft_seed"], key=int)
-    lines = [f"`{d['command']}`, rl-test {what}; one value per SFT seed (the mean over its RL "
-             "seeds of the paired differences)", "",
+    pooled = d.get("pooled_across_machines")
+    lines = [f"`{d['command']}`, {ENDPOINT_NAMES[what]}; one value per SFT seed (the mean over "
+             "its RL seeds of the paired differences)"
+             + (f". **Pooled across machines**: {'; '.join(pooled)}" if pooled else ""), "",
              "| contrast | " + " | ".join(f"SFT {k}" for k in seeds)
-             + " | + / 0 / - | mean [t 95%] | sign-flip p |", "|" + " --- |" * (len(seeds) + 4)]
+             + " | + / 0 / - | mean [t 95%] | sign-flip p | Holm p | verdict |",
+             "|" + " --- |" * (len(seeds) + 6)]
     for k, v in d["contrasts"].items():
         c = v[what]
         lo, hi = c["t95"]
-        lines.append(f"| {k} | " + " | ".join(f"{c['by_sft_seed'][s]:+.3f}" for s in seeds)
+        primary = "holm_primary" in c
+        lines.append(f"| {'**' + k + '**' if primary else k} | "
+                     + " | ".join(f"{c['by_sft_seed'][s]:+.3f}" for s in seeds)
                      + f" | {c['positive']} / {c['zero']} / {c['negative']} | "
-                     f"{c['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {c['sign_flip_p']:.3f} |")
+                     f"{c['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {c['sign_flip_p']:.3f} | "
+                     f"{c.get('holm_primary', c['holm_all']):.3f} | {c['verdict']} |")
     arms = [a for a, _ in METHODS] + [p for _, p in METHODS if p]
+    arms = [a for a in arms if a in d["learned_by"]]
     fams = list(d["learned_by"][arms[0]])
-    steps = [k for k in d["learned_by"][arms[0]][fams[0]] if k != "runs"]
+    steps = [k for k in d["learned_by"][arms[0]][fams[0]] if k not in ("runs", "sft_seeds")]
     lines += ["", "Share of runs that had learned a family (>= 0.9 greedy zero-shot) by step "
-              + ", ".join(steps) + " (evaluations every 25 or 50 steps):", "",
-              "| arm | runs | " + " | ".join(f"start {f}" for f in fams) + " |",
+              + ", ".join(steps) + " (evaluations every 25 steps; per SFT seed, then the mean "
+              "over SFT seeds):", "",
+              "| arm | SFT seeds (runs) | " + " | ".join(f"start {f}" for f in fams) + " |",
               "|" + " --- |" * (len(fams) + 2)]
     for arm in arms:
-        if arm in d["learned_by"]:
-            by = d["learned_by"][arm]
-            lines.append(f"| {arm} | {by[fams[0]]['runs']} | " + " | ".join(
-                " / ".join(f"{by[f][s]:.2f}" for s in steps) for f in fams)
-                + " |")
+        by = d["learned_by"][arm]
+        lines.append(f"| {arm} | {by[fams[0]].get('sft_seeds', '?')} ({by[fams[0]]['runs']}) | "
+                     + " | ".join(" / ".join(f"{by[f][s]:.2f}" for s in steps) for f in fams)
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def verdict_table(strata):
+    """The README's result table: per arm of the primary contrasts and per stratum, the primary
+    endpoint with its t interval over SFT seeds, minus GRPO and minus its placebo (paired, one
+    value per SFT seed, Holm-adjusted p over the three primary contrasts), machine and n.
+    strata: [(label, sft_draws result name)]."""
+    lines = ["| arm | machine (SFT x RL seeds) | rl-test sampled mean@8 [t 95%] | minus GRPO "
+             "[t 95%], Holm p | minus its placebo [t 95%], Holm p |", "| --- | --- | --- | --- | --- |"]
+
+    def cell(c):
+        if c is None:
+            return "-"
+        lo, hi = c["t95"]
+        return (f"{c['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}], p = "
+                f"{c.get('holm_primary', c['holm_all']):.3f}")
+    for arm, placebo in METHODS[:3]:
+        for label, name in strata:
+            d = load(name)
+            if d is None or arm not in d["arms"]:
+                continue
+            a = d["arms"][arm]["sampled"]
+            runs = d["learned_by"][arm][next(iter(d["learned_by"][arm]))]
+            lo, hi = a["t95"]
+            lines.append(
+                f"| {arm} | {label} ({a['n_sft_seeds']} SFT, {runs['runs']} runs) | "
+                f"{a['mean']:.3f} [{lo:.3f}, {hi:.3f}] | "
+                f"{cell(d['contrasts'].get(f'{arm} - grpo', {}).get('sampled'))} | "
+                f"{cell(d['contrasts'].get(f'{arm} - {placebo}', {}).get('sampled'))} |")
     return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["draws"]:   # every SFT draw, one value each
+    if sys.argv[1:2] == ["draws"]:   # every SFT draw, one value each, by endpoint
         name = sys.argv[2] if len(sys.argv) > 2 else "sft_draws"
-        print(draws_table("greedy", name))
-        print(draws_table("sampled", name).split("\n\nShare")[0])
+        print(draws_table("sampled", name))
+        for what in ("greedy", "auc"):
+            print(draws_table(what, name).split("\n\nShare")[0])
+        sys.exit()
+    if sys.argv[1:2] == ["mechanism"]:   # the first-step mechanism table, gold y
+        print(mechanism_table())
+        sys.exit()
+    if sys.argv[1:2] == ["verdicts"]:   # the README's table: the primary endpoint by machine
+        print(verdict_table(STRATA))
         sys.exit()
     if sys.argv[1:2] == ["headline"]:   # the headline tables
         for suite in sys.argv[2:] or ("controls", "controls_long"):

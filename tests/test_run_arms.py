@@ -226,3 +226,23 @@ def test_a_run_records_the_machine_and_the_sft_model_it_was_made_from(arms_dir, 
     R.run_one("controls", "grpo", ["--p-feedback", "0"], 0, 0, args(600))
     made = json.load(open(os.path.join(run_dir, "made_on.json")))
     assert [m["cpu_capability"] for m in made][1] == "X" and len(made) == 2
+
+
+def test_collect_runs_nothing_and_summarizes_only_finished_runs_marked_partial(arms_dir,
+                                                                              monkeypatch):
+    root, calls = arms_dir
+    done = make_run(root, "controls", "grpo", ["--p-feedback", "0"], 200, sft_seed=10)
+    make_run(root, "controls", "lanpo", [], 200, finished=False, sft_seed=10)   # still running
+    seen = {}
+    monkeypatch.setattr(R, "read_run", lambda d: {"dir": d})
+    monkeypatch.setattr(R, "summarize",
+                        lambda runs, seeds: seen.update(runs=runs) or {"grpo": {"final": {}}})
+    monkeypatch.setattr(R, "contrasts", lambda suite, runs: {})
+    monkeypatch.setattr(R, "plot", lambda *a: None)
+    monkeypatch.setattr(sys, "argv", ["run_arms.py", "controls", "--sft-seeds", "10", "--seeds",
+                                      "0", "1", "--eval-every", "25", "--collect", "--name", "p"])
+    R.main()
+    assert calls == []   # nothing was started
+    assert seen["runs"] == {"grpo": [(10, 0, {"dir": done})]}
+    out = json.load(open(root / "results" / "p.json"))
+    assert out["partial"] == {"grpo": 1} and "cpu_capability" in out["machine"]
