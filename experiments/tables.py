@@ -211,6 +211,35 @@ def mechanism_table(name="mechanism_tiny", y="gold"):
     return "\n".join(lines) + "\n"
 
 
+def step_mechanism_table(name="step_mechanism", key="own_d_logp"):
+    """experiments/step_mechanism.py: per checkpoint step, each scoring's own change (the update
+    minus the same step with a zero gradient) of the held-out key (own_d_logp: mean log pi(y* |
+    x) over rl-test; own_d_p_procedure: mean probability of the right procedure), mean over SFT
+    seeds [t 95%] (x 1000), the paired differences from plain with the sign-flip p, the ratio
+    of the means, and the cosine of each update with plain's."""
+    d = load(name)
+    if d is None:
+        return f"(no {name}.json yet: python experiments/step_mechanism.py)\n"
+
+    def mt(v, scale=1000):
+        lo, hi = v["t95"]
+        return f"{scale * v['mean']:+.2f} [{scale * lo:+.2f}, {scale * hi:+.2f}]"
+    lines = ["| step | SFT seeds | prompt (the paper) | plain | corrected | prompt - plain, p | "
+             "corrected - plain, p | ratio to plain: prompt / corrected | cos with plain: "
+             "prompt / corrected |", "|" + " --- |" * 9]
+    for step, r in d["steps"].items():
+        m = r["summary"][key]
+        cos = [r["summary"][f"cos({s}, plain)"]["mean"] for s in ("prompt", "corrected")]
+        lines.append(
+            f"| {step} | {len(r['sft_seeds'])} | {mt(m['prompt'])} | {mt(m['plain'])} | "
+            f"{mt(m['corrected'])} | {mt(m['prompt - plain'])}, "
+            f"{m['prompt - plain']['sign_flip_p']:.3f} | {mt(m['corrected - plain'])}, "
+            f"{m['corrected - plain']['sign_flip_p']:.3f} | "
+            f"{m['prompt - plain']['ratio_of_means']:.2f} / "
+            f"{m['corrected - plain']['ratio_of_means']:.2f} | {cos[0]:.2f} / {cos[1]:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 # The strata of experiments/ANALYSIS.md: (label, experiments/sft_draws.py result), one machine each
 STRATA = [("C: this machine", "sft_draws_C"), ("A", "sft_draws_A"), ("B", "sft_draws_B")]
 
@@ -334,7 +363,9 @@ if __name__ == "__main__":
         for what in ("greedy", "auc"):
             print(draws_table(what, name).split("\n\nShare")[0])
         sys.exit()
-    if sys.argv[1:2] == ["mechanism"]:   # the first-step mechanism table, gold y
+    if sys.argv[1:2] == ["mechanism"]:   # the mechanism: the run's own step, then the probe
+        for key in ("own_d_logp", "own_d_p_procedure"):
+            print(step_mechanism_table(key=key))
         print(mechanism_table())
         sys.exit()
     if sys.argv[1:2] == ["verdicts"]:   # the README's table: the primary endpoint by machine
