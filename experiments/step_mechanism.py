@@ -31,7 +31,7 @@ checkpoints are the suite's runs: experiments/run_arms.py's `controls_here_step2
 `controls_here_step100` and `controls_here` (200 steps) lanpo runs, RL seed 0 (each longer run
 continues the shorter one, so the three are one run's steps 25, 100 and 200).
 
-    python experiments/step_mechanism.py --sft-seeds 10 11 12 13 14 15 16 17 18 19
+    python experiments/step_mechanism.py --sft-seeds 10 11 12 13 14 15 16 17 18 19 [--steps 25 100]
 
 Writes experiments/results/step_mechanism.json.
 """
@@ -222,10 +222,13 @@ def main():
     ap.add_argument("--sft-seeds", type=int, nargs="+", default=list(range(10, 20)))
     ap.add_argument("--batches", type=int, default=4,
                     help="batches per checkpoint (the first: the run's own next step)")
+    ap.add_argument("--steps", type=int, nargs="+", default=[25, 100, 200],
+                    help="checkpoints to measure; the others already in the results are kept")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    results = {}
-    for step in (25, 100, 200):
+    path = os.path.join(HERE, "results", "step_mechanism.json")
+    results = json.load(open(path))["steps"] if os.path.exists(path) else {}
+    for step in args.steps:
         per_seed = {}
         for s in args.sft_seeds:
             run_dir = checkpoint_runs(s)[step]
@@ -238,11 +241,13 @@ def main():
                 f"{k} {per_seed[s]['batches'][0][k]['own_d_logp']:+.2e}" for k in SCORINGS),
                 flush=True)
         if len(per_seed) >= 2:
-            results[str(step)] = {"sft_seeds": sorted(per_seed), "per_seed": per_seed,
-                                  "summary": summarize(per_seed)}
-    out = {"command": " ".join(["python experiments/step_mechanism.py", *sys.argv[1:]]),
-           "machine": run_arms.machine(), "steps": results}
-    with open(os.path.join(HERE, "results", "step_mechanism.json"), "w") as f:
+            results[str(step)] = {"command": " ".join(["python experiments/step_mechanism.py",
+                                                       *sys.argv[1:]]),
+                                  "machine": run_arms.machine(), "batches": args.batches,
+                                  "sft_seeds": sorted(per_seed),
+                                  "per_seed": per_seed, "summary": summarize(per_seed)}
+    out = {"steps": dict(sorted(results.items(), key=lambda kv: int(kv[0])))}
+    with open(path, "w") as f:
         json.dump(out, f, indent=1)
 
 
