@@ -136,14 +136,16 @@ def sha256_of(path):
 
 
 def machine():
-    """What decides which floating-point kernels a run gets: the platform, the CPU model and
-    the capability torch dispatches to (AVX2 and AVX512 kernels differ in the last digits, so
-    the same `sft.py --seed S` makes another model on another of these)."""
+    """Where a run is made (host name), and what decides which floating-point kernels it gets:
+    the platform, the CPU model and the capability torch dispatches to (AVX2 and AVX512
+    kernels differ in the last digits, so the same `sft.py --seed S` makes another model on
+    another of these)."""
     import torch
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                   if line.startswith("model name")), platform.processor()) \
         if os.path.exists("/proc/cpuinfo") else platform.processor()
-    return {"platform": platform.platform(), "cpu": model, "cpus": os.cpu_count(),
+    return {"host": platform.node(), "platform": platform.platform(), "cpu": model,
+            "cpus": os.cpu_count(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch": torch.__version__}
 
