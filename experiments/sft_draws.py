@@ -150,6 +150,13 @@ def holm(pvalues):
     return out
 
 
+def holm_within(pvalues, family):
+    """Holm over the declared family although some of its members have no p yet (their runs
+    are not made): those count as p = 1, so the family stays the declared size (a smaller one
+    would adjust less) and the adjusted p of the others can only be larger than with theirs."""
+    return {k: p for k, p in holm({k: 1.0 for k in family} | pvalues).items() if k in pvalues}
+
+
 def verdict(mean, p_adjusted):
     """The only words a contrast gets: above / below under ALPHA adjusted, else not shown."""
     if p_adjusted >= ALPHA:
@@ -219,11 +226,12 @@ def main():
                 out["contrasts"].setdefault(f"{a} - {b}", {})[what] = over_seeds(per_seed(diffs))
         # Holm over the ten of this endpoint; on the primary endpoint also over the primary three
         of = {k: v[what] for k, v in out["contrasts"].items() if what in v}
-        for k, p in holm({k: c["sign_flip_p"] for k, c in of.items()}).items():
+        raw = {k: c["sign_flip_p"] for k, c in of.items()}
+        for k, p in holm_within(raw, [f"{a} - {b}" for a, b in CONTRASTS["controls"]]).items():
             of[k]["holm_all"] = p
             of[k]["verdict"] = verdict(of[k]["mean"], p)
         if what == ENDPOINTS[0]:
-            for k, p in holm({k: of[k]["sign_flip_p"] for k in PRIMARY if k in of}).items():
+            for k, p in holm_within({k: raw[k] for k in PRIMARY if k in raw}, PRIMARY).items():
                 of[k]["holm_primary"] = p
                 of[k]["verdict"] = verdict(of[k]["mean"], p)
     for arm, by in runs.items():

@@ -241,7 +241,8 @@ def step_mechanism_table(name="step_mechanism", key="own_d_logp"):
 
 
 # The strata of experiments/ANALYSIS.md: (label, experiments/sft_draws.py result), one machine each
-STRATA = [("C: this machine", "sft_draws_C"), ("A", "sft_draws_A"), ("B", "sft_draws_B")]
+STRATA = [("C", "sft_draws_C"), ("A", "sft_draws_A"), ("B", "sft_draws_B")]
+README_STRATA = STRATA[:1]   # the README's table: the one machine its verdicts come from
 
 # The paper's algorithm and the two extensions, each with the placebo that has its scoring.
 METHODS = [("grpo", None), ("lanpo", "placebo"), ("lanpo-plain", "placebo-plain"),
@@ -331,8 +332,9 @@ def verdict_table(strata):
     endpoint with its t interval over SFT seeds, minus GRPO and minus its placebo (paired, one
     value per SFT seed, Holm-adjusted p over the three primary contrasts), machine and n.
     strata: [(label, sft_draws result name)]."""
-    lines = ["| arm | machine (SFT x RL seeds) | rl-test sampled mean@8 [t 95%] | minus GRPO "
-             "[t 95%], Holm p | minus its placebo [t 95%], Holm p |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| arm | stratum: SFT seeds (runs) | rl-test sampled mean@8 [t 95%] | minus GRPO "
+             "[t 95%], Holm p | minus its placebo [t 95%], Holm p |",
+             "| --- | --- | --- | --- | --- |"]
 
     def cell(c):
         if c is None:
@@ -349,7 +351,7 @@ def verdict_table(strata):
             runs = d["learned_by"][arm][next(iter(d["learned_by"][arm]))]
             lo, hi = a["t95"]
             lines.append(
-                f"| {arm} | {label} ({a['n_sft_seeds']} SFT, {runs['runs']} runs) | "
+                f"| {arm} | {label}: {a['n_sft_seeds']} ({runs['runs']}) | "
                 f"{a['mean']:.3f} [{lo:.3f}, {hi:.3f}] | "
                 f"{cell(d['contrasts'].get(f'{arm} - grpo', {}).get('sampled'))} | "
                 f"{cell(d['contrasts'].get(f'{arm} - {placebo}', {}).get('sampled'))} |")
@@ -368,7 +370,7 @@ if __name__ == "__main__":
             print(step_mechanism_table(key=key))
         print(mechanism_table())
         sys.exit()
-    if sys.argv[1:2] == ["verdicts"]:   # the README's table: the primary endpoint by machine
+    if sys.argv[1:2] == ["verdicts"]:   # the primary endpoint by machine (README: its first)
         print(verdict_table(STRATA))
         sys.exit()
     if sys.argv[1:2] == ["headline"]:   # the headline tables

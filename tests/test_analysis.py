@@ -140,3 +140,14 @@ def test_the_committed_strata_are_what_analysis_md_says():
     D.runs_of(["controls_sft5-9", "controls_sft3_here"])
     with pytest.raises(SystemExit, match="different machines"):
         D.runs_of(["controls", "controls_sft5-9"])
+
+
+def test_holm_keeps_the_declared_family_when_contrasts_are_missing():
+    """A partial suite (four of ten contrasts run) is adjusted as one of ten, not of four: the
+    smallest p is multiplied by 10."""
+    ten = [f"c{i}" for i in range(10)]
+    got = D.holm_within({"c0": 0.002, "c1": 0.01, "c2": 0.3, "c3": 0.9}, ten)
+    assert got == pytest.approx({"c0": 0.02, "c1": 0.09, "c2": 1.0, "c3": 1.0})
+    assert D.holm_within({"a": 0.01}, ["a", "b", "c"]) == pytest.approx({"a": 0.03})
+    full = {f"c{i}": 0.5 for i in range(10)} | {"c0": 0.002}
+    assert D.holm_within(full, ten) == D.holm(full)   # nothing missing: plain Holm

@@ -61,3 +61,36 @@ def test_the_readme_quotes_the_sft_draws_as_the_table_prints_them():
     cells = [c.strip() for c in row(long, "lanpo - grpo").split("|")]
     assert cells[-4] == "1 / 0 / 4" and f"-0.077 [-0.168, +0.015], p = {cells[-2]}" in readme
     assert "below GRPO on 4 of the 5 seeds" in readme
+
+
+def test_the_verdict_table_gives_holm_adjusted_p_on_the_primary_endpoint():
+    """Stratum A's row of the paper's algorithm: sampled mean@8 minus GRPO is -0.077 with raw
+    sign-flip p 1/16 on 5 of 5 seeds; the table must give Holm's p over the three primary
+    contrasts (3/16 = 0.188), and the secondary contrast (LANPO plain minus its placebo) its
+    Holm p over ten."""
+    table = tables.verdict_table([("A", "sft_draws_A")])
+    cells = [c.strip() for c in row(table, "lanpo").split("|")]
+    assert cells[2] == "A: 5 (10)" and cells[3] == "0.765 [0.710, 0.820]"
+    assert cells[4] == "-0.077 [-0.112, -0.042], p = 0.188"
+    plain = [c.strip() for c in row(table, "lanpo-plain").split("|")]
+    d = tables.load("sft_draws_A")["contrasts"]["lanpo-plain - placebo-plain"]["sampled"]
+    assert plain[5].endswith(f"p = {d['holm_all']:.3f}") and d["holm_all"] > d["sign_flip_p"]
+
+
+def test_the_step_mechanism_table_is_the_jsons_mean_over_sft_seeds(monkeypatch):
+    per = {"own_d_logp": {
+        "prompt": {"mean": 0.001, "t95": [0.0, 0.002], "n": 2},
+        "plain": {"mean": 0.004, "t95": [0.003, 0.005], "n": 2},
+        "corrected": {"mean": 0.002, "t95": [0.001, 0.003], "n": 2},
+        "prompt - plain": {"mean": -0.003, "t95": [-0.004, -0.002], "n": 2,
+                           "sign_flip_p": 0.5, "ratio_of_means": 0.25},
+        "corrected - plain": {"mean": -0.002, "t95": [-0.003, -0.001], "n": 2,
+                              "sign_flip_p": 0.5, "ratio_of_means": 0.5}},
+        "cos(prompt, plain)": {"mean": 0.7}, "cos(corrected, plain)": {"mean": 0.8}}
+    monkeypatch.setattr(tables, "load", lambda name: {"steps": {"100": {
+        "sft_seeds": [10, 11], "summary": per}}})
+    cells = [c.strip() for c in row(tables.step_mechanism_table(), "100").split("|")]
+    assert cells[2:6] == ["2", "+1.00 [+0.00, +2.00]", "+4.00 [+3.00, +5.00]",
+                          "+2.00 [+1.00, +3.00]"]
+    assert cells[6] == "-3.00 [-4.00, -2.00], 0.500" and cells[8:10] == ["0.25 / 0.50",
+                                                                        "0.70 / 0.80"]
