@@ -229,11 +229,17 @@ def main():
     path = os.path.join(HERE, "results", "step_mechanism.json")
     results = json.load(open(path))["steps"] if os.path.exists(path) else {}
     for step in args.steps:
-        per_seed = {}
+        # seeds measured before (same batches) are kept: a suite still running is measured as
+        # its runs finish
+        before = results.get(str(step), {})
+        per_seed = {int(k): v for k, v in before.get("per_seed", {}).items()
+                    if before.get("batches") == args.batches and int(k) in args.sft_seeds}
         for s in args.sft_seeds:
+            if s in per_seed:
+                continue
             run_dir = checkpoint_runs(s)[step]
-            if not os.path.exists(os.path.join(run_dir, "checkpoint", "state.pt")):
-                print(f"step {step}, SFT seed {s}: no checkpoint yet ({run_dir})")
+            if not os.path.exists(os.path.join(run_dir, "eval.json")):   # finished at `step`
+                print(f"step {step}, SFT seed {s}: not finished yet ({run_dir})")
                 continue
             per_seed[s] = measure(run_dir, args.batches)
             assert per_seed[s]["step"] == step, (run_dir, per_seed[s]["step"])

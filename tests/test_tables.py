@@ -36,31 +36,40 @@ def test_step_to_0_9_is_the_median_over_the_runs_that_learned():
     assert tables.learned_step({"first_step_at_0.9": [None, None]}) is None
 
 
-def test_the_readme_quotes_the_sft_draws_as_the_table_prints_them():
-    """The README's result paragraph quotes each contrast (mean [t interval] and the sign-flip
-    p) as `python experiments/tables.py draws` prints it from the committed JSON."""
+def test_the_readme_results_are_the_jsons_and_fit_in_fifteen_lines():
+    """The README's result table is `python experiments/tables.py verdicts` for its stratum, row
+    for row; every count, verdict and range its sentences give is the committed JSON's; the
+    section fits in 15 lines and the README in 220."""
     with open(os.path.join(ROOT, "README.md")) as f:
-        readme = " ".join(f.read().split())
-    table = tables.draws_table("greedy")
-    for contrast, quoted in (("lanpo - grpo", "-0.043 [-0.072, -0.013]"),
-                             ("lanpo - placebo", "+0.002 [-0.036, +0.040]"),
-                             ("lanpo-plain - grpo", "+0.078 [+0.018, +0.139]"),
-                             ("lanpo-plain - placebo-plain", "+0.072 [-0.019, +0.164]"),
-                             ("lanpo-corrected - grpo", "-0.019 [-0.067, +0.029]")):
-        cells = [c.strip() for c in row(table, contrast).split("|")]
-        assert cells[-3] == quoted and quoted in readme, (contrast, cells[-3])
-        assert f"{quoted}, p = {cells[-2]}" in readme, (contrast, cells[-2])
-    signs = [c.strip() for c in row(table, "lanpo - grpo").split("|")][-4]
-    assert signs == "0 / 4 / 6" and "below GRPO on 6 of 10 SFT draws and level on 4" in readme
-    # the 600-step sentence, from the long runs' table
-    long = tables.draws_table("greedy", "sft_draws_long")
-    for contrast, quoted in (("lanpo - grpo", "-0.077 [-0.168, +0.015]"),
-                             ("lanpo-plain - grpo", "+0.032 [-0.029, +0.094]")):
-        cells = [c.strip() for c in row(long, contrast).split("|")]
-        assert cells[-3] == quoted and quoted in readme, (contrast, cells[-3])
-    cells = [c.strip() for c in row(long, "lanpo - grpo").split("|")]
-    assert cells[-4] == "1 / 0 / 4" and f"-0.077 [-0.168, +0.015], p = {cells[-2]}" in readme
-    assert "below GRPO on 4 of the 5 seeds" in readme
+        readme = f.read()
+    lines, flat = readme.splitlines(), " ".join(readme.split())
+    for line in tables.verdict_table(tables.README_STRATA).strip().splitlines():
+        assert line in lines, line
+    c = tables.load("sft_draws_C")["contrasts"]
+    first = c["lanpo - grpo"]["sampled"]
+    assert (first["positive"], first["zero"], first["negative"]) == (1, 1, 8)
+    assert first["verdict"] == "below" and "ends below GRPO** (8 of 10 draws below, 1 level, 1 " \
+        "above; all 11 draws of two other machines below)" in flat
+    others = sum(tables.load(n)["contrasts"]["lanpo - grpo"]["sampled"]["negative"]
+                 for n in ("sft_draws_A", "sft_draws_B"))
+    assert others == 11
+    for k, words in (("lanpo - placebo", "not shown to differ from its placebo"),
+                     ("lanpo-plain - grpo", "not shown to differ from GRPO")):
+        assert c[k]["sampled"]["verdict"] == "not shown" and words in flat.replace("** ", " ")
+    steps = tables.load("step_mechanism")["steps"].values()
+    for scoring, where in (("prompt", "by "), ("corrected", "corrected: ")):
+        r = [s["summary"]["own_d_logp"][f"{scoring} - plain"]["ratio_of_means"] for s in steps]
+        assert f"{where}{min(r):.2f}-{max(r):.2f}" in flat, (scoring, r)
+    q = tables.load("quickstart_draws")
+    greedy = [x["rl_test_greedy"] for x in q["runs"]]
+    sampled = [x["rl_test_sampled"] for x in q["runs"]]
+    assert len(greedy) >= 10
+    assert f"{min(greedy):.3f} to {max(greedy):.3f} greedy (median " \
+           f"{q['rl_test_greedy']['median']:.3f})" in flat
+    assert f"sampled mean@8 {min(sampled):.3f}-{max(sampled):.3f}" in flat
+    section = readme.split("## What the tiny world shows")[1].split("\n## ")[0]
+    assert len([x for x in section.splitlines() if x.strip()]) <= 15
+    assert len(lines) <= 220
 
 
 def test_the_verdict_table_gives_holm_adjusted_p_on_the_primary_endpoint():
