@@ -19,12 +19,13 @@ A table is one machine's: result files whose machines (platform and torch's CPU 
 differ, or whose SFT models of one seed differ (sha256), are refused unless --across-machines
 is given, and then the output says so.
 
+    python experiments/sft_draws.py       # stratum C: --results controls_here --out sft_draws_C
     python experiments/sft_draws.py --results controls --out sft_draws_A
     python experiments/sft_draws.py --results controls_sft5-9 controls_sft3_here --out sft_draws_B
     python experiments/sft_draws.py --results controls controls_sft5-9 --across-machines
 
 Reads experiments/results/<name>.json (experiments/run_arms.py controls ...), writes
-experiments/results/sft_draws.json (or --out); `python experiments/tables.py draws [OUT]`
+experiments/results/sft_draws_C.json (or --out); `python experiments/tables.py draws [OUT]`
 prints its tables.
 """
 import argparse
@@ -196,7 +197,7 @@ def learned_by(runs, family, last=200):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--results", nargs="+", default=["controls_here"])
-    ap.add_argument("--out", default="sft_draws", help="experiments/results/<OUT>.json")
+    ap.add_argument("--out", default="sft_draws_C", help="experiments/results/<OUT>.json")
     ap.add_argument("--across-machines", action="store_true",
                     help="pool result files of different machines (or SFT models), and say so")
     args = ap.parse_args()
