@@ -226,12 +226,13 @@ class StepRecord:
     lengths: list
     truncated: list
     decode_steps: list   # one number per rank
+    compiles: list       # one number per rank: graphs --compile built in the step
 
     @classmethod
     def of(cls, problems, texts, rollouts, rewards, has_context, retrieved, summaries):
         return cls(problems, texts, rollouts.texts, rewards, has_context, retrieved, summaries,
                    rollouts.response_mask.sum(1).tolist(), rollouts.truncated.tolist(),
-                   [rollouts.decode_steps])
+                   [rollouts.decode_steps], [rollouts.compiles])
 
     def samples(self, step, G):
         """The first and last rollout of the first two problems, to read in samples.jsonl."""
@@ -267,7 +268,9 @@ def step_metrics(step, s, stats, pool, args, seconds, world):
          **{f"t_{k}": round(v, 4) for k, v in seconds.items()},
          "tokens_per_s": sum(s.lengths) / max(seconds["generation"], 1e-9),
          # this rank's sampling time per decoding step (its prefill included)
-         "ms_per_decode_step": 1000 * seconds["generation"] / max(s.decode_steps[0], 1)}
+         "ms_per_decode_step": 1000 * seconds["generation"] / max(s.decode_steps[0], 1),
+         # --compile: graphs built in this step (a new cache length or batch shape is one)
+         **({"compiles": s.compiles[0]} if args.compile else {})}
     m.update(stats or {})
     if world is not None:   # the tiny world checks the language channel against the truth
         m.update(world.language_channel(s.problems, s.retrieved if inter else None, s.summaries,

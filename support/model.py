@@ -31,7 +31,7 @@ import inspect
 import json
 import os
 import shutil
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import (AttentionInterface, AutoConfig, AutoModelForCausalLM, AutoTokenizer,
-                          CompileConfig, DynamicCache, GenerationConfig, StaticCache)
+                          CompileConfig, DynamicCache, GenerationConfig, StaticCache,
+                          StoppingCriteria, StoppingCriteriaList)
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils import logging as hf_logging
@@ -240,15 +241,38 @@ def _sdpa_mask_no_empty_rows(*args, **kwargs):
     return mask | ~mask.any(-1, keepdim=True)
 
 
+def _sdpa_grouped_heads(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                        **kwargs):
+    """transformers' SDPA attention, except for one decoding step of a compiled model with
+    grouped heads (Qwen2.5: 14 query heads share 2 key/value heads; n_rep = 7). There
+    transformers expands keys and values to every query head (repeat_kv), a copy of the whole
+    static cache at every token; eager decoding folds the n_rep query heads of a key/value head
+    into its query rows instead, and so does this, compiled: q [B, H, 1, D] -> [B, H_kv, n_rep,
+    D] attends to k, v [B, H_kv, L, D] with the mask [B, 1, 1, L] broadcast, then back to
+    [B, 1, H, D]. Query head h uses key/value head h // n_rep, as repeat_kv orders them."""
+    n_rep = getattr(module, "num_key_value_groups", 1)
+    if not (n_rep > 1 and query.shape[2] == 1 and torch.compiler.is_compiling()
+            and (attention_mask is None or attention_mask.shape[1] == 1)
+            and kwargs.get("position_bias") is None and kwargs.get("softcap") is None):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    batch, heads, _, dim = query.shape
+    out = F.scaled_dot_product_attention(query.reshape(batch, heads // n_rep, n_rep, dim), key,
+                                         value, attn_mask=attention_mask, dropout_p=dropout,
+                                         scale=scaling)
+    return out.reshape(batch, heads, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
+
+
 PAD_SAFE_SDPA = "sdpa_pad_safe"
-AttentionInterface.register(PAD_SAFE_SDPA, sdpa_attention_forward)
+AttentionInterface.register(PAD_SAFE_SDPA, _sdpa_grouped_heads)
 AttentionMaskInterface.register(PAD_SAFE_SDPA, _sdpa_mask_no_empty_rows)
 
 
 def _pad_safe_sdpa(model):
-    """Switch a model on SDPA attention to the same kernel with _sdpa_mask_no_empty_rows (eager
-    attention masks with the dtype's minimum, so its rows stay finite; flash attention drops the
-    padding). Not written into a saved config: a saved model loads anywhere as plain sdpa."""
+    """Switch a model on SDPA attention to the same kernel with _sdpa_mask_no_empty_rows and
+    _sdpa_grouped_heads (eager attention masks with the dtype's minimum, so its rows stay
+    finite; flash attention drops the padding). Not written into a saved config: a saved model
+    loads anywhere as plain sdpa."""
     if getattr(model.config, "_attn_implementation", None) == "sdpa":
         model.set_attn_implementation(PAD_SAFE_SDPA)
 
@@ -361,6 +385,7 @@ class Rollouts:
     texts: list[str]                 # decoded responses, special tokens dropped
     truncated: torch.Tensor          # BoolTensor[N], no EOS within max_new_tokens
     decode_steps: int = 0            # forward passes of one token each, over all generate calls
+    compiles: int = 0                # graphs torch.compile built during the call (--compile)
 
 
 def _as_list(x):
@@ -397,8 +422,11 @@ def sample(model, tokenizer, prompts: list[str], n: int = 1, max_new_tokens=64,
            compile: bool = False) -> Rollouts:
     """n responses per prompt (raw user texts; formatted here). Draws from torch's global
     random stream: the caller seeds it (train.py with --seed; evaluation forks it).
-    compile: a static KV cache and a compiled decoding step (`compile_backend`); the same
-    tokens, less host work per token on a GPU."""
+    compile: a static KV cache and a compiled decoding step (`compile_backend`); less host work
+    per token on a GPU. Every generate call of one sample() then has one shape: the cache fits
+    the call's longest row (`static_cache_length`), and a short last micro-batch is filled up
+    with rows that stop at once. Greedy tokens are the default sampler's; sampled ones too
+    unless rows were added (they draw random numbers too, so the stream moves on differently)."""
     if n < 1 or micro_batch < 1 or max_new_tokens < 1:
         raise UserError("n, max_new_tokens and the sample micro-batch must be at least 1")
     if not greedy and (temperature <= 0 or not 0 < top_p <= 1):
@@ -412,29 +440,96 @@ def sample(model, tokenizer, prompts: list[str], n: int = 1, max_new_tokens=64,
     # top_k=0 must be explicit: left unset (None), transformers fills in its default of 50.
     knobs = (dict(do_sample=False) if greedy else
              dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0))
+    shape = (min(len(rows), micro_batch),
+             static_cache_length(max(map(len, rows)) + max_new_tokens)) if compile else None
+    graphs_before = _compiled_graphs() if compile else 0
     ids_parts, mask_parts, trunc_parts, decode_steps = [], [], [], 0
-    for start in range(0, len(rows), micro_batch):
-        ids, attn = _left_pad(rows[start:start + micro_batch], pad_id, device)
-        cache = _static_cache(model, ids.shape, max_new_tokens) if compile else \
-            _one_dtype_cache(model)
-        # one generate call per micro-batch: KV cache, positions from the attention mask; no
-        # cache of bf16 weight copies (a model's worth, for every decoding step)
-        with autocast(model, cache=False):
-            out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
-                                 eos_token_id=stops, pad_token_id=pad_id, use_cache=True,
-                                 **cache, **knobs)
-        resp = out[:, ids.shape[1]:].cpu()
-        decode_steps += resp.shape[1]
-        # The mask is computed per micro-batch, before padding to a common width: a row with
-        # no EOS is "all generated tokens", which must not include our extra padding columns.
-        mask, trunc = response_mask(resp, stops)
-        ids_parts.append(resp), mask_parts.append(mask), trunc_parts.append(trunc)
+    with sampling_weights(model, keep=compile):
+        for start in range(0, len(rows), micro_batch):
+            part = rows[start:start + micro_batch]
+            filler = shape[0] - len(part) if compile else 0
+            ids, attn = _left_pad(part + [part[-1]] * filler, pad_id, device)
+            cache = _static_cache(model, *shape) if compile else _one_dtype_cache(model)
+            if filler:   # the added rows count as stopped from the first token on
+                cache["stopping_criteria"] = StoppingCriteriaList([_RowsStopped(len(part))])
+            # one generate call per micro-batch: KV cache, positions from the attention mask;
+            # no cache of bf16 weight copies (a model's worth, for every decoding step)
+            with autocast(model, cache=False):
+                out = model.generate(input_ids=ids, attention_mask=attn,
+                                     max_new_tokens=max_new_tokens, eos_token_id=stops,
+                                     pad_token_id=pad_id, use_cache=True, **cache, **knobs)
+            resp = out[:len(part), ids.shape[1]:].cpu()
+            decode_steps += resp.shape[1]
+            # The mask is computed per micro-batch, before padding to a common width: a row
+            # with no EOS is "all generated tokens", which must not include our extra columns.
+            mask, trunc = response_mask(resp, stops)
+            ids_parts.append(resp), mask_parts.append(mask), trunc_parts.append(trunc)
     width = max(p.shape[1] for p in ids_parts)
     response_ids = torch.cat([F.pad(p, (0, width - p.shape[1]), value=pad_id) for p in ids_parts])
     mask = torch.cat([F.pad(p, (0, width - p.shape[1])) for p in mask_parts])
     texts = tokenizer.batch_decode([r[m > 0].tolist() for r, m in zip(response_ids, mask)],
                                    skip_special_tokens=True)
-    return Rollouts(rows, response_ids, mask, texts, torch.cat(trunc_parts), decode_steps)
+    return Rollouts(rows, response_ids, mask, texts, torch.cat(trunc_parts), decode_steps,
+                    _compiled_graphs() - graphs_before if compile else 0)
+
+
+class _RowsStopped(StoppingCriteria):
+    """Rows from `first` on are done: the rows that fill up a compiled call's last micro-batch
+    stop at once, so they never keep generate's loop going."""
+
+    def __init__(self, first: int):
+        self.first = first
+
+    def __call__(self, input_ids, scores, **kwargs):
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        done[self.first:] = True
+        return done
+
+
+def _compiled_graphs() -> int:
+    """Graphs torch.compile has built in this process (a new cache length or batch shape of
+    the decoding step is a new one; after torch._dynamo.config.recompile_limit of them, 8, a
+    function runs uncompiled with no more than a log line)."""
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
+
+
+# --- The weights sampling reads -----------------------------------------------------------
+
+SAMPLING_COPY_DEVICES = ("cuda",)   # where sample() decodes from a bf16 copy of the weights
+
+
+@contextmanager
+def sampling_weights(model, keep: bool):
+    """Decoding under bf16 autocast casts every float32 Linear weight to bf16 at every token
+    (autocast's weight cache is off while sampling), reading 4 bytes per weight and writing 2,
+    on a phase whose speed is memory bandwidth. Here each such Linear decodes from a bf16 copy
+    of its weight instead, made once per sample() call: autocast would cast to the same bf16
+    numbers (round to nearest), so the tokens are the same (_bf16_linears says why). `keep`
+    (--compile): the copy stays on the model between calls, refreshed in place, so a CUDA graph
+    finds it at the same address; otherwise it is freed when sampling ends. On a GPU only
+    (SAMPLING_COPY_DEVICES): on the CPU the cast is cheap next to the arithmetic."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)
+               and m.weight.dtype == torch.float32]
+    if getattr(model, "autocast_dtype", None) != torch.bfloat16 or not linears \
+            or device_of(model).type not in SAMPLING_COPY_DEVICES:
+        yield
+        return
+    copies = getattr(model, "_sampling_copies", None)
+    if copies is None or len(copies) != len(linears):
+        copies = [torch.nn.Parameter(torch.empty_like(m.weight, dtype=torch.bfloat16),
+                                     requires_grad=False) for m in linears]
+    for m, c in zip(linears, copies):
+        c.copy_(m.weight)   # the weights of now: the optimizer may have stepped since
+    weights = [m.weight for m in linears]
+    try:
+        for m, c in zip(linears, copies):
+            m._parameters["weight"] = c   # not setattr: a tied weight stays in its other module
+        yield
+    finally:
+        for m, w in zip(linears, weights):
+            m._parameters["weight"] = w
+        model._sampling_copies = copies if keep else None
 
 
 class _OneDtype:
@@ -472,18 +567,21 @@ def _one_dtype_cache(model) -> dict:
     return {name: OneDtypeCache(dtype, config=model.config)}
 
 
-STATIC_CACHE_BUCKET = 64   # cache lengths round up to this: one compiled step serves many steps
+def static_cache_length(tokens: int) -> int:
+    """The length of a compiled call's static cache: the power of two at or above its longest
+    row (prompt + max_new_tokens), at least 64. Each length is one compiled graph (and on a GPU
+    one CUDA graph), so a run with prompts of 200 to 1,536 tokens and 512 new ones compiles for
+    1,024 and 2,048 only, at the price of up to twice the cache a call needs."""
+    return max(64, 1 << (tokens - 1).bit_length())
 
 
-def _static_cache(model, prompt_shape, max_new_tokens) -> dict:
-    """generate()'s arguments for a static cache and its compiled decoding step. The cache's
-    length is rounded up, so prompts of similar length share one compiled graph (torch compiles
-    once per batch size and cache length; the prefill runs uncompiled). The last cache is kept
-    on the model and reset for the next call of the same shape, as transformers does with its
-    own: the compiled step (and a CUDA graph) expects its tensors at the same addresses."""
-    length = -(-(prompt_shape[1] + max_new_tokens) // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET
+def _static_cache(model, rows, length) -> dict:
+    """generate()'s arguments for a static cache of `rows` x `length` and its compiled decoding
+    step (the prefill runs uncompiled). The last cache is kept on the model and reset for the
+    next call of the same shape, as transformers does with its own: the compiled step (and a
+    CUDA graph) expects its tensors at the same addresses."""
     dtype = getattr(model, "autocast_dtype", None) or next(model.parameters()).dtype
-    key = (prompt_shape[0], length, dtype)
+    key = (rows, length, dtype)
     kept = getattr(model, "_static_kv", None)
     if kept is not None and kept[0] == key:
         cache = kept[1]
@@ -496,25 +594,48 @@ def _static_cache(model, prompt_shape, max_new_tokens) -> dict:
     name = "cache" if _accepts(model, "cache") else "past_key_values"
     if backend is None:   # the static cache alone
         return {name: cache, "disable_compile": True}
+    return {name: cache, "compile_config": _compile_config(backend, device_of(model))}
+
+
+def _compile_config(backend, device) -> CompileConfig:
     config = CompileConfig(fullgraph=False, dynamic=False, backend=backend,
                            # CUDA graphs on a GPU: the decoding step is launched as one graph
-                           mode="reduce-overhead" if device_of(model).type == "cuda" else None)
+                           mode="reduce-overhead" if device.type == "cuda" else None)
     config._compile_all_devices = True   # transformers compiles on GPUs only unless told
-    return {name: cache, "compile_config": config}
+    return config
+
+
+COMPILE_BACKEND = "inductor"
+COMPILE_PACKAGES = ("a C compiler, Python's headers and a linkable libcuda.so (Debian/Ubuntu: "
+                    "apt install build-essential python3-dev, and the NVIDIA driver's libcuda)")
 
 
 @lru_cache(maxsize=None)
 def compile_backend(device: torch.device) -> tuple[str | None, str]:
     """(torch.compile's backend for the decoding step, or None, and why): inductor where it can
-    build kernels (a C++ compiler on the CPU, Triton on a GPU), else no compilation."""
+    build kernels, else no compilation. Triton (a GPU) builds its launcher at first use with
+    COMPILE_PACKAGES, and a missing one would fail the run's first step; so a tiny function is
+    compiled and run here, before anything else, and a failure means: uncompiled."""
     if device.type == "cuda" and importlib.util.find_spec("triton") is None:
         return None, "Triton is not installed: decoding with a static cache, uncompiled"
     if device.type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
         return None, "no C++ compiler: decoding with a static cache, uncompiled"
     if device.type not in ("cpu", "cuda"):
         return None, f"torch.compile is not tried on {device.type}: a static cache, uncompiled"
-    return "inductor", ("decoding with a static cache, compiled by torch.compile (inductor; "
-                        "the first steps compile, about a minute)")
+    config = _compile_config(COMPILE_BACKEND, device)
+    try:
+        probe = torch.compile(lambda x: torch.sin(x) * 2 + 1, backend=config.backend,
+                              mode=config.mode, dynamic=False, fullgraph=True)
+        x = torch.arange(8, dtype=torch.float32, device=device)
+        if not torch.allclose(probe(x), torch.sin(x) * 2 + 1):
+            raise RuntimeError("a compiled test function computed a wrong result")
+    except Exception as e:   # noqa: BLE001  (BackendCompilerFailed, a C compiler's error, ...)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        return None, (f"torch.compile could not build a test kernel ({type(e).__name__}: "
+                      f"{first}); it needs {COMPILE_PACKAGES}: decoding with a static cache, "
+                      "uncompiled")
+    return COMPILE_BACKEND, ("decoding with a static cache, compiled by torch.compile "
+                             "(inductor; the first steps compile, about a minute)")
 
 
 # --- Log-probabilities --------------------------------------------------------------------

@@ -127,9 +127,10 @@ def test_sample_asks_for_plain_sampling(tiny, tok, monkeypatch):
     assert seen[0]["attention_mask"][:, 0].tolist() == [0, 0, 1]
 
 
-def _sampled(model, tok, greedy, **kw):
+def _sampled(model, tok, greedy, micro_batch=3, **kw):
     torch.manual_seed(5)
-    r = M.sample(model, tok, PROMPTS, n=4, max_new_tokens=12, greedy=greedy, micro_batch=3, **kw)
+    r = M.sample(model, tok, PROMPTS, n=4, max_new_tokens=12, greedy=greedy,
+                 micro_batch=micro_batch, **kw)
     return r.response_ids, r.texts, r.decode_steps
 
 
@@ -137,28 +138,60 @@ def _sampled(model, tok, greedy, **kw):
 def test_static_cache_and_compiled_decoding_sample_the_same_tokens(tiny, tok, monkeypatch,
                                                                    backend):
     """--compile: a static KV cache (None: no compiler, the cache alone; eager: torch.compile's
-    graph capture, without building kernels) samples what the default sampler does, greedy and
-    at a fixed seed, and it is what generate is given."""
+    graph capture, without building kernels) samples what the default sampler does: greedy
+    with a short last micro-batch filled up (8 rows in calls of 3), and at a fixed seed when
+    no row is added (calls of 4); every call of one sample() has one shape and one cache."""
     seen = []
     real = tiny.generate
     monkeypatch.setattr(tiny, "generate", lambda **kw: seen.append(kw) or real(**kw))
     monkeypatch.setattr(M, "compile_backend", lambda device: (backend, "why"))
-    for greedy in (True, False):
-        ids, texts, steps = _sampled(tiny, tok, greedy)
+    for greedy, micro_batch in ((True, 3), (False, 4)):
+        ids, texts, steps = _sampled(tiny, tok, greedy, micro_batch)
         assert not any(isinstance(kw.get("cache"), M.StaticCache) for kw in seen)
         seen.clear()
-        ids_c, texts_c, steps_c = _sampled(tiny, tok, greedy, compile=True)
+        ids_c, texts_c, steps_c = _sampled(tiny, tok, greedy, micro_batch, compile=True)
         assert torch.equal(ids, ids_c) and texts == texts_c and steps == steps_c
-        assert len(seen) == 3 and all(isinstance(kw["cache"], M.StaticCache) for kw in seen)
-        # calls of one shape (3 rows, one length bucket) reuse one cache, reset in between
-        assert seen[0]["cache"] is seen[1]["cache"] and seen[2]["cache"] is not seen[1]["cache"]
+        calls = 8 // micro_batch + bool(8 % micro_batch)
+        assert len(seen) == calls and all(isinstance(kw["cache"], M.StaticCache) for kw in seen)
+        # one shape per sample(): micro_batch rows (the last call filled up), one cache reset
+        # between calls, as long as the longest row (prompt + 12) rounded up to 64
+        assert all(kw["input_ids"].shape[0] == micro_batch for kw in seen)
+        assert all(kw["cache"] is seen[0]["cache"] for kw in seen)
+        assert seen[0]["cache"].get_max_length() == 64
+        filled = [kw for kw in seen if "stopping_criteria" in kw]
+        assert len(filled) == (1 if 8 % micro_batch else 0)
         if backend is None:
             assert all(kw["disable_compile"] for kw in seen)
         else:
             assert all(kw["compile_config"].backend == backend for kw in seen)
         seen.clear()
-    # decode steps: the generated width of each generate call (8 rows in calls of 3, 3, 2)
-    assert 3 <= steps <= 3 * 12 and steps >= ids.shape[1]
+    # decode steps: the generated width of each generate call (8 rows in calls of 4, 4)
+    assert 2 <= steps <= 2 * 12 and steps >= ids.shape[1]
+
+
+def test_the_rows_that_fill_a_compiled_call_stop_at_once(tiny, tok, monkeypatch):
+    """A filled-up row never keeps generate going: the real rows run to max_new_tokens (the
+    model's EOS made impossible), and the filler row is padding after its first token (drawn
+    before the stop is read)."""
+    monkeypatch.setattr(M, "compile_backend", lambda device: (None, "why"))
+    calls = []
+    real = tiny.generate
+    monkeypatch.setattr(tiny, "generate", lambda **kw: calls.append((kw, real(**kw))) or
+                        calls[-1][1])
+    monkeypatch.setattr(M, "stop_ids", lambda model, tokenizer: [tok.vocab_size + 7])
+    r = M.sample(tiny, tok, PROMPTS[:1], n=5, max_new_tokens=6, greedy=True, micro_batch=3,
+                 compile=True)
+    assert len(r.texts) == 5 and r.truncated.all() and r.response_ids.shape[1] == 6
+    kw, out = calls[1]
+    assert out.shape[0] == 3 and "stopping_criteria" in kw
+    new = out[:, kw["input_ids"].shape[1]:]
+    assert new.shape[1] == 6 and (new[2, 1:] == tok.pad_token_id).all()
+    assert (new[:2] != tok.pad_token_id).any()
+
+
+def test_static_cache_length_is_a_power_of_two():
+    assert [M.static_cache_length(t) for t in (1, 64, 65, 200, 1536 + 512, 2049)] == \
+        [64, 64, 128, 256, 2048, 4096]
 
 
 def test_compile_uses_inductor_only_where_it_can_build_kernels(tiny, tok, monkeypatch, tmp_path):
@@ -178,9 +211,9 @@ def test_compile_uses_inductor_only_where_it_can_build_kernels(tiny, tok, monkey
     backend, why = M.compile_backend(cpu)
     assert backend == ("inductor" if any(shutil.which(c) for c in ("c++", "g++", "clang++"))
                        else None)
-    for greedy in (True, False):
-        ids, texts, _ = _sampled(tiny, tok, greedy)
-        ids_c, texts_c, _ = _sampled(tiny, tok, greedy, compile=True)
+    for greedy, micro_batch in ((True, 3), (False, 4)):
+        ids, texts, _ = _sampled(tiny, tok, greedy, micro_batch)
+        ids_c, texts_c, _ = _sampled(tiny, tok, greedy, micro_batch, compile=True)
         assert torch.equal(ids, ids_c) and texts == texts_c
 
 

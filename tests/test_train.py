@@ -549,12 +549,42 @@ def test_compile_reaches_the_rollouts_and_the_step_logs_decode_time(tmp_path, ti
         with monkeypatch.context() as m:   # each run spies on the real model.sample
             _, sampled, _, _ = spied_run(tmp_path / name, tiny_dir, m, *flags, steps=2)
         rows = [json.loads(l) for l in open(tmp_path / name / "rl" / "metrics.jsonl")]
-        runs.append([{k: v for k, v in r.items() if not rundir.is_timing(k)} for r in rows])
+        steps = [r for r in rows if "reward" in r]
+        assert all(("compiles" in r) is bool(flags) for r in steps)
+        runs.append([{k: v for k, v in r.items() if not rundir.is_timing(k) and k != "compiles"}
+                     for r in rows])
         rollouts = [c for c in sampled if not c.get("greedy")]
         assert rollouts and all(c.get("compile") is bool(flags) for c in rollouts)
         assert all(not c.get("compile") for c in sampled if c.get("greedy"))
-        assert all(r["ms_per_decode_step"] > 0 for r in rows if "reward" in r)
+        assert all(r["ms_per_decode_step"] > 0 for r in steps)
     assert runs[0] == runs[1]
+
+
+def test_compiled_run_builds_one_graph_per_cache_length(tmp_path, tiny_dir, monkeypatch):
+    """Ten --compile steps whose prompts grow as the pool fills (lessons and earlier attempts):
+    every step logs the graphs it built, and the run builds no more than one per cache length
+    (a power of two), however many prompt lengths it saw and however its rows split into
+    micro-batches."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    monkeypatch.setattr(M, "compile_backend", lambda device: ("eager", "graph capture only"))
+    shapes, widths = set(), set()
+    real = M._static_cache
+    monkeypatch.setattr(M, "_static_cache", lambda model, rows, length: shapes.add(
+        (rows, length)) or real(model, rows, length))
+    real_sample = M.sample
+    monkeypatch.setattr(M, "sample", lambda model, tok, prompts, **kw: kw.get("compile") and
+                        widths.update(len(p) for p in M.encode_prompts(tok, prompts))
+                        or real_sample(model, tok, prompts, **kw))
+    # 24 rollouts a step in calls of 10: 10, 10 and 4 rows filled up to 10
+    spied_run(tmp_path, tiny_dir, monkeypatch, "--compile", "--max-new-tokens", "40",
+              "--sample-micro-batch", "10", steps=10)
+    rows = [json.loads(l) for l in open(tmp_path / "rl" / "metrics.jsonl")]
+    compiles = [r["compiles"] for r in rows if "reward" in r]
+    lengths = {M.static_cache_length(w + 40) for w in widths}
+    assert len(compiles) == 10 and compiles[0] >= 1
+    assert len(widths) >= 4 and len(lengths) >= 2 and {r for r, _ in shapes} == {10}
+    assert sum(compiles) <= len(lengths)
 
 
 # --- checkpoints and resume -----------------------------------------------------------------
