@@ -320,7 +320,7 @@ def main(argv=None):
                                 world, bank)
         m["precision"] = args.precision_used
         if device.type == "cuda":
-            m["peak_gpu_gib"] = M.peak_memory(device)
+            m["peak_gpu_gib"], m["peak_gpu_reserved_gib"] = M.peak_memory(device, reserved=True)
         run.count_skipped(m)   # a non-finite update is skipped; several in a row stop the run
         if run.evaluates(step):   # rank 0, every --eval-every steps
             m.update(E.periodic_eval(model, tok, eval_sets, args, world))

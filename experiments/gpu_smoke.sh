@@ -2,10 +2,12 @@
 # What a user with one GPU runs first (about 10-15 minutes; needs the network once, to download
 # Qwen2.5-0.5B-Instruct). It checks the GPU path end to end before any long run, and FAILS
 # (non-zero exit, "gpu_smoke: FAILED") on anything experiments/gpu_smoke_check.py finds: a
-# skipped update, a loss, KL, gradient or logit that is not finite, a KL above 1e-3 at the first
-# step, a precision other than the expected one (bf16 on an Ampere or newer card), a peak of GPU
-# memory above experiments/memory_plan.py's plan for the run's settings, an SFT run without its
-# held-out pass, an RL run whose pool never reached a prompt.
+# skipped update, a loss, KL, gradient or logit that is not finite, a left-padded batch whose
+# logits differ from each prompt's alone, a KL above 1e-3 at the first step, a precision other
+# than the expected one (bf16 on an Ampere or newer card), a peak of GPU memory above
+# experiments/memory_plan.py's plan for the run's settings (reserved: above plan x 1.1), a
+# --compile run past torch's recompile limit, an SFT run without its held-out pass, an RL run
+# whose pool never reached a prompt.
 #   0. the memory plan of the preset on this card;
 #   1. the tiny world on CUDA: a short SFT, then four LANPO steps (float32, as on the CPU);
 #   2. the one-GPU preset: `sft.py --preset qwen` bootstrapping from 16 GSM8K problems and two
@@ -15,8 +17,9 @@
 #      lessons (the longest prompts the preset builds);
 #   3. the same with LoRA (--lora-rank 16) for three steps: the reference is the base with its
 #      adapters off, so KL at step 1 must be 0;
-#   4. three steps of 2. with --compile (a static KV cache, the decoding step compiled; the
-#      first step compiles).
+#   4. the memory plan with --compile, then three steps of 2. with --compile (a static KV
+#      cache, the decoding step compiled; the first step compiles and probes the compiler); the
+#      checker fails past torch's recompile limit and compares reserved memory with the plan.
 # Every run prints seconds per phase, the rollouts' ms per decoding step and tokens per second,
 # and the peak GPU memory next to the plan.
 #
@@ -85,6 +88,7 @@ $CHECK runs --rl-dir $OUT/qwen-lora --expect-precision "$PRECISION"
 python -c "import sys; sys.path.insert(0, '.'); from support import model as M; M.load_model('$OUT/qwen-lora/final', device='cpu')"
 
 echo "== 4. --preset qwen with --compile on $DEVICE (compare 'ms per decoding step' with 2.)"
+python experiments/memory_plan.py --model Qwen/Qwen2.5-0.5B-Instruct --gpu-gb "$GPU_GB" --compile
 python train.py --preset qwen --init $OUT/qwen-sft --run-dir $OUT/qwen-compiled --overwrite \
   --device "$DEVICE" --data $OUT/gsm8k-20.jsonl --eval-data gsm8k --problems-per-step 8 \
   --steps 3 --eval-every 0 --no-final-eval --compile

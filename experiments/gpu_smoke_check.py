@@ -14,7 +14,13 @@ metrics.jsonl) and fails (exit code 1, one line per failure) on:
   `precision`): bf16 on an Ampere or newer card, where running fp32 would double the memory
   and the time without saying so;
 - a peak of GPU memory above experiments/memory_plan.py's plan for the same settings (the SFT
-  step, the held-out pass, the setup with its bootstrap, the RL step: the largest RL phase);
+  step, the held-out pass, the setup with its bootstrap, the RL step: the largest RL phase),
+  and an RL step whose reserved memory (what the caching allocator held: fragmentation and
+  --compile's CUDA graph pools included) is above the plan x 1.1, the fragmentation the plan's
+  rule allows;
+- a --compile run that built more graphs than torch compiles before it gives up
+  (torch._dynamo.config.recompile_limit; beyond it decoding runs uncompiled, with only a log
+  line), or that logged no compile count;
 - an RL run whose metrics.jsonl does not log every step 1..steps once, in order (a run that
   lost its last steps, or logged one twice);
 - an RL run whose pool never put feedback into a prompt (coverage 0 at the last step), so the
@@ -24,7 +30,8 @@ It prints seconds per phase and the peak memory next to the plan either way.
 `logits` loads a model as train.py does and runs a left-padded batch of prompts of different
 lengths under autocast: every logit, padding positions included, must be finite, and so must
 the token log-probs of model.token_logprobs (padding rows whose attention is fully masked are
-where bf16 kernels have produced NaN).
+where bf16 kernels have produced NaN); and each prompt's logits in the padded batch must equal
+its logits alone (model.check_finite_left_padded: a padding leak or a wrong position).
 """
 import argparse
 import json
@@ -68,15 +75,20 @@ def check_runs(sft_dir, rl_dir, expect_precision, kl_tol=1e-3, plan=None,
     last step carried feedback."""
     fail, lines = [], []
 
-    def peak_vs_plan(what, peak, phase):
+    def peak_vs_plan(what, peak, phase, reserved=None):
         if peak is None:
             return
         limit = plan.get(phase) if plan else None
         lines.append(f"  {what}: peak {peak:.2f} GiB"
+                     + (f", reserved {reserved:.2f} GiB" if reserved is not None else "")
                      + (f", plan {limit:.2f} GiB" if limit else ""))
         if limit is not None and peak > limit:
             fail.append(f"{what}: peak GPU memory {peak:.2f} GiB is above the plan's "
                         f"{limit:.2f} GiB ({phase})")
+        if limit is not None and reserved is not None and reserved > RESERVED_SHARE * limit:
+            fail.append(f"{what}: reserved GPU memory {reserved:.2f} GiB is above the plan's "
+                        f"{limit:.2f} GiB x {RESERVED_SHARE} ({phase}): fragmentation or "
+                        "CUDA graph pools beyond what the plan allows")
 
     if sft_dir:
         report = _read_json(os.path.join(sft_dir, "sft_report.json"))
@@ -132,8 +144,19 @@ def check_runs(sft_dir, rl_dir, expect_precision, kl_tol=1e-3, plan=None,
             lines.append(f"  step {step}: {sum(phases.values()):.1f} s ("
                          + ", ".join(f"{k} {v:.1f}" for k, v in phases.items())
                          + f"); reward {r.get('reward')}, kl {r.get('kl')}, coverage "
-                         f"{r.get('coverage')}" + _decode_speed(r))
-            peak_vs_plan(f"RL step {step}", r.get("peak_gpu_gib"), "RL step")
+                         f"{r.get('coverage')}" + _decode_speed(r)
+                         + (f"; {r['compiles']} graph(s) compiled" if "compiles" in r else ""))
+            peak_vs_plan(f"RL step {step}", r.get("peak_gpu_gib"), "RL step",
+                         r.get("peak_gpu_reserved_gib"))
+        if steps and cfg.get("compile"):
+            counts = [r.get("compiles") for r in steps]
+            if None in counts:
+                fail.append(f"RL {rl_dir}: a --compile run whose steps do not all log "
+                            "'compiles'")
+            elif sum(counts) > recompile_limit():
+                fail.append(f"RL {rl_dir}: --compile built {sum(counts)} graphs, more than "
+                            f"torch's recompile limit ({recompile_limit()}): decoding went "
+                            "uncompiled after it")
         if steps:
             kl0 = steps[0].get("kl")
             if _finite(kl0) and abs(kl0) > kl_tol:
@@ -145,6 +168,16 @@ def check_runs(sft_dir, rl_dir, expect_precision, kl_tol=1e-3, plan=None,
                 fail.append(f"RL {rl_dir}: no prompt carried feedback at the last step "
                             "(coverage 0): the pool's longest prompts were never exercised")
     return fail, lines
+
+
+RESERVED_SHARE = 1.1   # memory_plan.fits: plan x 1.1 (fragmentation) + 1 GiB (CUDA context)
+
+
+def recompile_limit() -> int:
+    """How many graphs Dynamo builds for one function before it runs it uncompiled."""
+    import torch._dynamo
+    config = torch._dynamo.config
+    return getattr(config, "recompile_limit", None) or config.cache_size_limit
 
 
 def _decode_speed(row) -> str:
@@ -181,6 +214,11 @@ def check_logits(model_dir, device, expect_precision, precision="auto"):
         lp = M.token_logprobs(model, ids, resp, torch.ones_like(resp, dtype=torch.float))
     if not torch.isfinite(lp).all():
         fail.append("logits: non-finite token log-probs on a left-padded batch")
+    try:   # each prompt's logits in the padded batch against its logits alone
+        worst = M.check_finite_left_padded(model, tok, prompts)
+        print(f"logits check: padded and alone differ by at most {worst:.3g}")
+    except AssertionError as e:
+        fail.append(f"logits: {e}")
     print(f"logits check: {model_dir} on {dev}, {got}, left-padded batch of {len(ids)} rows "
           f"({', '.join(str(len(i)) for i in ids)} tokens): "
           + ("finite" if not fail else "FAILED"))

@@ -30,6 +30,13 @@ each phase it lists what is alive at the phase's peak:
   whole KV cache (bf16 under autocast) of sample-micro-batch rows x (prompt + max-new-tokens)
   with one layer's copy while it grows, plus the sampler's logits and probabilities; the SFT
   bootstrap's largest call is its summaries and reflections, 2 x (rows / samples) long prompts;
+- train.py --compile keeps, through every RL phase: the static KV cache of sample-micro-batch
+  rows x the power of two at or above the longest prompt + max-new-tokens
+  (model.static_cache_length), under bf16 the bf16 copy of the Linear weights that its
+  rollouts decode from (model.sampling_weights), and the CUDA graphs' private memory
+  pool, which holds a decoding step's intermediates outside the tensors counted here; the
+  plan allows one decoding step's sampler buffers for it again (an allowance, not a
+  measurement: no card has run it; the smoke script compares reserved memory with the plan);
 - 0.25 GiB of CUDA workspaces (cuBLAS), which PyTorch's allocator counts as allocated.
 
 The per-element constants (a_H, a_I, b_H, bytes per logit) were measured on the CPU with
@@ -51,7 +58,9 @@ checker's). The prompt lengths are the longest each phase builds (see settings_f
 Several GPUs (`torchrun`, ranks.py): every rank holds a full replica (weights, gradients,
 AdamW moments, reference) and the gradients are all-reduced in place, nothing is sharded, and
 the micro-batch flags bound each rank's activations as they bound one GPU's: the memory per
-rank is this plan, unchanged (`--nproc N` says so and adds the total over the N GPUs).
+rank is this plan, unchanged (`--nproc N` says so and adds the total over the N GPUs), plus
+what NCCL reserves outside PyTorch (on NVSwitch nodes about 1 GiB per GPU for NVLink SHARP,
+off with NCCL_NVLS_ENABLE=0).
 """
 import argparse
 import os
@@ -129,6 +138,7 @@ class Settings:
     summary_rows: int = 16             # train.py's --problems-per-step
     summary_prompt_tokens: int = 2400
     summary_tokens: int = 192
+    compile: bool = False              # train.py --compile (see the module docstring)
     # cuBLAS keeps workspaces in PyTorch's caching allocator (so in max_memory_allocated), a few
     # to 32 MiB per stream and handle; 0 on the CPU.
     cuda_workspace: int = 256 * 2 ** 20
@@ -154,7 +164,7 @@ def settings_from(sft_cfg: dict, rl_cfg: dict, **overrides) -> Settings:
         sample_rows=r["sample_micro_batch"], max_new_tokens=r["max_new_tokens"],
         prompt_tokens=2 * r["max_new_tokens"] + 512, logprob_tokens=r["logprob_tokens"],
         summary_rows=r["problems_per_step"], summary_tokens=r["summary_tokens"],
-        summary_prompt_tokens=4 * r["max_new_tokens"] + 352)
+        summary_prompt_tokens=4 * r["max_new_tokens"] + 352, compile=bool(r.get("compile")))
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -281,17 +291,24 @@ def plan(config, settings: Settings) -> dict:
         tokens = rows * seq
         return tokens * (2 * H * resid + 3 * I * act)
 
-    def sampling(rows, prompt, new):
+    def kv(rows, length, copies=0):
+        return rows * length * (n_layers + copies) * 2 * kv_dim * act
+
+    def sampling(rows, prompt, new, static=False):
         """The larger of the prefill (one layer's temporaries, and the prompt's cache) and the
         last decoding step (the whole cache, plus one layer's copy while it grows: each step
-        concatenates), with the sampler's float32 logits."""
-        def kv(length, copies):
-            return rows * length * (n_layers + copies) * 2 * kv_dim * act
+        concatenates), with the sampler's float32 logits. static (--compile's rollouts): the
+        cache is preallocated and counted with what --compile keeps; the prefill's
+        temporaries remain."""
         p_H, p_I = PREFILL[kind]
-        prefill = rows * prompt * (p_H * H + p_I * I) + kv(prompt, 0)
-        return {"max(prefill of %d x %d tokens, KV cache of %d tokens)" % (
-                    rows, prompt, prompt + new): max(prefill, kv(prompt + new, 1)),
-                "sampler (logits, probabilities)": rows * V * SAMPLER_BYTES[kind]}
+        temporaries = rows * prompt * (p_H * H + p_I * I)
+        if static:
+            main = {"prefill of %d x %d tokens" % (rows, prompt): temporaries}
+        else:
+            main = {"max(prefill of %d x %d tokens, KV cache of %d tokens)" % (
+                rows, prompt, prompt + new): max(temporaries + kv(rows, prompt),
+                                                  kv(rows, prompt + new, 1))}
+        return {**main, "sampler (logits, probabilities)": rows * V * SAMPLER_BYTES[kind]}
 
     def phase(*parts):
         merged = {}
@@ -301,6 +318,18 @@ def plan(config, settings: Settings) -> dict:
             merged["CUDA workspaces"] = s.cuda_workspace
         return {"parts": merged, "total": sum(merged.values())}
 
+    # --compile keeps its static cache, under bf16 the bf16 copy of the float32 Linear weights
+    # its rollouts decode from (a LoRA base is bf16 already), and a graph pool
+    compiled = {}
+    if s.compile:
+        from support.model import static_cache_length
+        length = static_cache_length(s.prompt_tokens + s.max_new_tokens)
+        compiled = {"--compile: static KV cache of %d x %d tokens" % (s.sample_rows, length):
+                        kv(s.sample_rows, length),
+                    **({"--compile: bf16 copy of the Linear weights": 2 * linear_params(config)}
+                       if bf16 and not s.lora_rank else {}),
+                    "--compile: CUDA graph pool (allowance)":
+                        s.sample_rows * V * SAMPLER_BYTES[kind]}
     # Under bf16 autocast a float32 weight is cast for each matmul, and the backward keeps the
     # bf16 copy: with checkpointing the output layer's (the body's layers are recomputed one at
     # a time), without it every Linear's. (A LoRA base is bf16 already: no copies.)
@@ -335,12 +364,12 @@ def plan(config, settings: Settings) -> dict:
             body_nograd(s.heldout_rows, s.sft_max_len),
         "logits chunk (no grad)": chunk * V * LOGIT_BYTES["sft_nograd"][s.precision]
             + heldout_tokens * H * 4})
-    rl_state = (weights, grads, adam, reference)
+    rl_state = (weights, grads, adam, reference, compiled)
     # train.update frees the gradients right after the optimizer step, so sampling and the
     # summaries run without them
-    rl_idle = (weights, adam, reference)
+    rl_idle = (weights, adam, reference, compiled)
     out["RL sampling"] = phase(*rl_idle, sampling(s.sample_rows, s.prompt_tokens,
-                                                   s.max_new_tokens))
+                                                   s.max_new_tokens, static=s.compile))
     # A log-prob micro-batch holds at most logprob_tokens padded tokens; its logits cover the
     # response positions: most when prompts are shortest.
     rows = max(1, s.logprob_tokens // (s.min_prompt_tokens + s.max_new_tokens))
@@ -380,13 +409,16 @@ def fits(total_bytes: float, gpu_gb: float) -> bool:
     return total_bytes * 1.1 + GIB <= gpu_gb * 1e9
 
 
-def report(name: str, p: dict, gpu_gb: float, settings: Settings) -> str:
+def report(name: str, p: dict, gpu_gb: float, settings: Settings, without_compile=None) -> str:
+    """The plan as a table, a verdict per phase and a way out; without_compile: the plan of the
+    same settings without --compile, to say when --compile is what no longer fits."""
     P, P_lora = p["params"]
     lines = [f"memory plan: {name}, {P / 1e9:.2f}B parameters"
              + (f", LoRA rank {settings.lora_rank} ({P_lora / 1e6:.1f}M adapter weights)"
                 if settings.lora_rank else "")
              + f", {settings.precision}, gradient checkpointing "
-             + ("on" if settings.grad_checkpointing else "off") + f"; card: {gpu_gb:g} GB",
+             + ("on" if settings.grad_checkpointing else "off")
+             + (", --compile" if settings.compile else "") + f"; card: {gpu_gb:g} GB",
              "", f"{'phase':<34} {'peak GiB':>8}  fits  what is alive at the peak (GiB)",
              "-" * 100]
     for phase, v in p.items():
@@ -400,6 +432,9 @@ def report(name: str, p: dict, gpu_gb: float, settings: Settings) -> str:
             lines.append(f"{'':<46}-> does not fit: the weights, gradients, AdamW moments and "
                          f"reference alone take {fixed / GIB:.2f} GiB: pass --lora-rank "
                          "(sft.py and train.py)")
+        elif not ok and without_compile and fits(without_compile[phase]["total"], gpu_gb):
+            lines.append(f"{'':<46}-> does not fit with --compile (what it keeps); fits "
+                         "without it")
         elif not ok:
             lines.append(f"{'':<46}-> does not fit: lower {HINTS[phase]}")
     worst = max(v["total"] for k, v in p.items() if k != "params")
@@ -424,18 +459,23 @@ def main(argv=None):
                     help="processes of torchrun (train.py): the memory per rank and in all")
     ap.add_argument("--no-grad-checkpointing", action="store_false", default=None,
                     dest="grad_checkpointing")
+    ap.add_argument("--compile", action="store_true", default=None,
+                    help="train.py --compile: its static cache, weight copy and graph pool")
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items()
                  if k not in ("model", "gpu_gb", "preset", "nproc")}
     settings = settings_for(args.preset, **overrides)
     p = plan(args.model, settings)
-    print(report(args.model, p, args.gpu_gb, settings))
+    plain = plan(args.model, replace(settings, compile=False)) if settings.compile else None
+    print(report(args.model, p, args.gpu_gb, settings, plain))
     if args.nproc > 1:
         rl = max(v["total"] for k, v in p.items() if k.startswith("RL"))
         print(f"torchrun --nproc_per_node {args.nproc} train.py: each rank holds a full replica "
               "(gradients all-reduced, nothing sharded), so the memory per rank is the plan "
               f"above: RL peak {rl / GIB:.2f} GiB per rank, {args.nproc * rl / GIB:.2f} GiB over "
-              f"the {args.nproc} GPUs")
+              f"the {args.nproc} GPUs. Outside PyTorch's count, NCCL reserves buffers per "
+              "communicator; on NVSwitch nodes (NVLink SHARP) about 1 GiB per GPU, which "
+              "NCCL_NVLS_ENABLE=0 turns off: leave that much free beyond the plan")
     return p
 
 

@@ -340,16 +340,19 @@ def save_model(model, tokenizer, out_dir: str, state_dict=None):
 
 # --- GPU memory -----------------------------------------------------------------------------
 
-def peak_memory(device):
+def peak_memory(device, reserved=False):
     """GiB of tensors allocated at the peak on `device` (the model's, which need not be the
     current CUDA device: --device cuda:1) since the last call, which starts counting anew; None
-    off a GPU. experiments/gpu_smoke.sh compares the peaks with experiments/memory_plan.py."""
+    off a GPU. reserved: (allocated, reserved) peaks, the second what the caching allocator
+    held (fragmentation and CUDA graph pools included). experiments/gpu_smoke.sh compares the
+    peaks with experiments/memory_plan.py."""
     device = torch.device(device)
     if device.type != "cuda":
-        return None
+        return (None, None) if reserved else None
     peak = torch.cuda.max_memory_allocated(device) / 2**30
+    held = torch.cuda.max_memory_reserved(device) / 2**30
     torch.cuda.reset_peak_memory_stats(device)
-    return peak
+    return (peak, held) if reserved else peak
 
 
 # --- Prompts ------------------------------------------------------------------------------
@@ -444,7 +447,7 @@ def sample(model, tokenizer, prompts: list[str], n: int = 1, max_new_tokens=64,
              static_cache_length(max(map(len, rows)) + max_new_tokens)) if compile else None
     graphs_before = _compiled_graphs() if compile else 0
     ids_parts, mask_parts, trunc_parts, decode_steps = [], [], [], 0
-    with sampling_weights(model, keep=compile):
+    with sampling_weights(model) if compile else nullcontext():
         for start in range(0, len(rows), micro_batch):
             part = rows[start:start + micro_batch]
             filler = shape[0] - len(part) if compile else 0
@@ -500,15 +503,17 @@ SAMPLING_COPY_DEVICES = ("cuda",)   # where sample() decodes from a bf16 copy of
 
 
 @contextmanager
-def sampling_weights(model, keep: bool):
-    """Decoding under bf16 autocast casts every float32 Linear weight to bf16 at every token
-    (autocast's weight cache is off while sampling), reading 4 bytes per weight and writing 2,
-    on a phase whose speed is memory bandwidth. Here each such Linear decodes from a bf16 copy
-    of its weight instead, made once per sample() call: autocast would cast to the same bf16
-    numbers (round to nearest), so the tokens are the same (_bf16_linears says why). `keep`
-    (--compile): the copy stays on the model between calls, refreshed in place, so a CUDA graph
-    finds it at the same address; otherwise it is freed when sampling ends. On a GPU only
-    (SAMPLING_COPY_DEVICES): on the CPU the cast is cheap next to the arithmetic."""
+def sampling_weights(model):
+    """--compile on a GPU. Decoding under bf16 autocast casts every float32 Linear weight to
+    bf16 at every token (autocast's weight cache is off while sampling), reading 4 bytes per
+    weight and writing 2, on a phase whose speed is memory bandwidth. Here each such Linear
+    decodes from a bf16 copy of its weight instead: autocast would cast to the same bf16
+    numbers (round to nearest), so the tokens are the same (_bf16_linears says why). The copy
+    stays on the model (2 bytes per Linear weight: 0.92 GiB for Qwen2.5-0.5B, in the memory
+    plan) and is refreshed in place at each call, after the optimizer's step, so a CUDA graph
+    finds it at the same address. Not without --compile (the 40 GB plan of a 1.5B full
+    fine-tune has no room for it), nor on the CPU (SAMPLING_COPY_DEVICES: there the cast is
+    cheap next to the arithmetic)."""
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)
                and m.weight.dtype == torch.float32]
     if getattr(model, "autocast_dtype", None) != torch.bfloat16 or not linears \
@@ -529,7 +534,7 @@ def sampling_weights(model, keep: bool):
     finally:
         for m, w in zip(linears, weights):
             m._parameters["weight"] = w
-        model._sampling_copies = copies if keep else None
+        model._sampling_copies = copies
 
 
 class _OneDtype:

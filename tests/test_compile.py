@@ -151,25 +151,30 @@ def sampled(model, tok, seed=3, **kw):
 
 
 def test_sampling_from_a_bf16_copy_samples_the_same_tokens(tiny, monkeypatch):
-    """On a GPU sample() decodes from bf16 copies of the Linear weights: autocast casts the
-    float32 weight to the same bf16 numbers, so the tokens are the same at a fixed seed
-    (checked here on the CPU, where the copy is switched on for the test)."""
+    """--compile on a GPU decodes from bf16 copies of the Linear weights: autocast casts the
+    float32 weight to the same bf16 numbers, so the tokens are those of the default sampler at
+    a fixed seed (checked on the CPU, where the copy is switched on for the test)."""
     model, tok = bf16_tiny(tiny)
     plain = sampled(model, tok)
     monkeypatch.setattr(M, "SAMPLING_COPY_DEVICES", ("cpu",))
+    monkeypatch.setattr(M, "compile_backend", lambda device: (None, "a static cache alone"))
     reads = []
     real = torch.nn.Linear.forward
     monkeypatch.setattr(torch.nn.Linear, "forward",
                         lambda self, x: reads.append(self.weight.dtype) or real(self, x))
-    copied = sampled(model, tok)
+    copied = sampled(model, tok, compile=True)
     assert set(reads) == {torch.bfloat16}   # every Linear read its copy
     assert torch.equal(plain.response_ids, copied.response_ids) and plain.texts == copied.texts
-    # after sampling, the model holds its float32 weights again, and no copy (not --compile)
+    # after sampling the model holds its float32 weights again, the tied output layer is the
+    # embedding again, and the copy waits for the next call
     assert all(m.weight.dtype == torch.float32 for m in model.modules()
                if isinstance(m, torch.nn.Linear))
-    assert getattr(model, "_sampling_copies", None) is None
-    # the tied output layer is the embedding again
     assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert len(model._sampling_copies) == sum(isinstance(m, torch.nn.Linear)
+                                              for m in model.modules())
+    reads.clear()
+    sampled(model, tok)   # without --compile: no copy
+    assert set(reads) == {torch.float32}
 
 
 def test_the_kept_copy_follows_the_weights_at_a_fixed_address(tiny, monkeypatch):
@@ -197,10 +202,54 @@ def test_the_kept_copy_follows_the_weights_at_a_fixed_address(tiny, monkeypatch)
 def test_no_copy_in_float32_or_off_the_gpu(tiny):
     model, tok = tiny   # float32: nothing to cast, nothing copied
     seen = []
-    with M.sampling_weights(model, keep=True):
+    with M.sampling_weights(model):
         seen = [m.weight.dtype for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert set(seen) == {torch.float32} and getattr(model, "_sampling_copies", None) is None
     model.autocast_dtype = torch.bfloat16   # bf16, but on the CPU: off by default
-    with M.sampling_weights(model, keep=True):
+    with M.sampling_weights(model):
         seen = [m.weight.dtype for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert set(seen) == {torch.float32}
+
+
+# --- 7. the internals of transformers and torch that model.py leans on ----------------------
+
+def test_the_private_names_model_py_uses_still_exist():
+    """model.py uses parts of transformers 5.x and torch that are not public API; a release
+    that renames one would break --compile or padding silently. Each is named here."""
+    import inspect
+    import transformers
+    import transformers.generation.utils as gen_utils
+    import transformers.integrations.sdpa_attention as sdpa
+    from transformers import CompileConfig, GenerationConfig, StaticCache
+    from transformers.masking_utils import AttentionMaskInterface
+    from torch._dynamo.utils import counters
+    import torch._dynamo
+    missing = []
+
+    def need(ok, what):
+        if not ok:
+            missing.append(what)
+    need(hasattr(CompileConfig(), "_compile_all_devices"), "CompileConfig._compile_all_devices")
+    need("_compile_all_devices" in inspect.getsource(gen_utils),
+         "generate() reading CompileConfig._compile_all_devices")
+    g = GenerationConfig()
+    need(hasattr(g, "disable_compile") and hasattr(g, "compile_config"),
+         "GenerationConfig.disable_compile / compile_config")
+    need(callable(getattr(sdpa, "sdpa_attention_forward", None)), "sdpa_attention_forward")
+    need(callable(getattr(sdpa, "repeat_kv", None)), "sdpa_attention.repeat_kv")
+    need(M.PAD_SAFE_SDPA in transformers.AttentionInterface._global_mapping,
+         "AttentionInterface registration")
+    need(M.PAD_SAFE_SDPA in AttentionMaskInterface._global_mapping,
+         "AttentionMaskInterface registration")
+    need(all(hasattr(StaticCache, a) for a in ("reset", "get_max_length")),
+         "StaticCache.reset / get_max_length")
+    need("stats" in counters or isinstance(counters, dict), "torch._dynamo.utils.counters")
+    need(hasattr(torch._dynamo.config, "recompile_limit")
+         or hasattr(torch._dynamo.config, "cache_size_limit"), "Dynamo's recompile limit")
+    need(callable(getattr(torch.compiler, "is_compiling", None)), "torch.compiler.is_compiling")
+    model = grouped()
+    need(M._accepts(model, "cache") or M._accepts(model, "past_key_values"),
+         "the model's cache argument")
+    assert not missing, ("transformers %s / torch %s lack what support/model.py uses: %s; "
+                         "install the versions requirements.txt pins"
+                         % (transformers.__version__, torch.__version__, ", ".join(missing)))

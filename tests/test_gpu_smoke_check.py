@@ -46,6 +46,10 @@ def failures(tmp_path, **kw):
 
 def test_a_good_run_passes(tmp_path):
     assert failures(tmp_path) == []
+    # reserved up to plan x 1.1, and a --compile run within the recompile limit
+    assert failures(tmp_path, steps=[good_step(1, peak_gpu_reserved_gib=15.3, compiles=2),
+                                     good_step(2, compiles=0)],
+                    cfg={"precision_used": "bf16", "p_feedback": 0.75, "compile": True}) == []
 
 
 def test_each_rl_step_prints_its_sampling_speed(tmp_path):
@@ -67,6 +71,13 @@ def test_each_rl_step_prints_its_sampling_speed(tmp_path):
     (dict(cfg={"precision_used": "fp32", "p_feedback": 0.75}), "precision_used is 'fp32'"),
     (dict(cfg={"p_feedback": 0.75}), "precision_used is None"),
     (dict(steps=[good_step(1), good_step(2, peak_gpu_gib=14.5)]), "above the plan"),
+    (dict(steps=[good_step(1), good_step(2, peak_gpu_reserved_gib=15.5)]), "reserved GPU memory"),
+    (dict(steps=[good_step(1, compiles=5), good_step(2, compiles=4)],
+          cfg={"precision_used": "bf16", "p_feedback": 0.75, "compile": True}),
+     "more than torch's recompile limit (8)"),
+    (dict(steps=[good_step(1, compiles=1), good_step(2)],
+          cfg={"precision_used": "bf16", "p_feedback": 0.75, "compile": True}),
+     "do not all log 'compiles'"),
     (dict(steps=[good_step(1), good_step(2, coverage=0.0)]), "coverage 0"),
     (dict(steps=[]), "no training step"),
     (dict(steps=[good_step(1)], cfg={"precision_used": "bf16", "p_feedback": 0.75, "steps": 2}),
@@ -119,12 +130,31 @@ def test_the_logits_check_passes_a_sound_model_and_fails_nan_or_the_wrong_precis
 
     def nan_at_padding(self, *a, **kw):   # what a fully masked row can do in a bf16 kernel
         out = real(self, *a, **kw)
+        if kw.get("attention_mask") is None:   # a prompt alone: no padding
+            return out
         pad = kw["attention_mask"] == 0
         out.logits = out.logits.masked_fill(pad[:, -out.logits.shape[1]:, None], float("nan"))
         return out
     monkeypatch.setattr(LlamaForCausalLM, "forward", nan_at_padding)
     fail = C.check_logits(tiny_dir, "cpu", "fp32", precision="fp32")
     assert any("non-finite logits" in f and "at padding" in f for f in fail)
+
+
+def test_the_logits_check_catches_a_padding_leak(tiny_dir, monkeypatch):
+    """Finite logits that padding changed (a leak through attention): the padded prompt's
+    logits differ from its logits alone, and the check says so."""
+    from transformers import LlamaForCausalLM
+    real = LlamaForCausalLM.forward
+
+    def leak(self, *a, **kw):
+        out = real(self, *a, **kw)
+        mask = kw.get("attention_mask")
+        if mask is not None and (mask == 0).any():
+            out.logits = out.logits + 5.0 * (mask == 0).any(-1)[:, None, None]
+        return out
+    monkeypatch.setattr(LlamaForCausalLM, "forward", leak)
+    fail = C.check_logits(tiny_dir, "cpu", "fp32", precision="fp32")
+    assert any("left padding changed the logits" in f for f in fail), fail
 
 
 def test_the_feedback_check_can_be_switched_off(tmp_path):

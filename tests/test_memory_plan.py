@@ -234,3 +234,56 @@ def test_sampling_keeps_no_bf16_copy_of_the_weights(monkeypatch):
                        "max_new_tokens": 4})
     got, _ = measure_sampling(model, s)
     assert got < 0.5 * copy, (got, copy)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_plan_counts_what_compile_keeps(precision, monkeypatch):
+    """--compile's rollouts (a static cache, and under bf16 the weight copy they decode from,
+    switched on here on the CPU as on a GPU): the plan's RL sampling phase without its graph
+    pool allowance (a GPU's alone) within -10% / +15% of the measured peak, and what the plan
+    says stays after the call (cache and copy) is what the model holds."""
+    monkeypatch.setitem(CONFIG, "hidden_size", 128)
+    monkeypatch.setitem(CONFIG, "intermediate_size", 512)
+    monkeypatch.setattr(M, "SAMPLING_COPY_DEVICES", ("cpu",))
+    monkeypatch.setattr(M, "compile_backend", lambda device: (None, "the static cache alone"))
+    s = MP.Settings(**{**SETTINGS.__dict__, "precision": precision, "sample_rows": 8,
+                       "prompt_tokens": 200, "max_new_tokens": 56, "compile": True})
+    plan = MP.plan(CONFIG, s)
+    planned = plan["RL sampling"]["parts"]
+    kept = {k: v for k, v in planned.items() if k.startswith("--compile")
+            and "pool" not in k}
+    assert len(kept) == (2 if precision == "bf16" else 1)
+    assert all(k in plan[phase]["parts"] for k in kept for phase in
+               ("RL log-prob + update micro-batch", "RL summaries"))   # kept through the step
+    model = tiny(precision, checkpointing=False)
+    real = M.sample
+    monkeypatch.setattr(M, "sample", lambda *a, **kw: real(*a, **kw, compile=True))
+    with M.autocast(model):
+        got, before = measure_sampling(model, s)
+    want = sum(v for k, v in planned.items() if k.split(" (")[0] not in before
+               and "pool" not in k)
+    assert TIGHT[0] * got <= want <= TIGHT[1] * got, (got / 2**20, want / 2**20, planned)
+    held = model._static_kv[1]
+    cache = sum(t.numel() * t.element_size() for layer in held.layers
+                for t in (layer.keys, layer.values))
+    copies = sum(c.numel() * c.element_size() for c in getattr(model, "_sampling_copies", None)
+                 or [])
+    assert cache + copies == sum(kept.values())
+
+
+def test_the_report_says_when_compile_is_what_no_longer_fits(capsys):
+    """1.5B full fine-tuning fits 40 GB, but not with what --compile keeps (a static cache,
+    the bf16 weight copy, a graph pool): the report names --compile as the cause; under
+    torchrun it names what NCCL reserves outside the plan."""
+    ok, _ = verdicts("Qwen/Qwen2.5-1.5B-Instruct", 40)
+    assert all(ok.values())
+    ok, _ = verdicts("Qwen/Qwen2.5-1.5B-Instruct", 40, compile=True)
+    assert not ok["RL log-prob + update micro-batch"]
+    MP.main(["--model", "Qwen/Qwen2.5-1.5B-Instruct", "--gpu-gb", "40", "--compile"])
+    out = capsys.readouterr().out
+    assert "--compile; card: 40 GB" in out and "does not fit with --compile" in out
+    MP.main(["--model", "Qwen/Qwen2.5-0.5B-Instruct", "--gpu-gb", "24", "--compile"])
+    out = capsys.readouterr().out
+    assert "fits on 24 GB" in out and "static KV cache of 64 x 2048 tokens 1.50" in out
+    MP.main(["--model", "Qwen/Qwen2.5-1.5B-Instruct", "--gpu-gb", "80", "--nproc", "8"])
+    assert "NCCL_NVLS_ENABLE=0" in capsys.readouterr().out

@@ -336,11 +336,16 @@ def test_peak_memory_is_read_from_the_models_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d=None: seen.append(d))
     monkeypatch.setattr(torch.cuda, "max_memory_allocated",
                         lambda d=None: seen.append(d) or 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved",
+                        lambda d=None: seen.append(d) or 4 * 2**30)
     dev = torch.device("cuda:1")
     assert M.peak_memory(dev) == 3.0   # read, then counting starts anew, on the model's device
-    assert seen == [dev, dev]
+    assert seen == [dev, dev, dev]
+    seen.clear()
+    assert M.peak_memory(dev, reserved=True) == (3.0, 4.0)   # what the allocator held too
     seen.clear()
     assert M.peak_memory(torch.device("cpu")) is None and seen == []
+    assert M.peak_memory(torch.device("cpu"), reserved=True) == (None, None)
 
 
 def test_gradients_are_freed_after_the_optimizer_step():
