@@ -3,6 +3,7 @@
     python experiments/memory_plan.py --model Qwen/Qwen2.5-0.5B-Instruct --gpu-gb 24
     python experiments/memory_plan.py --model Qwen/Qwen2.5-1.5B-Instruct --gpu-gb 24 --lora-rank 16
     python experiments/memory_plan.py --model Qwen/Qwen2.5-1.5B-Instruct --gpu-gb 80 --nproc 8
+    python experiments/memory_plan.py --table     # RUNNING.md's table of models x cards
 
 No weights are loaded and nothing is downloaded: the model is built on PyTorch's `meta` device
 from its config (the Qwen2.5 configs are written out below; any other model: a local directory
@@ -85,8 +86,16 @@ KNOWN_CONFIGS = {
                                        num_hidden_layers=28, num_attention_heads=12,
                                        num_key_value_heads=2),
 }
-KNOWN_CONFIGS["Qwen/Qwen2.5-0.5B"] = KNOWN_CONFIGS["Qwen/Qwen2.5-0.5B-Instruct"]
-KNOWN_CONFIGS["Qwen/Qwen2.5-1.5B"] = KNOWN_CONFIGS["Qwen/Qwen2.5-1.5B-Instruct"]
+KNOWN_CONFIGS["Qwen/Qwen2.5-3B-Instruct"] = dict(_QWEN25, hidden_size=2048,
+                                                 intermediate_size=11008, num_hidden_layers=36,
+                                                 num_attention_heads=16, num_key_value_heads=2)
+# SmolLM2-135M-Instruct, as the GGUF file of the smol preset describes it
+KNOWN_CONFIGS["HuggingFaceTB/SmolLM2-135M-Instruct"] = dict(
+    model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+    num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+    max_position_embeddings=8192, rms_norm_eps=1e-5, tie_word_embeddings=True)
+for _size in ("0.5B", "1.5B", "3B"):
+    KNOWN_CONFIGS[f"Qwen/Qwen2.5-{_size}"] = KNOWN_CONFIGS[f"Qwen/Qwen2.5-{_size}-Instruct"]
 
 # Measured constants (see the docstring). Activations kept for the backward, bytes per token
 # and layer = a_H x hidden + a_I x intermediate, by precision (bf16: autocast over float32
@@ -444,11 +453,35 @@ def report(name: str, p: dict, gpu_gb: float, settings: Settings, without_compil
     return "\n".join(lines)
 
 
+TABLE_MODELS = ("HuggingFaceTB/SmolLM2-135M-Instruct", "Qwen/Qwen2.5-0.5B-Instruct",
+                "Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-3B-Instruct")
+TABLE_CARDS = (16, 24, 40, 80)
+TABLE_LORA_RANK = 16
+
+
+def vram_table(preset="qwen") -> str:
+    """A markdown table: each model x full fine-tuning / LoRA (rank 16), the plan's largest
+    phase at the preset's settings, and on which cards it fits (fits: plan x 1.1 + 1 GiB)."""
+    lines = ["| model | fine-tuning | largest phase (GiB) | "
+             + " | ".join(f"{c} GB" for c in TABLE_CARDS) + " |",
+             "|---|---|---:|" + "---|" * len(TABLE_CARDS)]
+    for model in TABLE_MODELS:
+        for rank in (0, TABLE_LORA_RANK):
+            p = plan(model, settings_for(preset, lora_rank=rank))
+            worst = max(v["total"] for k, v in p.items() if k != "params")
+            cells = ["fits" if fits(worst, c) else "no" for c in TABLE_CARDS]
+            lines.append(f"| {model.split('/')[1]} | {'LoRA r%d' % rank if rank else 'full'} | "
+                         f"{worst / GIB:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="Qwen/Qwen2.5-0.5B-Instruct",
                     help=f"one of {', '.join(KNOWN_CONFIGS)}, or a local model directory")
-    ap.add_argument("--gpu-gb", type=float, required=True, help="memory of the card (GB)")
+    ap.add_argument("--gpu-gb", type=float, help="memory of the card (GB)")
+    ap.add_argument("--table", action="store_true",
+                    help="print RUNNING.md's table: 4 models x full / LoRA x 4 cards")
     ap.add_argument("--preset", default="qwen", help="the preset whose settings are planned")
     ap.add_argument("--lora-rank", type=int, default=None)
     ap.add_argument("--logprob-tokens", type=int, default=None)
@@ -462,8 +495,13 @@ def main(argv=None):
     ap.add_argument("--compile", action="store_true", default=None,
                     help="train.py --compile: its static cache, weight copy and graph pool")
     args = ap.parse_args(argv)
+    if args.table:
+        print(vram_table(args.preset))
+        return None
+    if args.gpu_gb is None:
+        ap.error("--gpu-gb is required (or --table)")
     overrides = {k: v for k, v in vars(args).items()
-                 if k not in ("model", "gpu_gb", "preset", "nproc")}
+                 if k not in ("model", "gpu_gb", "preset", "nproc", "table")}
     settings = settings_for(args.preset, **overrides)
     p = plan(args.model, settings)
     plain = plan(args.model, replace(settings, compile=False)) if settings.compile else None

@@ -287,3 +287,18 @@ def test_the_report_says_when_compile_is_what_no_longer_fits(capsys):
     assert "fits on 24 GB" in out and "static KV cache of 64 x 2048 tokens 1.50" in out
     MP.main(["--model", "Qwen/Qwen2.5-1.5B-Instruct", "--gpu-gb", "80", "--nproc", "8"])
     assert "NCCL_NVLS_ENABLE=0" in capsys.readouterr().out
+
+
+def test_runnings_vram_table_is_the_plans():
+    """RUNNING.md's table of models x cards is what `memory_plan.py --table` prints now: a
+    change of the plan that is not carried into the table fails here."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = open(os.path.join(root, "RUNNING.md")).read()
+    start = text.index("<!-- vram-table")
+    block = text[text.index("\n", start) + 1:text.index("<!-- /vram-table -->")].strip()
+    assert block == MP.vram_table()
+    rows = [r.split(" | ") for r in block.splitlines()[2:]]
+    assert len(rows) == 2 * len(MP.TABLE_MODELS)
+    # the published sizes (tied embeddings): 135M, 0.49B, 1.54B, 3.09B
+    sizes = [round(MP.count_params(MP.load_config(m))[0] / 1e9, 2) for m in MP.TABLE_MODELS]
+    assert sizes == [0.13, 0.49, 1.54, 3.09]
