@@ -4,8 +4,7 @@ Experiments run on the tiny world's float32 CPU path, so a change meant for the 
 autocast, the reference model's dtypes, the KV cache, attention masks, saving dtypes) must not
 move a single bit there. This script trains a random tiny-world model (built from a config, as
 tests/conftest.py does; no SFT, no download) with train.py for a few steps, with a reward that
-has variance (len(text) % 3 == 0, as experiments/same_metrics.py does, since a random model
-never earns the real one), periodic and final evaluation on a few problems, and writes every
+has variance (len(text) % 3 == 0, since a random model never earns the real one), periodic and final evaluation on a few problems, and writes every
 logged metric (timings aside), every sample, the evaluation and a hash of the final/ and
 checkpoint/ weights to one JSON file:
 
