@@ -7,12 +7,17 @@ prompt) and *self-correct* (answer, then reflect on that answer with the reward-
 intra-sample prompt and answer again). pass@k is the unbiased estimator of Chen et al. 2021;
 with k = 1 decoding is greedy unless --no-greedy. Run alone (`python evaluate.py --model DIR`),
 by train.py during and after a run, and by sft.py for its end-of-SFT report.
+`python evaluate.py audit RUN_DIR` prints what a run's pool holds (on the tiny world, against
+the truth).
 """
 import argparse
 import json
 import math
 import os
+import random
 import statistics
+import sys
+import time
 
 import torch
 
@@ -286,7 +291,91 @@ def run_defaults(model_dir: str, data_name: str, preset: str | None = None):
     return p["max_new_tokens"], p["precision"], f"preset {preset}"
 
 
+# =============================================================================================
+# python evaluate.py audit RUN_DIR: a pool a person can read
+# =============================================================================================
+
+def audit(pool, gamma: float, k: int, n_samples: int, seed: int, out=None):
+    """Statistics a person can read to judge the pool: sizes, lengths, how often retrieval finds
+    something, and a few random entries to see whether summaries state transferable principles
+    or problem-specific details. On the tiny world, also the ground truth: retrieval precision
+    and summary correctness."""
+    out = out or sys.stdout
+    per_problem = [len(v) for v in pool.entries.values()]
+    all_entries = [e for v in pool.entries.values() for e in v]
+    if not all_entries:
+        print("the pool is empty", file=out)
+        return {}
+    t0 = time.perf_counter()
+    hits, precision = [], []
+    world = W.TinyWorld()
+    for pid, entries in pool.entries.items():
+        found = pool.retrieve(entries[0].question, pid, k=k, gamma=gamma)
+        hits.append(bool(found))
+        fam = entries[0].meta.get("family")
+        if fam in world.by_name and found:
+            precision += [pool.entries[q][0].meta.get("family") == fam for q, _ in found]
+    per_query_ms = 1000 * (time.perf_counter() - t0) / len(per_problem)
+    stats = {
+        "entries": len(all_entries), "problems": len(per_problem),
+        "entries_per_problem": {"min": min(per_problem), "mean": statistics.mean(per_problem),
+                                "max": max(per_problem)},
+        "attempt_words_mean": statistics.mean(len(e.attempt.split()) for e in all_entries),
+        "reward_mean": statistics.mean(e.reward for e in all_entries),
+        "with_principles": statistics.mean(bool(e.principles) for e in all_entries),
+        "retrieval_hit_rate": statistics.mean(hits), "retrieval_ms_per_query": per_query_ms,
+    }
+    if precision:
+        stats["retrieval_precision"] = statistics.mean(precision)
+    judged = [world.summary_is_correct(e.meta["family"], e.principles)
+              for e in all_entries if e.meta.get("family") in world.by_name and e.principles]
+    if judged:
+        stats["summary_correct_when_stated"] = statistics.mean(judged)
+    for key, v in stats.items():
+        print(f"{key:>28}: {v if not isinstance(v, float) else round(v, 3)}", file=out)
+    rng = random.Random(seed)
+    for e in rng.sample(all_entries, min(n_samples, len(all_entries))):
+        print(f"\n[{e.problem_id} step {e.step} reward {e.reward}]\n  question: {e.question}"
+              f"\n  attempt: {e.attempt}\n  principles: {e.principles}\n  pitfalls: {e.pitfalls}",
+              file=out)
+    return stats
+
+
+def audit_main(argv):
+    from pool import Pool
+    a = argparse.ArgumentParser(prog="evaluate.py audit",
+                                description="Statistics and random entries of a pool.")
+    a.add_argument("pool", help="a pool.jsonl, or a run directory (a running or stopped run: "
+                   "its last checkpoint's pool)")
+    a.add_argument("--gamma", type=float, default=0.5, help="similarity threshold to replay")
+    a.add_argument("--k", type=int, default=4, help="retrieved problems per query")
+    a.add_argument("--samples", type=int, default=5, help="random entries to print")
+    a.add_argument("--seed", type=int, default=0)
+    args = a.parse_args(argv)
+    path = pool_file(args.pool)
+    print(f"pool: {path}")
+    audit(Pool.load(path), args.gamma, args.k, args.samples, args.seed)
+
+
+def pool_file(path: str) -> str:
+    """`path` itself; for a run directory (or its pool.jsonl, written when the run ends) the
+    finished run's pool, else the pool of its last checkpoint (a running or stopped run)."""
+    if os.path.isfile(path):
+        return path
+    run_dir = path if os.path.isdir(path) else \
+        os.path.dirname(path) if os.path.basename(path) == "pool.jsonl" else None
+    for candidate in ([] if run_dir is None else
+                      [os.path.join(run_dir, "pool.jsonl"),
+                       os.path.join(run_dir, rundir.CHECKPOINT, "pool.jsonl")]):
+        if os.path.isfile(candidate):
+            return candidate
+    raise UserError(f"no pool at {path} (nor a checkpoint's pool beside it)")
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["audit"]:   # python evaluate.py audit RUN_DIR
+        return audit_main(argv[1:])
     from support import data
     from pool import Pool
     ap = argparse.ArgumentParser(description="Evaluate a model zero-shot, pool-augmented or "

@@ -10,15 +10,10 @@ Simplified relative to the paper: one BM25 document per *problem* (its question)
 never retrieving itself is one comparison; lessons are distilled once per group as it enters,
 not again per query; BM25 reads words without digits (numbers vary inside a family).
 """
-import argparse
 import json
 import math
-import os
 import random
 import re
-import statistics
-import sys
-import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -26,8 +21,7 @@ import numpy as np
 from support import data
 import prompts
 from support import rundir
-from support import world as W
-from support.errors import UserError, run_cli
+from support.errors import UserError
 
 CAP_PER_PROBLEM = 32   # the paper's cap on a problem's entries
 MAX_PRINCIPLES = 3   # at most this many principles and pitfalls go into one context: a long
@@ -257,85 +251,45 @@ class Pool:
 
 
 # =============================================================================================
-# python pool.py audit POOL.jsonl
+# The contexts c a run shows: what the pool says about a problem
 # =============================================================================================
 
-def audit(pool: Pool, gamma: float, k: int, n_samples: int, seed: int, out=None):
-    """Statistics a person can read to judge the pool: sizes, lengths, how often retrieval finds
-    something, and a few random entries to see whether summaries state transferable principles
-    or problem-specific details. On the tiny world, also the ground truth: retrieval precision
-    and summary correctness."""
-    out = out or sys.stdout
-    per_problem = [len(v) for v in pool.entries.values()]
-    all_entries = [e for v in pool.entries.values() for e in v]
-    if not all_entries:
-        print("the pool is empty", file=out)
-        return {}
-    t0 = time.perf_counter()
-    hits, precision = [], []
-    world = W.TinyWorld()
-    for pid, entries in pool.entries.items():
-        found = pool.retrieve(entries[0].question, pid, k=k, gamma=gamma)
-        hits.append(bool(found))
-        fam = entries[0].meta.get("family")
-        if fam in world.by_name and found:
-            precision += [pool.entries[q][0].meta.get("family") == fam for q, _ in found]
-    per_query_ms = 1000 * (time.perf_counter() - t0) / len(per_problem)
-    stats = {
-        "entries": len(all_entries), "problems": len(per_problem),
-        "entries_per_problem": {"min": min(per_problem), "mean": statistics.mean(per_problem),
-                                "max": max(per_problem)},
-        "attempt_words_mean": statistics.mean(len(e.attempt.split()) for e in all_entries),
-        "reward_mean": statistics.mean(e.reward for e in all_entries),
-        "with_principles": statistics.mean(bool(e.principles) for e in all_entries),
-        "retrieval_hit_rate": statistics.mean(hits), "retrieval_ms_per_query": per_query_ms,
-    }
-    if precision:
-        stats["retrieval_precision"] = statistics.mean(precision)
-    judged = [world.summary_is_correct(e.meta["family"], e.principles)
-              for e in all_entries if e.meta.get("family") in world.by_name and e.principles]
-    if judged:
-        stats["summary_correct_when_stated"] = statistics.mean(judged)
-    for key, v in stats.items():
-        print(f"{key:>28}: {v if not isinstance(v, float) else round(v, 3)}", file=out)
-    rng = random.Random(seed)
-    for e in rng.sample(all_entries, min(n_samples, len(all_entries))):
-        print(f"\n[{e.problem_id} step {e.step} reward {e.reward}]\n  question: {e.question}"
-              f"\n  attempt: {e.attempt}\n  principles: {e.principles}\n  pitfalls: {e.pitfalls}",
-              file=out)
-    return stats
+@dataclass
+class Lessons:
+    """The inter-sample block of one problem's context."""
+    found: list        # the problems retrieved (their ids); logged, never a gold answer
+    principles: list
+    pitfalls: list
+    raw: list | None = None   # a control's (attempt, was it right) pairs instead of lessons
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description="Inspect an experience pool.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("audit", help="statistics and random entries of a pool.jsonl")
-    a.add_argument("pool", help="a pool.jsonl, or a run directory (a running or stopped run: "
-                   "its last checkpoint's pool)")
-    a.add_argument("--gamma", type=float, default=0.5, help="similarity threshold to replay")
-    a.add_argument("--k", type=int, default=4, help="retrieved problems per query")
-    a.add_argument("--samples", type=int, default=5, help="random entries to print")
-    a.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    path = pool_file(args.pool)
-    print(f"pool: {path}")
-    audit(Pool.load(path), args.gamma, args.k, args.samples, args.seed)
+NO_LESSONS = Lessons([], [], [])
 
 
-def pool_file(path: str) -> str:
-    """`path` itself; for a run directory (or its pool.jsonl, written when the run ends) the
-    finished run's pool, else the pool of its last checkpoint (a running or stopped run)."""
-    if os.path.isfile(path):
-        return path
-    run_dir = path if os.path.isdir(path) else \
-        os.path.dirname(path) if os.path.basename(path) == "pool.jsonl" else None
-    for candidate in ([] if run_dir is None else
-                      [os.path.join(run_dir, "pool.jsonl"),
-                       os.path.join(run_dir, rundir.CHECKPOINT, "pool.jsonl")]):
-        if os.path.isfile(candidate):
-            return candidate
-    raise UserError(f"no pool at {path} (nor a checkpoint's pool beside it)")
+class Contexts:
+    """The paper's contexts c, read from the pool (section 4). `lessons`: Relevant Abstraction,
+    the lessons of the *other* problems whose similarity to x is at least gamma. `attempt`:
+    Reward-Agnostic Reflection, an earlier attempt at this very problem, drawn without looking
+    at its reward. `--feedback inter` or `intra` shows one of the two. The controls
+    (placebo, oracle, raw attempts, the leaky reflection) subclass this in support/controls.py."""
+    leaky = False   # the prompt does not say the attempt was wrong (it does not know)
 
+    def __init__(self, pool: Pool, top_k: int, gamma: float, lessons: bool = True,
+                 attempts: bool = True):
+        self.pool, self.top_k, self.gamma = pool, top_k, gamma
+        self.with_lessons, self.with_attempts = lessons, attempts
 
-if __name__ == "__main__":
-    run_cli(main)
+    def lessons(self, problem: dict, rng: random.Random) -> Lessons:
+        if not self.with_lessons:
+            return NO_LESSONS
+        found = [pid for pid, _ in self.pool.retrieve(problem["question"],
+                                                      exclude_id=problem["id"], k=self.top_k,
+                                                      gamma=self.gamma)]
+        return Lessons(found, *self.pool.lessons(found))
+
+    def attempt(self, problem: dict, rng: random.Random) -> str | None:
+        entry = self.earlier_entry(problem, rng)
+        return entry.attempt if entry is not None else None
+
+    def earlier_entry(self, problem, rng) -> Entry | None:
+        return self.pool.earlier_attempt(problem["id"], rng) if self.with_attempts else None

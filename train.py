@@ -23,7 +23,7 @@ import torch
 import evaluate as E
 import grpo
 import prompts
-from pool import Entry, parse_summary
+from pool import NO_LESSONS, Entry, Pool, parse_summary
 from reward import reward
 from support import config, data, lora, progress, ranks, rundir
 from support import controls as C
@@ -43,34 +43,25 @@ def n_feedback(p_feedback: float, group_size: int) -> int:
     return int(math.floor(p_feedback * group_size + 0.5))
 
 
-def build_prompts(problems, pool, args, rng, world=None, bank=None):
+def build_prompts(problems, contexts, args, rng):
     """G prompts per problem, group by group: the first k carry a context c when the pool has
-    something to say, the rest are plain. Returns the prompts, whether each has c, and per
-    problem the ids it retrieved. No argument holds a gold answer."""
+    something to say, the rest are plain. `contexts` (pool.Contexts, or a control's, chosen
+    once in main) reads the pool. Returns the prompts, whether each has c, and per problem the
+    ids it retrieved. No argument holds a gold answer."""
     G, k = args.group_size, n_feedback(args.p_feedback, args.group_size)
     texts, has_context, retrieved = [], [], []
     for p in problems:
-        found, principles, pitfalls = [], [], []
-        if k and C.inter_sample(args):
-            # Relevant Abstraction (section 4): the lessons of similar *other* problems, those
-            # whose similarity to x is at least gamma
-            found = [pid for pid, _ in pool.retrieve(p["question"], exclude_id=p["id"],
-                                                     k=args.top_k, gamma=args.gamma)]
-            principles, pitfalls = pool.lessons(found)
-        principles, pitfalls, raw = C.lessons(p, found, principles, pitfalls, k, pool, args,
-                                              rng, world, bank)   # a control may stand in
-        retrieved.append(found)
+        # Relevant Abstraction: the lessons of similar *other* problems (similarity >= gamma)
+        lessons = contexts.lessons(p, rng) if k else NO_LESSONS
+        retrieved.append(lessons.found)
         for i in range(G):
-            attempt = None
-            if i < k and C.intra_sample(args):
-                # Reward-Agnostic Reflection (section 4.1): an earlier attempt at this very
-                # problem, drawn without looking at its reward
-                entry = pool.earlier_attempt(p["id"], rng, failed_only=args.reflection == "leaky")
-                attempt = C.attempt(p, entry, pool, args, rng, world, bank)   # ... here too
-            with_c = bool(i < k and (principles or pitfalls or raw or attempt is not None))
-            texts.append(prompts.feedback_prompt(p["question"], principles, pitfalls,
-                                                 attempt=attempt, raw_attempts=raw,
-                                                 leaky=args.reflection == "leaky")
+            # Reward-Agnostic Reflection: an earlier attempt at x, drawn blind to its reward
+            attempt = contexts.attempt(p, rng) if i < k else None
+            with_c = bool(i < k and (lessons.principles or lessons.pitfalls or lessons.raw
+                                     or attempt is not None))
+            texts.append(prompts.feedback_prompt(p["question"], lessons.principles,
+                                                 lessons.pitfalls, attempt=attempt,
+                                                 raw_attempts=lessons.raw, leaky=contexts.leaky)
                          if with_c else prompts.solve_prompt(p["question"]))
             has_context.append(with_c)
     return texts, has_context, retrieved
@@ -177,15 +168,15 @@ def grow_pool(pool, step_record, step, args):
 # One RL step
 # =============================================================================================
 
-def train_step(step, model, ref_model, tok, opt, pool, train_set, args, rng, world=None,
-               bank=None):
+def train_step(step, model, ref_model, tok, opt, pool, contexts, train_set, args, rng,
+               world=None):
     """One LANPO step (the module docstring's list). Returns (metrics, sample completions)."""
     G, phase = args.group_size, Phases()
     with phase("pool"):
         # 1. a batch of problems (N ranks: each keeps its share of rank 0's draw)
         problems = ranks.share(rng.sample(train_set, min(args.problems_per_step, len(train_set))))
         # 2. G prompts per problem, k = round(p_t * G) of them with a context c
-        texts, has_context, retrieved = build_prompts(problems, pool, args, rng, world, bank)
+        texts, has_context, retrieved = build_prompts(problems, contexts, args, rng)
     with phase("generation"):
         # 3. y ~ pi(. | x, c) for every prompt, in one batched call
         rollouts = M.sample(model, tok, texts, n=1, max_new_tokens=args.max_new_tokens,
@@ -305,9 +296,10 @@ def main(argv=None):
     # --seed reaches every draw: Python's (problems, contexts) and torch's (sampling)
     rng = random.Random(ranks.rank_seed(args.seed))
     torch.manual_seed(ranks.rank_seed(args.seed))
-    start, pool = run.resume(ckpt, model, opt, rng)   # (0, an empty pool) or the checkpoint's
+    start, pool = run.resume(ckpt, model, opt, rng, Pool)   # (0, an empty pool) or the ckpt's
     # a real-data placebo's content: the starting model's lessons, written once (None otherwise)
     bank = C.placebo_bank(run, start, model, tok, bank_problems, args, rng, summarize_groups)
+    contexts = C.make(args, pool, world, bank)   # the paper's contexts c, or a control's
     if start == 0 and run.evaluates(0):   # step 0: the SFT model
         run.log({"step": 0, "precision": args.precision_used,
                  **E.periodic_eval(model, tok, eval_sets, args, world)})
@@ -316,8 +308,8 @@ def main(argv=None):
     device = M.device_of(model)
     for step in bar:
         M.peak_memory(device)   # from here: this step's peak (on a GPU)
-        m, samples = train_step(step, model, ref_model, tok, opt, pool, train_set, args, rng,
-                                world, bank)
+        m, samples = train_step(step, model, ref_model, tok, opt, pool, contexts, train_set,
+                                args, rng, world)
         m["precision"] = args.precision_used
         if device.type == "cuda":
             m["peak_gpu_gib"], m["peak_gpu_reserved_gib"] = M.peak_memory(device, reserved=True)

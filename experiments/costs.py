@@ -32,6 +32,7 @@ from support import data  # noqa: E402
 from support import world as W  # noqa: E402
 from support import model as M  # noqa: E402
 from support import config  # noqa: E402
+from support import controls as C  # noqa: E402
 import train  # noqa: E402
 from pool import Pool  # noqa: E402
 
@@ -79,7 +80,8 @@ def main():
         for name, a in arms.items():
             t = time.perf_counter()
             m, _ = train.train_step(step, a["model"], a["ref"], a["tok"], a["opt"], a["pool"],
-                                    train_set, a["args"], a["rng"], world)
+                                    C.make(a["args"], a["pool"], world), train_set, a["args"],
+                                    a["rng"], world)
             m["t_step"] = time.perf_counter() - t
             m["sampled_tokens"] = m["tokens_per_s"] * m["t_generation"]
             a["rows"].append(m)

@@ -111,7 +111,8 @@ def main():
         cfg.group_size = 1     # one prompt per problem; k samples of it below
         model, tok = M.load_model(os.path.join(run, "final"), device="cpu")
         pool = Pool.load(os.path.join(run, "pool.jsonl"))
-        ctx, has, _ = train.build_prompts(problems, pool, cfg, random.Random(0), world)
+        ctx, has, _ = train.build_prompts(problems, C.make(cfg, pool, world), cfg,
+                                          random.Random(0))
         keep = [i for i, h in enumerate(has) if h]
         fam = weights_of_successes(model, tok, [problems[i] for i in keep],
                                    [ctx[i] for i in keep], args.k, args.cap, seed=1)

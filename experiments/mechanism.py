@@ -197,7 +197,7 @@ def context_prompts(problem, pool, world, feedback, rng):
     """The context prompt a run with --feedback `feedback` builds for x at p_t = 1."""
     args = SimpleNamespace(group_size=1, p_feedback=1.0, feedback=feedback, top_k=4, gamma=0.5,
                            inter_format="summary", reflection="agnostic")
-    texts, has_context, _ = train.build_prompts([problem], pool, args, rng, world)
+    texts, has_context, _ = train.build_prompts([problem], C.make(args, pool, world), args, rng)
     return texts[0] if has_context[0] else None
 
 

@@ -82,7 +82,7 @@ def next_batch(model, tok, pool, train_set, args, rng, world):
     """Steps 1-5 of train_step, as the run would take them next: problems, prompts with their
     contexts, rollouts, rewards, advantages."""
     problems = rng.sample(train_set, min(args.problems_per_step, len(train_set)))
-    texts, has_context, _ = train.build_prompts(problems, pool, args, rng, world)
+    texts, has_context, _ = train.build_prompts(problems, C.make(args, pool, world), args, rng)
     rollouts = M.sample(model, tok, texts, n=1, max_new_tokens=args.max_new_tokens,
                         temperature=args.temperature, top_p=args.top_p,
                         micro_batch=args.sample_micro_batch)

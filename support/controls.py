@@ -2,14 +2,16 @@
 
 train.py follows the paper: contexts c from the pool, every response scored under the prompt it
 was sampled with, log pi(y | x, c). The controls change one of three things, and only here:
-- a context's content: `--feedback placebo` (the blocks and counts of `both`, with content that
-  carries no experience of the run: guessed procedures in the tiny world, elsewhere a bank of
-  lessons the starting model wrote before RL about problems outside the run), `oracle` (tiny
-  world: the family's true rule), and `--inter-format raw` (retrieved attempts, not lessons);
+- a context's content (`ControlContexts`, chosen once by `make` in train.py's main in place of
+  the paper's pool.Contexts): `--feedback placebo` (the blocks and counts of `both`, with
+  content that carries no experience of the run: guessed procedures in the tiny world,
+  elsewhere a bank of lessons the starting model wrote before RL about problems outside the
+  run), `oracle` (tiny world: the family's true rule), `--inter-format raw` (retrieved
+  attempts, not lessons) and `--reflection leaky` (a failed attempt, announced as wrong);
 - the prompt a feedback-aware response is scored under: `--score-context plain|corrected`;
 - each token's weight in the loss: the truncated importance weight of `corrected`.
-With the defaults every function here hands the paper's values back unchanged, so a reader of
-the paper can skip this file.
+With the defaults `make` returns the paper's contexts and every other function here hands the
+paper's values back unchanged, so a reader of the paper can skip this file.
 """
 import json
 import math
@@ -18,6 +20,7 @@ import os
 import torch
 
 import prompts
+from pool import Contexts, Lessons
 from reward import reward
 from support import data, ranks
 from support import model as M
@@ -40,24 +43,50 @@ def intra_sample(args) -> bool:
 
 # --- What a context holds -------------------------------------------------------------------
 
-def lessons(problem, found, principles, pitfalls, k, pool, args, rng, world=None, bank=None):
-    """The inter-sample block of one problem: (principles, pitfalls, raw attempts or None).
-    The paper: the retrieved problems' lessons as they are."""
-    if k and args.feedback == "oracle":   # the family's true rule: is the summary the bottleneck?
-        return [world.oracle_principle(problem)], [], None
-    if args.inter_format == "raw":        # ablation: the retrieved attempts, not distilled
-        return [], [], pool.raw_attempts(found, rng) or None
-    if args.feedback == "placebo" and (principles or pitfalls):
-        return (*placebo_lessons(problem, pool, len(principles), len(pitfalls), rng, world,
-                                 bank), None)
-    return principles, pitfalls, None
+def make(args, pool, world=None, bank=None):
+    """The contexts a run shows, chosen once: the paper's (pool.Contexts), or a control's."""
+    paper = dict(top_k=args.top_k, gamma=args.gamma, lessons=inter_sample(args),
+                 attempts=intra_sample(args))
+    if args.feedback in ("placebo", "oracle") or args.inter_format == "raw" \
+            or args.reflection == "leaky":
+        return ControlContexts(pool, args, world, bank, **paper)
+    return Contexts(pool, **paper)
 
 
-def attempt(problem, entry, pool, args, rng, world=None, bank=None):
-    """The intra-sample block of one rollout: the drawn entry's text, or the placebo's."""
-    if args.feedback == "placebo" and entry is not None:
-        return placebo_attempt(problem, pool, rng, world, bank)
-    return entry.attempt if entry is not None else None
+class ControlContexts(Contexts):
+    """The paper's contexts with one thing changed: the content of a block (`--feedback
+    placebo`: the same blocks and counts, content without the run's experience; `oracle`: the
+    family's true rule; `--inter-format raw`: the retrieved attempts, not their lessons), or
+    which attempt is drawn (`--reflection leaky`: a failed one, and the prompt says so)."""
+
+    def __init__(self, pool, args, world, bank, **paper):
+        super().__init__(pool, **paper)
+        self.feedback, self.raw_format = args.feedback, args.inter_format == "raw"
+        self.leaky = args.reflection == "leaky"
+        self.world, self.bank = world, bank
+
+    def lessons(self, problem, rng):
+        real = super().lessons(problem, rng)
+        if self.feedback == "oracle":   # the family's true rule: is the summary the bottleneck?
+            return Lessons(real.found, [self.world.oracle_principle(problem)], [])
+        if self.raw_format:             # ablation: the retrieved attempts, not distilled
+            return Lessons(real.found, [], [], self.pool.raw_attempts(real.found, rng) or None)
+        if self.feedback == "placebo" and (real.principles or real.pitfalls):
+            return Lessons(real.found, *placebo_lessons(problem, self.pool, len(real.principles),
+                                                        len(real.pitfalls), rng, self.world,
+                                                        self.bank))
+        return real
+
+    def earlier_entry(self, problem, rng):
+        if not self.with_attempts:
+            return None
+        return self.pool.earlier_attempt(problem["id"], rng, failed_only=self.leaky)
+
+    def attempt(self, problem, rng):
+        entry = self.earlier_entry(problem, rng)
+        if self.feedback == "placebo" and entry is not None:
+            return placebo_attempt(problem, self.pool, rng, self.world, self.bank)
+        return entry.attempt if entry is not None else None
 
 
 def placebo_lessons(problem, pool, n_principles, n_pitfalls, rng, world=None, bank=None):

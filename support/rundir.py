@@ -251,12 +251,12 @@ class Run:
             self.say("no checkpoint yet: starting the run from the beginning")
         return ckpt
 
-    def resume(self, ckpt, model, opt, py_rng):
+    def resume(self, ckpt, model, opt, py_rng, pool_class):
         """Put the checkpoint's optimizer, random streams and counters in place; returns (its
-        step, its pool), or (0, an empty pool) without one. Then rank 0 starts writing: a new
+        step, its pool), or (0, an empty pool) without one (pool_class: pool.Pool, which stands
+        on this file, so it is handed in, not imported). Then rank 0 starts writing: a new
         run's empty logs, or a resumed run's logs cut back to its step."""
-        from pool import Pool   # pool.py stands on this file, not the other way round
-        start, pool = 0, Pool()
+        start, pool = 0, pool_class()
         if ckpt:
             state = load_state(ckpt)
             if state.get("world_size", 1) != ranks.world_size():
@@ -271,7 +271,7 @@ class Run:
             start, self.counters = state["step"], state["counters"]
             self._check_not_finished(start)
             self.counters["bad_in_a_row"] = 0   # a person resumed: a fresh chance
-            pool = Pool.load(os.path.join(ckpt, "pool.jsonl"))
+            pool = pool_class.load(os.path.join(ckpt, "pool.jsonl"))
             self.say(f"resumed from step {start} ({len(pool)} pool entries)")
         ranks.barrier()   # every rank has read the run directory before rank 0 writes into it
         if self.main:

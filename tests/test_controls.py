@@ -18,10 +18,9 @@ import train
 from support import world as W
 from support.errors import run_cli
 from pool import Entry, Pool
-from test_train import WORLD, ReadGrads, args_for, grads, small_run
+from test_train import WORLD, ReadGrads, args_for, grads, prompts_of, small_run
 
 LESSON_LINE = "Principles: (.*)\nPitfalls: (.*)"
-
 
 def lessons_of(prompt):
     """(principles, pitfalls) listed in a feedback-aware prompt, or None without that block."""
@@ -48,10 +47,11 @@ def test_placebo_has_the_real_arms_blocks_and_counts_and_none_of_the_pool():
     pool = pool_with(probs[:60], ["POOLPRINCIPLE one", "POOLPRINCIPLE two"], ["POOLPITFALL"],
                      lambda p, j: f"POOLATTEMPT {j} of {p['id']}")
     queries = probs[:3] + probs[100:103]
-    real, real_ctx, real_found = train.build_prompts(
-        queries, pool, args_for(feedback="both", gamma=0.0), random.Random(3), WORLD)
-    fake, fake_ctx, fake_found = train.build_prompts(
-        queries, pool, args_for(feedback="placebo", gamma=0.0), random.Random(3), WORLD)
+    real, real_ctx, real_found = prompts_of(queries, pool, args_for(feedback="both", gamma=0.0),
+                                            random.Random(3))
+    fake, fake_ctx, fake_found = prompts_of(queries, pool,
+                                            args_for(feedback="placebo", gamma=0.0),
+                                            random.Random(3))
     assert fake_ctx == real_ctx and any(real_ctx)
     assert fake_found == real_found   # the same retrieval (the metrics stay comparable)
     for r, f in zip(real, fake):
@@ -74,8 +74,8 @@ def test_placebo_content_does_not_depend_on_the_pools_content():
              for pr, pf in ((("add", "mul"), ("sub", "sub")), (("mul", "sub"), ("add", "add")))]
     queries = probs[:4]
     for feedback, same in (("both", False), ("placebo", True)):
-        out = [train.build_prompts(queries, pool, args_for(feedback=feedback, gamma=0.0),
-                                   random.Random(5), WORLD)[0] for pool in pools]
+        out = [prompts_of(queries, pool, args_for(feedback=feedback, gamma=0.0),
+                          random.Random(5))[0] for pool in pools]
         assert (out[0] == out[1]) == same, feedback
 
 
@@ -114,7 +114,7 @@ def test_placebo_on_real_data_uses_another_problems_lessons_never_its_own():
                   for _ in range(2)])
     a = args_for(feedback="placebo", gamma=0.0, data="jsonl")
     for p in probs:
-        texts, has_ctx, _ = train.build_prompts([p], pool, a, random.Random(0), None)
+        texts, has_ctx, _ = prompts_of([p], pool, a, random.Random(0), world=None)
         assert any(has_ctx)
         for t in texts:
             assert f"of {p['id']}\n" not in t + "\n" and f"of {p['id']};" not in t

@@ -9,7 +9,8 @@ import pytest
 
 from support import world as W
 from support.errors import UserError
-from pool import Entry, Pool, audit, bm25_tokens, parse_summary
+from evaluate import audit
+from pool import Entry, Pool, bm25_tokens, parse_summary
 
 
 def entry(pid, question, reward=0.0, step=0, principles=(), pitfalls=(), family=None,
@@ -141,6 +142,23 @@ def test_audit_reports_ground_truth(capsys):
     assert stats["retrieval_precision"] == 1.0
     assert stats["summary_correct_when_stated"] == pytest.approx(n_first / len(probs))
     assert "attempt:" in capsys.readouterr().out
+
+
+def test_audit_reads_a_running_runs_checkpoint_pool(tmp_path, capsys):
+    """`python evaluate.py audit RUN_DIR`: a finished run's pool.jsonl, else (a run still
+    going) its last checkpoint's; nothing there is a clear error."""
+    import evaluate
+    from support import rundir
+    ckpt = tmp_path / "rl" / rundir.CHECKPOINT
+    ckpt.mkdir(parents=True)
+    pool = Pool()
+    pool.add([entry("q1", "what is add then add", reward=1.0), entry("q2", "other text")])
+    pool.save(str(ckpt / "pool.jsonl"))
+    evaluate.main(["audit", str(tmp_path / "rl"), "--samples", "1"])
+    out = capsys.readouterr().out
+    assert f"pool: {ckpt / 'pool.jsonl'}" in out and "entries: 2" in out
+    with pytest.raises(UserError, match="no pool at"):
+        evaluate.main(["audit", str(tmp_path / "nothing")])
 
 
 def test_retrieval_speed_with_tens_of_thousands_of_problems():

@@ -29,6 +29,11 @@ from pool import Entry, Pool, parse_summary
 WORLD = W.TinyWorld()
 
 
+
+def prompts_of(problems, pool, args, rng, world=WORLD):
+    """train.build_prompts with the contexts main would choose for these flags."""
+    return train.build_prompts(problems, C.make(args, pool, world), args, rng)
+
 def args_for(**kw):
     a = config.build_parser().parse_args([])
     a.preset, a.data = "tiny", "tiny"
@@ -84,7 +89,7 @@ def test_inter_sample_context_never_comes_from_the_same_problem():
     pool = filled_pool(siblings + [p for p in probs if p["family"] != fam][:40])
     a = args_for(feedback="inter", gamma=0.0, top_k=10)
     for p in siblings:
-        texts, has_ctx, retrieved = train.build_prompts([p], pool, a, random.Random(0), WORLD)
+        texts, has_ctx, retrieved = prompts_of([p], pool, a, random.Random(0))
         assert any(has_ctx)
         assert retrieved[0] and p["id"] not in retrieved[0]
         assert all(f"principle of {p['id']}" not in t for t in texts)
@@ -97,7 +102,7 @@ def test_reflected_attempt_is_chosen_without_its_reward():
     got = []
     for reward_of in (lambda j: float(j % 2), lambda j: float(1 - j % 2), lambda j: 0.0):
         pool = filled_pool(probs, reward_of=reward_of)
-        texts, _, _ = train.build_prompts(probs, pool, a, random.Random(7), WORLD)
+        texts, _, _ = prompts_of(probs, pool, a, random.Random(7))
         got.append(texts)
     assert got[0] == got[1] == got[2]
     # and the reflection prompt says nothing about the outcome
@@ -114,7 +119,7 @@ def test_feedback_aware_count_is_round_p_times_G(p_feedback, G):
     probs = WORLD.problems("rl", "train")[:5]
     pool = filled_pool(WORLD.problems("rl", "train")[:40])
     a = args_for(p_feedback=p_feedback, group_size=G, gamma=0.0)
-    _, has_ctx, _ = train.build_prompts(probs, pool, a, random.Random(0), WORLD)
+    _, has_ctx, _ = prompts_of(probs, pool, a, random.Random(0))
     want = int(p_feedback * G + 0.5)
     assert [sum(has_ctx[i * G:(i + 1) * G]) for i in range(len(probs))] == [want] * len(probs)
 
@@ -122,7 +127,7 @@ def test_feedback_aware_count_is_round_p_times_G(p_feedback, G):
 def test_oracle_context_is_the_principle_and_no_number():
     a = args_for(feedback="oracle")
     for p in WORLD.problems("rl", "test"):
-        texts, has_ctx, _ = train.build_prompts([p], Pool(), a, random.Random(0), WORLD)
+        texts, has_ctx, _ = prompts_of([p], Pool(), a, random.Random(0))
         context = texts[0].split("Problem:")[0]
         assert WORLD.by_name[p["family"]].principle in context
         assert not any(ch.isdigit() for ch in context)
@@ -155,7 +160,7 @@ def test_score_context_plain_and_prompt(tiny_model):
     G = 4
     pool = filled_pool(WORLD.problems("rl", "train")[:30])
     a = args_for(group_size=G, gamma=0.0, p_feedback=0.5)
-    texts, has_ctx, _ = train.build_prompts(probs, pool, a, random.Random(0), WORLD)
+    texts, has_ctx, _ = prompts_of(probs, pool, a, random.Random(0))
     assert has_ctx == [True, True, False, False] * 2
     torch.manual_seed(0)
     r = M.sample(model, tok, texts, max_new_tokens=6)
@@ -332,8 +337,9 @@ def test_train_step_updates_with_each_groups_own_advantages(tiny_dir, monkeypatc
                  max_new_tokens=6, max_grad_norm=1e9, scale_rewards=scale)
     opt = ReadGrads(model.parameters(), lr=0.0)   # lr 0: keep the weights, read grads
     torch.manual_seed(0)
-    m, _ = train.train_step(1, model, None, tok, opt, Pool(), problems, a, random.Random(0),
-                            WORLD)
+    pool = Pool()
+    m, _ = train.train_step(1, model, None, tok, opt, pool, C.make(a, pool, WORLD), problems, a,
+                            random.Random(0), WORLD)
     got = opt.seen
     (call,) = sampled
     texts, r = call["prompts"], call["result"]
@@ -439,7 +445,8 @@ def test_metrics_samples_and_pool_say_what_the_step_did(tiny_dir, monkeypatch):
     torch.manual_seed(0)
     m, samples = train.train_step(7, model, None, tok, torch.optim.SGD(model.parameters(),
                                                                        lr=0.0),
-                                  pool, problems, a, random.Random(0), WORLD)
+                                  pool, C.make(a, pool, WORLD), problems, a, random.Random(0),
+                                  WORLD)
     rollouts, summaries = sampled
     texts, r = rollouts["prompts"], rollouts["result"]
     gold = {p["question"]: p["answer"] for p in problems}
