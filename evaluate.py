@@ -8,7 +8,7 @@ intra-sample prompt and answer again). pass@k is the unbiased estimator of Chen 
 with k = 1 decoding is greedy unless --no-greedy. Run alone (`python evaluate.py --model DIR`),
 by train.py during and after a run, and by sft.py for its end-of-SFT report.
 `python evaluate.py audit RUN_DIR` prints what a run's pool holds (on the tiny world, against
-the truth).
+the truth); `python evaluate.py report RUN_DIR` writes one page of the run (support/report.py).
 """
 import argparse
 import json
@@ -357,6 +357,22 @@ def audit_main(argv):
     audit(Pool.load(path), args.gamma, args.k, args.samples, args.seed)
 
 
+def report_main(argv):
+    """python evaluate.py report RUN_DIR: one self-contained page of the run (support/report.py),
+    finished or still going."""
+    from pool import Pool
+    from support.report import write_report
+    a = argparse.ArgumentParser(prog="evaluate.py report",
+                                description="Write RUN_DIR/report.html: one page of the run.")
+    a.add_argument("run_dir")
+    args = a.parse_args(argv)
+    try:
+        pool = Pool.load(pool_file(args.run_dir))
+    except UserError:   # no pool yet: a run that has not reached its first checkpoint
+        pool = None
+    print(f"report: {write_report(args.run_dir, pool)}")
+
+
 def pool_file(path: str) -> str:
     """`path` itself; for a run directory (or its pool.jsonl, written when the run ends) the
     finished run's pool, else the pool of its last checkpoint (a running or stopped run)."""
@@ -376,6 +392,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["audit"]:   # python evaluate.py audit RUN_DIR
         return audit_main(argv[1:])
+    if argv[:1] == ["report"]:   # python evaluate.py report RUN_DIR
+        return report_main(argv[1:])
     from support import data
     from pool import Pool
     ap = argparse.ArgumentParser(description="Evaluate a model zero-shot, pool-augmented or "

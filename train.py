@@ -334,7 +334,8 @@ def main(argv=None):
             out["sampled"] = {"rl-test": E.sampled_eval(model, tok, eval_sets["rl-test"], args,
                                                         world)}
         run.write_json("eval.json", out)
-    run.say(f"run saved in {args.run_dir}" + (f" (curves: {curves})" if curves else ""))
+    run.say(f"run saved in {args.run_dir}" + (f" (curves: {curves})" if curves else "")
+            + f"; one page of it: python evaluate.py report {args.run_dir}")
 
 
 def load_models(args, ckpt, world):
