@@ -19,14 +19,6 @@ from conftest import build_tiny  # noqa: E402
 PROMPTS = ["add two", "add two and three and four then five"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def tiny():
     model, tok = build_tiny()
