@@ -47,9 +47,12 @@ def test_the_readme_results_are_the_jsons_and_fit_in_fifteen_lines():
         assert line in lines, line
     c = tables.load("sft_draws_C")["contrasts"]
     first = c["lanpo - grpo"]["sampled"]
-    assert (first["positive"], first["zero"], first["negative"]) == (1, 1, 8)
-    assert first["verdict"] == "below" and "ends below GRPO** (8 of 10 draws below, 1 level, 1 " \
-        "above; all 11 draws of two other machines below)" in flat
+    assert (first["positive"], first["zero"], first["negative"]) == (0, 1, 9)
+    assert first["verdict"] == "below" and "ends below GRPO** (9 of 10 draws below, 1 level, " \
+        "none above; all 11 draws of two other machines below)" in flat
+    greedy = c["lanpo-plain - grpo"]["greedy"]
+    assert greedy["verdict"] == "above" and greedy["positive"] == 9 and \
+        f"it is above ({greedy['mean']:+.3f}, 9 of 10 draws)" in flat
     others = sum(tables.load(n)["contrasts"]["lanpo - grpo"]["sampled"]["negative"]
                  for n in ("sft_draws_A", "sft_draws_B"))
     assert others == 11
