@@ -155,7 +155,7 @@ def test_one_process_is_untouched_and_ranks_draw_their_own_streams(monkeypatch):
     from support import ranks
     import train
     items = [{"id": 1}, {"id": 2}]
-    record = train.StepRecord(items, *([["a", "b"]] * 5), None, [1, 2], [False, False], [7])
+    record = train.StepRecord(items, *([["a", "b"]] * 5), None, [1, 2], [False, False], [7], [0])
     assert ranks.share(items) is items
     assert ranks.gather(record) is record
     assert ranks.total(3, 2.5) == [3, 2.5] and ranks.rank_seed(7) == 7
