@@ -255,3 +255,16 @@ def test_family_table_counts_the_first_and_last_steps_apart(finished):
         fams = evaluation["sampled"]["rl-test"]["families"]   # --eval-limit 4: a few families
         assert sampled == (_esc(fams[fam]) if fam in fams else "-")
     assert seen == 3   # the run's three families
+
+
+def test_a_real_data_run_shows_what_it_has(finished, tmp_path):
+    """A run on real data (here: the same files, its config saying gsm8k): no tiny-world
+    families section, and no ground truth for the lessons ("-")."""
+    real = tmp_path / "real"
+    shutil.copytree(finished, real)
+    cfg = json.load(open(real / "config.json"))
+    json.dump(dict(cfg, data="gsm8k"), open(real / "config.json", "w"))
+    evaluate.main(["report", str(real)])
+    page = parsed(real)
+    assert "families" not in page.text and "modes" in page.text and "pool" in page.text
+    assert {row[3] for row in page.tables["pool"][1][1:]} == {"-"}
