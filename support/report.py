@@ -210,7 +210,10 @@ def write_report(run_dir: str, pool=None) -> str:
     rows = _rows(os.path.join(run_dir, "metrics.jsonl"))
     steps = [r for r in rows if "reward" in r]
     eval_path = os.path.join(run_dir, "eval.json")
-    evaluation = json.load(open(eval_path)) if os.path.exists(eval_path) else None
+    evaluation = None
+    if os.path.exists(eval_path):
+        with open(eval_path) as f:
+            evaluation = json.load(f)
     world = W.TinyWorld() if cfg.get("data") == "tiny" else None
     state = (f"finished: {cfg.get('steps')} steps" if evaluation else
              f"step {steps[-1]['step'] if steps else 0} of {cfg.get('steps')} (still going, or "
