@@ -98,9 +98,25 @@ SUITES = {
     "p_feedback_plain": {"p=0.5 plain": ["--p-feedback", "0.5", "--score-context", "plain"],
                          "p=0.75 plain": ["--score-context", "plain"],
                          "p=1.0 plain": ["--p-feedback", "1.0", "--score-context", "plain"]},
+    # The size axis: the arms of the three primary contrasts, at one model size a suite
+    # (`--size`, below): does the verdict belong to the method or to a 0.66M-parameter model?
+    "sizes": {"grpo": ["--p-feedback", "0"], "lanpo": [],
+              "lanpo-plain": ["--score-context", "plain"], "placebo": ["--feedback", "placebo"]},
 }
+# Model sizes of the size axis, (hidden, layers): the default tiny model is 128 x 3 (0.66M
+# parameters); these are 4.5x and 14x larger. Their SFT is the default recipe with Adam's
+# usual width rule for the learning rate, lr = 3e-3 x 128 / hidden, and the steps that
+# experiments/sizes.py found to reach the designed start rates.
+SIZES = {"h256-l4": (256, 4, 900), "h384-l6": (384, 6, 450)}
 # SFT variants an arm may ask for, and the sft.py flags that make them.
-SFT_VARIANTS = {"": [], "solve-only": ["--skills", "solve"]}
+def size_flags(size):
+    """The sft.py flags of a model size, its length aside."""
+    hidden, layers, _ = SIZES[size]
+    return ["--hidden", str(hidden), "--layers", str(layers), "--lr", f"{3e-3 * 128 / hidden:.3g}"]
+
+
+SFT_VARIANTS = {"": [], "solve-only": ["--skills", "solve"],
+                **{k: size_flags(k) + ["--steps", str(v[2])] for k, v in SIZES.items()}}
 
 
 def sft_dir(sft_seed, variant=""):
@@ -550,6 +566,9 @@ def main():
     ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--arms", nargs="*", default=None, help="only these arms")
+    ap.add_argument("--size", choices=SIZES, default=None,
+                    help="every arm from the SFT models of this model size (the size axis); "
+                         "default: the tiny world's 128 x 3")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                     help="flags passed to every train.py run")
     ap.add_argument("--name", default=None,
@@ -584,7 +603,8 @@ def main():
         plot(args.suite, d["summary"], d["steps"],
              os.path.join(HERE, "results", f"{args.suite}.png"))
         return
-    arms = {a: f for a, f in SUITES[args.suite].items() if not args.arms or a in args.arms}
+    arms = {a: f + (["--sft-variant", args.size] if args.size else [])
+            for a, f in SUITES[args.suite].items() if not args.arms or a in args.arms}
     variants = {split_flags(f)[1] for f in arms.values()}
     # RL seed first, then SFT seed, then arm in the suite's order: a suite stopped part way
     # holds whole SFT draws of its first RL seed, the most SFT draws for the time spent
@@ -613,7 +633,9 @@ def main():
                                     capture_output=True, text=True).stdout.strip(),
            "contrasts": contrasts(args.suite, runs),
            "machine": {**machine(), "torch_threads_per_job": 1, "jobs": args.jobs},
-           "sft_sha256": {str(s): sft_fingerprint(s) for s in args.sft_seeds},
+           "sft_sha256": {str(s): sft_fingerprint(s, args.size or "") for s in args.sft_seeds},
+           **({"size": {"name": args.size, "hidden": SIZES[args.size][0],
+                        "layers": SIZES[args.size][1]}} if args.size else {}),
            **({"partial": {arm: len(items) for arm, items in runs.items()}} if args.collect
               else {}),
            "summary": summary}

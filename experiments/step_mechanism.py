@@ -32,8 +32,11 @@ checkpoints are the suite's runs: experiments/run_arms.py's `controls_here_step2
 continues the shorter one, so the three are one run's steps 25, 100 and 200).
 
     python experiments/step_mechanism.py --sft-seeds 10 11 12 13 14 15 16 17 18 19 [--steps 25 100]
+    python experiments/step_mechanism.py --size h384-l6 --sft-seeds 10 11 12 13 14 --steps 25 200
 
-Writes experiments/results/step_mechanism.json.
+Writes experiments/results/step_mechanism.json; with --size (the size axis), the checkpoints are
+that size's `sizes_<size>_step25` and `sizes_<size>` runs, and it writes
+step_mechanism_<size>.json.
 """
 import argparse
 import copy
@@ -209,12 +212,16 @@ def summarize(per_seed):
     return out
 
 
-def checkpoint_runs(sft_seed):
-    """The paper's run of this SFT seed (RL seed 0) at steps 25, 100 and 200."""
-    runs = os.path.join(HERE, "runs")
-    return {25: os.path.join(runs, "controls_here_step25", "lanpo", f"sft{sft_seed}-rl0"),
-            100: os.path.join(runs, "controls_here_step100", "lanpo", f"sft{sft_seed}-rl0"),
-            200: os.path.join(runs, "controls_here", "lanpo", f"sft{sft_seed}-rl0")}
+def checkpoint_runs(sft_seed, size=None):
+    """The paper's run of this SFT seed (RL seed 0) at steps 25, 100 and 200: stratum C's
+    controls suite, or, for a model size of the size axis, its `sizes_<size>` suites."""
+    suite = f"sizes_{size}" if size else "controls_here"
+    return {step: os.path.join(HERE, "runs", suite + (f"_step{step}" if step != 200 else ""),
+                               "lanpo", f"sft{sft_seed}-rl0") for step in (25, 100, 200)}
+
+
+def results_path(size=None):
+    return os.path.join(HERE, "results", f"step_mechanism{'_' + size if size else ''}.json")
 
 
 def main():
@@ -224,9 +231,12 @@ def main():
                     help="batches per checkpoint (the first: the run's own next step)")
     ap.add_argument("--steps", type=int, nargs="+", default=[25, 100, 200],
                     help="checkpoints to measure; the others already in the results are kept")
+    ap.add_argument("--size", choices=run_arms.SIZES, default=None,
+                    help="the runs of this model size (run_arms.py sizes --size ...); writes "
+                         "step_mechanism_<size>.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    path = os.path.join(HERE, "results", "step_mechanism.json")
+    path = results_path(args.size)
     results = json.load(open(path))["steps"] if os.path.exists(path) else {}
     for step in args.steps:
         # seeds measured before (same batches) are kept: a suite still running is measured as
@@ -237,7 +247,7 @@ def main():
         for s in args.sft_seeds:
             if s in per_seed:
                 continue
-            run_dir = checkpoint_runs(s)[step]
+            run_dir = checkpoint_runs(s, args.size)[step]
             if not os.path.exists(os.path.join(run_dir, "eval.json")):   # finished at `step`
                 print(f"step {step}, SFT seed {s}: not finished yet ({run_dir})")
                 continue

@@ -1,0 +1,278 @@
+"""The size axis: does the paper's verdict on the tiny world change as the model grows?
+
+The tiny world keeps its task, its truth and its budget while the model grows (`sft.py --hidden
+--layers`; the sizes are `run_arms.SIZES`). Declared before the runs in experiments/ANALYSIS.md
+("The size axis"); what this script computes:
+
+    python experiments/sizes.py costs [--repeats 2]   # seconds per SFT step and per RL step
+    python experiments/sizes.py table                 # the contrasts and the mechanism by size
+
+`costs` times, at each size, SFT steps from scratch and RL steps (GRPO and the paper's LANPO)
+from the size's SFT model of seed 10, one torch thread, interleaved over sizes and repeats so
+that a shared machine's drift falls on every size alike; medians. Writes
+experiments/results/size_costs.json.
+
+`table` reads each size's suite (`run_arms.py sizes [--size S] --name sizes_<S>`), the start
+rates its SFT models reach (`world_properties_<S>.json`) and the mechanism measured in the runs'
+own step (`step_mechanism_<S>.json`), and writes experiments/results/sizes.json and sizes.png:
+per size, the three primary contrasts on the primary endpoint (one value per SFT seed, a t
+interval, the sign-flip p, Holm over the three), and across sizes the trend of each contrast
+in log10(parameters) with a permutation p.
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+RES = os.path.join(HERE, "results")
+sys.path.insert(0, HERE)
+sys.path.insert(0, ROOT)
+import run_arms  # noqa: E402
+import sft_draws as D  # noqa: E402
+from support.config import SFT_PRESETS  # noqa: E402
+
+BASE = "h128-l3"   # the tiny world's default model: no SFT variant
+SFT_STEPS = SFT_PRESETS["tiny"]["steps"]   # the default SFT's length
+PERMUTATIONS = 20_000   # random relabellings of the trend test (ANALYSIS.md), seed 0
+
+
+def sizes():
+    """{size name: (hidden, layers, SFT variant)}, smallest first."""
+    return {BASE: (128, 3, ""), **{k: (h, n, k) for k, (h, n, _) in run_arms.SIZES.items()}}
+
+
+def parameters(hidden, layers):
+    """The tiny model's parameter count at this size, from its config (nothing trained)."""
+    import torch
+    from transformers import LlamaForCausalLM
+    from support import world as W
+    tok = W.tiny_tokenizer(W.TinyWorld())
+    with torch.device("meta"):
+        model = LlamaForCausalLM(W.tiny_model_config(tok, hidden, layers))
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---- costs -------------------------------------------------------------------------------
+
+def _run(cmd):
+    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    subprocess.run([sys.executable, *cmd], cwd=ROOT, check=True, capture_output=True, env=env)
+
+
+def costs(repeats, sft_steps=20, rl_steps=6, sft_seed=10):
+    tmp = tempfile.mkdtemp()
+    cells = {}
+    for rep in range(repeats):
+        for name, (h, n, variant) in sizes().items():
+            flags = run_arms.size_flags(variant) if variant else []
+            _run(["sft.py", *flags, "--steps", str(sft_steps), "--examples", "2000",
+                  "--out", f"{tmp}/sft", "--overwrite"])
+            with open(f"{tmp}/sft/sft_report.json") as f:
+                hist = json.load(f)["history"][-1]
+            cells.setdefault(f"{name} sft", []).append(hist["t_train"] / sft_steps)
+            init = run_arms.sft_dir(sft_seed, variant)
+            if not os.path.exists(os.path.join(init, "model.safetensors")):
+                raise SystemExit(f"{init}: no SFT model of size {name} yet (run_arms.py sizes "
+                                 f"--size {variant} makes it)")
+            for arm, arm_flags in (("grpo", ["--p-feedback", "0"]), ("lanpo", [])):
+                _run(["train.py", "--init", init, "--steps", str(rl_steps), "--eval-every", "0",
+                      "--no-final-eval", "--run-dir", f"{tmp}/rl", "--overwrite", *arm_flags])
+                with open(f"{tmp}/rl/metrics.jsonl") as f:
+                    rows = [json.loads(x) for x in f if x.strip()]
+                # the first step (warm-up: allocations, the pool's first fill) left out
+                per = [sum(v for k, v in r.items() if k.startswith("t_")) for r in rows[1:]]
+                cells.setdefault(f"{name} rl {arm}", []).append(statistics.mean(per))
+            print(rep, name, {k: round(v[-1], 3) for k, v in cells.items()
+                              if k.startswith(name)}, flush=True)
+    out = {"command": "python experiments/sizes.py " + " ".join(sys.argv[1:]),
+           "machine": {**run_arms.machine(), "torch_threads": 1},
+           "what": f"seconds per step, one torch thread: SFT ({sft_steps} steps from scratch, "
+                   f"batch 64), RL ({rl_steps} steps of 8 x 8 rollouts from the size's SFT "
+                   f"seed {sft_seed}, the first left out); median of {repeats} interleaved "
+                   "repeats",
+           "sizes": {name: {"hidden": h, "layers": n, "parameters": parameters(h, n),
+                            "sft_steps": run_arms.SIZES[variant][2] if variant else SFT_STEPS,
+                            **{k.split(" ", 1)[1]: statistics.median(v)
+                               for k, v in cells.items() if k.split(" ", 1)[0] == name}}
+                     for name, (h, n, variant) in sizes().items()},
+           "raw": cells}
+    with open(os.path.join(RES, "size_costs.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    return out
+
+
+# ---- the table ---------------------------------------------------------------------------
+
+def trend(values_by_size, log_params, n_perm=PERMUTATIONS, seed=0):
+    """OLS slope of per-seed values on log10(parameters), and its two-sided permutation p:
+    the sizes' labels shuffled over all the values (under "no size effect" they are
+    exchangeable; SFT seeds of different sizes are different models, so nothing is paired).
+    values_by_size {size: [per-seed values]}, log_params {size: log10 parameters}."""
+    xs = [log_params[s] for s, vs in values_by_size.items() for _ in vs]
+    ys = [v for vs in values_by_size.values() for v in vs]
+    mx = statistics.mean(xs)
+    sxx = sum((x - mx) ** 2 for x in xs)
+
+    def slope(y):
+        return sum((x - mx) * v for x, v in zip(xs, y)) / sxx
+    observed = slope(ys)
+    rng, y, hits = random.Random(seed), list(ys), 0
+    for _ in range(n_perm):
+        rng.shuffle(y)
+        hits += abs(slope(y)) >= abs(observed) - 1e-12
+    return {"slope_per_decade": observed, "permutation_p": (hits + 1) / (n_perm + 1)}
+
+
+def size_rows(results_of, rl_seeds=None):
+    """Per size: the three primary contrasts over its SFT seeds (paired within (SFT seed, RL
+    seed), one value per SFT seed) on the primary endpoint, Holm over the three.
+    results_of {size: experiments/results name}; rl_seeds: only these RL seeds (the ones every
+    size has, ANALYSIS.md)."""
+    out = {}
+    for size, name in results_of.items():
+        runs, _, problems = D.runs_of([name])
+        row = {"results": name, "contrasts": {}}
+        for c in D.PRIMARY:
+            a, b = c.split(" - ")
+            diffs = {k: D.endpoint(r, "sampled") - D.endpoint(runs[b][k], "sampled")
+                     for k, r in runs.get(a, {}).items()
+                     if k in runs.get(b, {}) and (rl_seeds is None or k[1] in rl_seeds)}
+            if len(D.per_seed(diffs)) >= 2:
+                row["contrasts"][c] = D.over_seeds(D.per_seed(diffs))
+        for c, p in D.holm_within({c: v["sign_flip_p"] for c, v in row["contrasts"].items()},
+                                  D.PRIMARY).items():
+            row["contrasts"][c]["holm"] = p
+            row["contrasts"][c]["verdict"] = D.verdict(row["contrasts"][c]["mean"], p)
+        row["arms"] = {arm: D.over_seeds(D.per_seed(
+            {k: D.endpoint(r, "sampled") for k, r in by.items()
+             if rl_seeds is None or k[1] in rl_seeds})) for arm, by in runs.items()}
+        out[size] = row
+    return out
+
+
+def start_rates(size):
+    """How many (rl family, SFT seed) sampled start rates are within 0.05 of the design, of how
+    many, and the largest gap (world_properties_<size>.json), or None where not measured."""
+    name = "world_properties_here" if size == BASE else f"world_properties_{size}"
+    path = os.path.join(RES, f"{name}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        summary = json.load(f)["summary"]
+    gaps = [abs(x - v["designed"]) for v in summary.values() for x in v["sampled_per_model"]]
+    return {"results": name, "within_0.05": sum(g <= 0.05 for g in gaps), "of": len(gaps),
+            "largest_gap": max(gaps)}
+
+
+def mechanism(size):
+    """The mechanism in the runs' own step at this size: prompt / plain gain of log pi(y* | x)
+    per checkpoint step (step_mechanism[_<size>].json), or None where not measured."""
+    name = "step_mechanism" if size == BASE else f"step_mechanism_{size}"
+    path = os.path.join(RES, f"{name}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        steps = json.load(f)["steps"]
+    return {step: {k: v["summary"]["own_d_logp"][k] for k in ("prompt - plain",
+                                                              "corrected - plain")}
+            for step, v in steps.items()}
+
+
+def table(rl_seeds):
+    have = {s: f"sizes_{s}" for s in sizes() if os.path.exists(os.path.join(RES,
+                                                                           f"sizes_{s}.json"))}
+    if not have:
+        raise SystemExit("no size has results yet: python experiments/run_arms.py sizes ...")
+    rows = size_rows(have, rl_seeds)
+    params = {s: parameters(h, n) for s, (h, n, _) in sizes().items()}
+    for s in sizes():
+        if s in rows:
+            rows[s].update(parameters=params[s], start_rates=start_rates(s),
+                           mechanism=mechanism(s))
+    log_p = {s: math.log10(params[s]) for s in rows}
+    trends = {}
+    for c in D.PRIMARY:
+        by = {s: list(r["contrasts"][c]["by_sft_seed"].values()) for s, r in rows.items()
+              if c in r["contrasts"]}
+        if len(by) >= 2:
+            trends[c] = trend(by, log_p)
+    for c, p in D.holm_within({c: t["permutation_p"] for c, t in trends.items()},
+                              D.PRIMARY).items():
+        trends[c]["holm"] = p
+    out = {"command": "python experiments/sizes.py " + " ".join(sys.argv[1:]),
+           "rl_seeds": rl_seeds, "sizes": rows, "trend": trends}
+    with open(os.path.join(RES, "sizes.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    plot(out, os.path.join(RES, "sizes.png"))
+    return out
+
+
+def plot(out, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    rows = out["sizes"]
+    for i, c in enumerate(D.PRIMARY):
+        pts = [(r["parameters"], r["contrasts"][c]) for r in rows.values() if c in r["contrasts"]]
+        x = [p * (1 + 0.04 * (i - 1)) for p, _ in pts]   # side by side, not on top
+        ax.errorbar(x, [v["mean"] for _, v in pts],
+                    yerr=[[v["mean"] - v["t95"][0] for _, v in pts],
+                          [v["t95"][1] - v["mean"] for _, v in pts]],
+                    marker="o", capsize=3, label=c)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(xscale="log", xlabel="parameters", ylabel="rl-test sampled mean@8, difference",
+           title="the primary contrasts by model size (t 95%, over SFT seeds)")
+    ax.legend(fontsize=8)
+    for key, label in (("prompt - plain", "the paper's step minus plain's"),
+                       ("corrected - plain", "corrected minus plain")):
+        pts = [(r["parameters"], r["mechanism"][min(r["mechanism"], key=int)][key])
+               for r in rows.values() if r.get("mechanism")]
+        if pts:
+            bx.plot([p for p, _ in pts], [v["ratio_of_means"] for _, v in pts], "o-",
+                    label=label)
+    bx.axhline(1, color="grey", lw=0.8)
+    bx.set(xscale="log", xlabel="parameters", ylabel="ratio of zero-shot gains to plain's",
+           title="the mechanism in the run's own step (first checkpoint)")
+    if bx.get_legend_handles_labels()[0]:
+        bx.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    c = sub.add_parser("costs", help="seconds per SFT and RL step at each size")
+    c.add_argument("--repeats", type=int, default=2)
+    t = sub.add_parser("table", help="the contrasts and the mechanism by size")
+    t.add_argument("--rl-seeds", type=int, nargs="+", default=[0],
+                   help="the RL seeds every size has (ANALYSIS.md: RL seed 0)")
+    args = ap.parse_args()
+    if args.what == "costs":
+        out = costs(args.repeats)
+        for name, v in out["sizes"].items():
+            print(name, {k: v[k] for k in v if k not in ("hidden", "layers")})
+        print("machine:", platform.node(), out["machine"]["cpu_capability"])
+    else:
+        out = table(args.rl_seeds)
+        for s, r in out["sizes"].items():
+            for c, v in r["contrasts"].items():
+                print(f"{s:8} {c:20} {v['mean']:+.3f} [{v['t95'][0]:+.3f}, {v['t95'][1]:+.3f}]"
+                      f" {v['positive']}/{v['zero']}/{v['negative']} Holm {v['holm']:.3f}")
+        for c, v in out["trend"].items():
+            print(f"trend {c}: {v['slope_per_decade']:+.3f} per decade, p "
+                  f"{v['permutation_p']:.4f}, Holm {v['holm']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""experiments/sizes.py carries out the size axis experiments/ANALYSIS.md declares: sizes over
+more than 10x in parameters, each made by the SFT flags the declaration names; per size the
+three primary contrasts with Holm over them; across sizes a two-sided permutation test of each
+contrast's slope in log10(parameters)."""
+import json
+import math
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import run_arms as R  # noqa: E402
+import sft_draws as D  # noqa: E402
+import sizes as S  # noqa: E402
+
+
+def test_the_sizes_span_more_than_ten_times_the_parameters():
+    params = {k: S.parameters(h, n) for k, (h, n, _) in S.sizes().items()}
+    assert params[S.BASE] == 662_912   # the default tiny model, as RESULTS.md says
+    assert list(params.values()) == sorted(params.values())   # smallest first
+    assert max(params.values()) / params[S.BASE] >= 10
+
+
+def test_a_size_is_made_by_its_sft_flags_with_the_width_scaled_lr(tmp_path, monkeypatch):
+    monkeypatch.setattr(R, "ROOT", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(R.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
+    out = R.ensure_sft(12, "h384-l6")
+    assert out.endswith("sft-seed12-h384-l6")
+    cmd = calls[0]
+    flag = {k: cmd[cmd.index(k) + 1] for k in ("--seed", "--hidden", "--layers", "--lr",
+                                                "--steps")}
+    assert flag == {"--seed": "12", "--hidden": "384", "--layers": "6", "--lr": "0.001",
+                    "--steps": str(R.SIZES["h384-l6"][2])}
+    # every arm of a sized suite reads its SFT model of that size; the base size has no variant
+    assert R.split_flags(R.SUITES["sizes"]["placebo"] + ["--sft-variant", "h256-l4"]) == \
+        (["--feedback", "placebo"], "h256-l4")
+    assert R.size_flags("h256-l4")[-1] == "0.0015"
+
+
+def test_the_trend_test_finds_a_slope_and_is_two_sided():
+    logp = {"s": 5.8, "m": 6.5, "l": 7.0}
+    rising = {"s": [-0.10, -0.09, -0.11, -0.10, -0.08], "m": [-0.05, -0.04, -0.06, -0.05, -0.04],
+              "l": [0.0, 0.01, -0.01, 0.0, 0.02]}
+    t = S.trend(rising, logp, n_perm=2000)
+    # the least-squares slope by hand: per-size means -0.096, -0.048, 0.004 at 5.8, 6.5, 7.0
+    xs = [5.8] * 5 + [6.5] * 5 + [7.0] * 5
+    ys = rising["s"] + rising["m"] + rising["l"]
+    mx, my = sum(xs) / 15, sum(ys) / 15
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    assert t["slope_per_decade"] == pytest.approx(slope)
+    assert t["permutation_p"] < 0.01
+    falling = {k: [-v for v in vs] for k, vs in rising.items()}
+    f = S.trend(falling, logp, n_perm=2000)
+    assert f["slope_per_decade"] == pytest.approx(-slope)
+    assert f["permutation_p"] == pytest.approx(t["permutation_p"])   # same draws, |slope|
+    flat = {"s": [0.1, -0.1, 0.05, -0.05, 0.0], "m": [0.1, -0.1, 0.05, -0.05, 0.0],
+            "l": [0.1, -0.1, 0.05, -0.05, 0.0]}
+    assert S.trend(flat, logp, n_perm=2000)["permutation_p"] > 0.5
+
+
+def fake_results(tmp_path, name, by_arm):
+    """A results file with runs {arm: {(sft seed, rl seed): sampled mean@8}}, one machine."""
+    made = [{"platform": "p", "cpu_capability": "AVX2", "sft_sha256": "s"}]
+    summary = {arm: {"runs": [{"sft_seed": ss, "seed": rs, "made_on": made,
+                               "final": {"rl-test": {"zero-shot": 0.5}},
+                               "sampled": {"rl-test": {"mean@8": v}}}
+                              for (ss, rs), v in runs.items()]}
+               for arm, runs in by_arm.items()}
+    (tmp_path / f"{name}.json").write_text(json.dumps(
+        {"command": "x", "machine": {"platform": "p", "cpu_capability": "AVX2"},
+         "summary": summary}))
+
+
+def test_each_size_gets_the_three_primary_contrasts_with_holm_over_them(tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.setattr(D, "RES", str(tmp_path))
+    seeds = [10, 11, 12, 13, 14]
+    grpo = {(s, 0): 0.8 for s in seeds} | {(s, 1): 0.9 for s in seeds}
+    fake_results(tmp_path, "sizes_a", {
+        "grpo": grpo,
+        "lanpo": {(s, r): v - 0.1 for (s, r), v in grpo.items()},
+        "placebo": {(s, r): v - 0.1 - 0.01 * (s - 12) for (s, r), v in grpo.items()},
+        "lanpo-plain": {(s, 0): 0.8 + 0.02 * (s - 12) for s in seeds}})
+    rows = S.size_rows({"a": "sizes_a"}, rl_seeds=[0])["a"]
+    c = rows["contrasts"]
+    assert c["lanpo - grpo"]["mean"] == pytest.approx(-0.1)
+    assert c["lanpo - grpo"]["negative"] == 5
+    # five of five below: the sign-flip floor of five seeds, 2/32, times 3 for Holm's first
+    assert c["lanpo - grpo"]["sign_flip_p"] == pytest.approx(2 / 32)
+    assert c["lanpo - grpo"]["holm"] == pytest.approx(3 * 2 / 32)
+    assert c["lanpo - grpo"]["verdict"] == "not shown"   # five seeds cannot show it
+    assert c["lanpo - placebo"]["by_sft_seed"]["14"] == pytest.approx(0.02)
+    assert c["lanpo-plain - grpo"]["mean"] == pytest.approx(0.0)
+    # only the RL seeds asked for: RL seed 1 (grpo 0.9) would move every arm's mean
+    assert rows["arms"]["grpo"]["mean"] == pytest.approx(0.8)
+    both = S.size_rows({"a": "sizes_a"}, rl_seeds=None)["a"]
+    assert both["arms"]["grpo"]["mean"] == pytest.approx(0.85)
+
+
+def test_the_table_and_figure_from_two_sizes(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "RES", str(tmp_path))
+    monkeypatch.setattr(S, "RES", str(tmp_path))
+    for size, gap in ((S.BASE, -0.1), ("h384-l6", 0.0)):
+        grpo = {(s, 0): 0.8 for s in range(10, 15)}
+        fake_results(tmp_path, f"sizes_{size}", {
+            "grpo": grpo, "lanpo": {k: v + gap + 0.001 * k[0] for k, v in grpo.items()},
+            "placebo": grpo, "lanpo-plain": grpo})
+    out = S.table([0])
+    assert set(out["sizes"]) == {S.BASE, "h384-l6"}
+    t = out["trend"]["lanpo - grpo"]
+    assert t["slope_per_decade"] == pytest.approx(0.1 / (math.log10(9_363_840)
+                                                         - math.log10(662_912)))
+    assert t["holm"] >= t["permutation_p"]
+    assert os.path.exists(tmp_path / "sizes.png") and os.path.exists(tmp_path / "sizes.json")
