@@ -172,18 +172,25 @@ def start_rates(size):
             "largest_gap": max(gaps)}
 
 
-def mechanism(size):
-    """The mechanism in the runs' own step at this size: prompt / plain gain of log pi(y* | x)
-    per checkpoint step (step_mechanism[_<size>].json), or None where not measured."""
+def mechanism(size, sft_seeds):
+    """The mechanism in the runs' own step at this size, over these SFT seeds only (the base
+    size was measured on ten): per checkpoint step, prompt - plain and corrected - plain of the
+    zero-shot gain of log pi(y* | x), with the ratio of means (step_mechanism[_<size>].json),
+    or None where not measured."""
+    import step_mechanism
     name = "step_mechanism" if size == BASE else f"step_mechanism_{size}"
     path = os.path.join(RES, f"{name}.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
         steps = json.load(f)["steps"]
-    return {step: {k: v["summary"]["own_d_logp"][k] for k in ("prompt - plain",
-                                                              "corrected - plain")}
-            for step, v in steps.items()}
+    out = {}
+    for step, v in steps.items():
+        per_seed = {k: r for k, r in v["per_seed"].items() if int(k) in sft_seeds}
+        if len(per_seed) >= 2:
+            summary = step_mechanism.summarize(per_seed)["own_d_logp"]
+            out[step] = {k: summary[k] for k in ("prompt - plain", "corrected - plain")}
+    return out or None
 
 
 def table(rl_seeds):
@@ -195,8 +202,9 @@ def table(rl_seeds):
     params = {s: parameters(h, n) for s, (h, n, _) in sizes().items()}
     for s in sizes():
         if s in rows:
+            seeds = [int(k) for k in rows[s]["arms"]["grpo"]["by_sft_seed"]]
             rows[s].update(parameters=params[s], start_rates=start_rates(s),
-                           mechanism=mechanism(s))
+                           mechanism=mechanism(s, seeds))
     log_p = {s: math.log10(params[s]) for s in rows}
     trends = {}
     for c in D.PRIMARY:

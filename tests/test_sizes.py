@@ -81,7 +81,8 @@ def test_each_size_gets_the_three_primary_contrasts_with_holm_over_them(tmp_path
     grpo = {(s, 0): 0.8 for s in seeds} | {(s, 1): 0.9 for s in seeds}
     fake_results(tmp_path, "sizes_a", {
         "grpo": grpo,
-        "lanpo": {(s, r): v - 0.1 for (s, r), v in grpo.items()},
+        # RL seed 1 (not asked for below) level with GRPO: counted, it would halve the deficit
+        "lanpo": {(s, 0): 0.7 for s in seeds} | {(s, 1): 0.9 for s in seeds},
         "placebo": {(s, r): v - 0.1 - 0.01 * (s - 12) for (s, r), v in grpo.items()},
         "lanpo-plain": {(s, 0): 0.8 + 0.02 * (s - 12) for s in seeds}})
     rows = S.size_rows({"a": "sizes_a"}, rl_seeds=[0])["a"]
@@ -115,3 +116,19 @@ def test_the_table_and_figure_from_two_sizes(tmp_path, monkeypatch):
                                                          - math.log10(662_912)))
     assert t["holm"] >= t["permutation_p"]
     assert os.path.exists(tmp_path / "sizes.png") and os.path.exists(tmp_path / "sizes.json")
+
+
+def test_the_mechanism_by_size_uses_the_size_axis_seeds_only(tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "RES", str(tmp_path))
+
+    def seed(prompt, plain):
+        b = {s: {"own_d_logp": v, "own_d_p_procedure": 0.0, "norm": 1.0, "cos_plain": 1.0}
+             for s, v in (("prompt", prompt), ("plain", plain), ("corrected", plain))}
+        return {"step": 25, "batches": [{**b, "momentum_only": {"d_logp": 0.0}}]}
+    # seeds 10-14 pass a fifth of plain's gain; seed 19 (not on the size axis) passes it all
+    per = {str(k): seed(0.2, 1.0) for k in range(10, 15)} | {"19": seed(5.0, 1.0)}
+    (tmp_path / "step_mechanism.json").write_text(json.dumps({"steps": {"25": {"per_seed": per}}}))
+    got = S.mechanism(S.BASE, [10, 11, 12, 13, 14])["25"]["prompt - plain"]
+    assert got["ratio_of_means"] == pytest.approx(0.2)
+    assert got["mean"] == pytest.approx(-0.8) and got["sign_flip_p"] == pytest.approx(2 / 32)
+    assert S.mechanism("h384-l6", [10, 11]) is None   # not measured at that size yet
