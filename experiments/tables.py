@@ -358,7 +358,68 @@ def verdict_table(strata):
     return "\n".join(lines) + "\n"
 
 
+# the primary contrasts of experiments/ANALYSIS.md, in its order
+SIZE_CONTRASTS = ("lanpo - grpo", "lanpo - placebo", "lanpo-plain - grpo")
+
+
+def size_costs_table(name="size_costs"):
+    """Seconds per step at each model size (experiments/sizes.py costs), and what a run of
+    that size costs on this machine: the SFT, and one 200-step RL run of each arm."""
+    d = load(name)
+    if d is None:
+        return "(no size_costs.json yet: python experiments/sizes.py costs)\n"
+    lines = [f"`{d['command']}`: {d['what']}", "",
+             "| size (hidden x layers) | parameters | SFT s/step | SFT (steps) | RL s/step, GRPO | "
+             "RL s/step, LANPO | 200 RL steps, GRPO / LANPO |", "|" + " --- |" * 7]
+    for size, v in d["sizes"].items():
+        lines.append(
+            f"| {v['hidden']} x {v['layers']} | {v['parameters'] / 1e6:.2f}M | {v['sft']:.2f} | "
+            f"{v['sft'] * v['sft_steps'] / 60:.0f} min ({v['sft_steps']}) | {v['rl grpo']:.2f} | "
+            f"{v['rl lanpo']:.2f} | {200 * v['rl grpo'] / 60:.1f} / {200 * v['rl lanpo'] / 60:.1f}"
+            " min |")
+    return "\n".join(lines) + "\n"
+
+
+def sizes_table(name="sizes"):
+    """The size axis (experiments/sizes.py table): per size the primary contrasts on the
+    primary endpoint, GRPO's level beside them (the ceiling), the start rates and the mechanism."""
+    d = load(name)
+    if d is None:
+        return "(no sizes.json yet: python experiments/sizes.py table)\n"
+
+    def cell(c):
+        if c is None:
+            return "-"
+        return (f"{c['mean']:+.3f} [{c['t95'][0]:+.3f}, {c['t95'][1]:+.3f}], "
+                f"{c['positive']}/{c['zero']}/{c['negative']}, Holm {c['holm']:.3f}")
+    lines = [f"`{d['command']}` (RL seeds {d['rl_seeds']}; per contrast: mean [t 95%], "
+             "above / level / below, Holm over the three)", "",
+             "| size | parameters | SFT seeds | GRPO [t 95%] | " +
+             " | ".join(c for c in SIZE_CONTRASTS) + " | start rates within 0.05 | "
+             "mechanism, first checkpoint: prompt / plain |", "|" + " --- |" * 9]
+    for size, r in d["sizes"].items():
+        g, sr, mech = r["arms"]["grpo"], r.get("start_rates"), r.get("mechanism")
+        rates = f"{sr['within_0.05']} of {sr['of']}" if sr else "-"
+        step = min(mech, key=int) if mech else None
+        ratio = (f"{mech[step]['prompt - plain']['ratio_of_means']:.2f} (step {step})"
+                 if mech else "-")
+        lines.append(
+            f"| {size} | {r['parameters'] / 1e6:.2f}M | {g['n_sft_seeds']} | "
+            f"{g['mean']:.3f} [{g['t95'][0]:.3f}, {g['t95'][1]:.3f}] | " +
+            " | ".join(cell(r["contrasts"].get(c)) for c in SIZE_CONTRASTS) +
+            f" | {rates} | {ratio} |")
+    lines += ["", "Trend in log10(parameters), per decade (permutation p, Holm over the three):", ""]
+    for c, t in d["trend"].items():
+        lines.append(f"- {c}: {t['slope_per_decade']:+.3f}, p = {t['permutation_p']:.4f}, "
+                     f"Holm {t['holm']:.4f}")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["sizes"]:   # the size axis: costs, then the contrasts by size
+        print(size_costs_table())
+        print(sizes_table())
+        sys.exit()
     if sys.argv[1:2] == ["draws"]:   # every SFT draw, one value each, by endpoint
         name = sys.argv[2] if len(sys.argv) > 2 else "sft_draws"
         print(draws_table("sampled", name))

@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import run_arms as R  # noqa: E402
 import sft_draws as D  # noqa: E402
 import sizes as S  # noqa: E402
+import tables  # noqa: E402
 
 
 def test_the_sizes_span_more_than_ten_times_the_parameters():
@@ -116,6 +117,12 @@ def test_the_table_and_figure_from_two_sizes(tmp_path, monkeypatch):
                                                          - math.log10(662_912)))
     assert t["holm"] >= t["permutation_p"]
     assert os.path.exists(tmp_path / "sizes.png") and os.path.exists(tmp_path / "sizes.json")
+    # RESULTS.md's table of it: one row a size, GRPO's level beside the contrasts
+    monkeypatch.setattr(tables, "RES", str(tmp_path))
+    rows = [x for x in tables.sizes_table().splitlines() if x.startswith(("| h", "| size"))]
+    assert len(rows) == 3 and rows[1].startswith("| h128-l3 | 0.66M | 5 | 0.800")
+    assert "-0.088 [" in rows[1] and "0/0/5" in rows[1]   # lanpo - grpo: -0.1 + 0.001 x 12
+    assert "+0.012 [" in rows[2] and "5/0/0" in rows[2]
 
 
 def test_the_mechanism_by_size_uses_the_size_axis_seeds_only(tmp_path, monkeypatch):
