@@ -105,9 +105,9 @@ SUITES = {
 }
 # Model sizes of the size axis, (hidden, layers): the default tiny model is 128 x 3 (0.66M
 # parameters); these are 4.5x and 14x larger. Their SFT is the default recipe with Adam's
-# usual width rule for the learning rate, lr = 3e-3 x 128 / hidden, and the steps that
-# experiments/sizes.py found to reach the designed start rates.
-SIZES = {"h256-l4": (256, 4, 900), "h384-l6": (384, 6, 450)}
+# usual width rule for the learning rate, lr = 3e-3 x 128 / hidden, for the default 900 steps
+# (a pilot of 450 at 384 x 6 left the skills half learned: RESULTS.md, "The size axis").
+SIZES = {"h256-l4": (256, 4, 900), "h384-l6": (384, 6, 900)}
 # SFT variants an arm may ask for, and the sft.py flags that make them.
 def size_flags(size):
     """The sft.py flags of a model size, its length aside."""
