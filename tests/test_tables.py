@@ -52,7 +52,10 @@ def test_the_readme_results_are_the_jsons_and_fit_in_fifteen_lines():
         "none above; all 11 draws of two other machines below)" in flat
     greedy = c["lanpo-plain - grpo"]["greedy"]
     assert greedy["verdict"] == "above" and greedy["positive"] == 9 and \
-        f"it is above ({greedy['mean']:+.3f}, 9 of 10 draws)" in flat
+        f"it is above GRPO ({greedy['mean']:+.3f}, 9 of 10 draws)" in flat
+    own = c["lanpo-plain - placebo-plain"]["sampled"]   # a secondary contrast: Holm over ten
+    assert own["verdict"] == "above" and own["positive"] == 10 and \
+        "ends above its placebo (10 of 10 draws)" in flat
     others = sum(tables.load(n)["contrasts"]["lanpo - grpo"]["sampled"]["negative"]
                  for n in ("sft_draws_A", "sft_draws_B"))
     assert others == 11
