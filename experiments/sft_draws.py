@@ -80,6 +80,20 @@ def strata_problems(files):
     return problems
 
 
+def unrecorded(files):
+    """Runs with no record of the machine they were made on, in files whose other runs have one
+    (a run whose process was stopped after it finished but before run_arms wrote
+    made_on.json): they cannot be checked against the stratum, so each is named. (Files made
+    before runs recorded their machine have only the file's record, and no run is listed.)"""
+    out = []
+    for name, d in files.items():
+        runs = [(arm, r) for arm, s in d["summary"].items() for r in s["runs"]]
+        if any(r.get("made_on") for _, r in runs):
+            out += [f"{name}: {arm} SFT {r['sft_seed']} RL {r['seed']}" for arm, r in runs
+                    if not r.get("made_on")]
+    return out
+
+
 def runs_of(names, across_machines=False):
     """{arm: {(sft seed, rl seed): run record}} over the result files; a (seed, seed) pair that
     two files both hold must be the same run (refused otherwise), and the files must be one
@@ -208,6 +222,8 @@ def main():
                        if v["designed_start"] <= HARD), key=lambda fv: fv[1])
     out = {"command": " ".join(["python experiments/sft_draws.py", *sys.argv[1:]]),
            "sources": sources, "pooled_across_machines": problems,
+           "runs_without_machine_record": unrecorded(
+               {n: json.load(open(os.path.join(RES, f"{n}.json"))) for n in args.results}),
            "analysis": {"primary_endpoint": ENDPOINTS[0], "primary": list(PRIMARY),
                         "tie": TIE, "alpha": ALPHA, "test": "sign-flip, exact, two-sided",
                         "correction": "Holm"},
@@ -242,6 +258,9 @@ def main():
         json.dump(out, f, indent=1)
     if problems:
         print("POOLED ACROSS MACHINES: " + " | ".join(problems))
+    if out["runs_without_machine_record"]:
+        print("no machine record (not checked against the stratum): "
+              + "; ".join(out["runs_without_machine_record"]))
     for k, v in out["contrasts"].items():
         g = v[ENDPOINTS[0]]
         print(f"{k:36} {ENDPOINTS[0]} mean {g['mean']:+.3f} t95 [{g['t95'][0]:+.3f}, "

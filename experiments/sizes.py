@@ -42,6 +42,7 @@ from support.config import SFT_PRESETS  # noqa: E402
 BASE = "h128-l3"   # the tiny world's default model: no SFT variant
 SFT_STEPS = SFT_PRESETS["tiny"]["steps"]   # the default SFT's length
 PERMUTATIONS = 20_000   # random relabellings of the trend test (ANALYSIS.md), seed 0
+N_BOOT = 10_000   # bootstrap resamples of the slope's interval, seed 0
 
 
 def sizes():
@@ -128,7 +129,15 @@ def trend(values_by_size, log_params, n_perm=PERMUTATIONS, seed=0):
     for _ in range(n_perm):
         rng.shuffle(y)
         hits += abs(slope(y)) >= abs(observed) - 1e-12
-    return {"slope_per_decade": observed, "permutation_p": (hits + 1) / (n_perm + 1)}
+    # the slope's 95% interval: SFT seeds resampled with replacement within each size
+    # (percentile bootstrap, Efron & Tibshirani 1993); the x values stay as they are
+    rng, boots = random.Random(seed), []
+    for _ in range(N_BOOT):
+        boots.append(slope([v for vs in values_by_size.values()
+                            for v in rng.choices(vs, k=len(vs))]))
+    boots.sort()
+    return {"slope_per_decade": observed, "permutation_p": (hits + 1) / (n_perm + 1),
+            "slope_95": [boots[int(0.025 * N_BOOT)], boots[int(0.975 * N_BOOT) - 1]]}
 
 
 def size_rows(results_of, rl_seeds=None):
@@ -174,8 +183,9 @@ def start_rates(size):
 
 def mechanism(size, sft_seeds):
     """The mechanism in the runs' own step at this size, over these SFT seeds only (the base
-    size was measured on ten): per checkpoint step, prompt - plain and corrected - plain of the
-    zero-shot gain of log pi(y* | x), with the ratio of means (step_mechanism[_<size>].json),
+    size was measured on ten): per checkpoint step, plain's zero-shot gain of log pi(y* | x),
+    prompt - plain and corrected - plain with the ratio of means, and whether plain's gain is
+    shown above 0 (ANALYSIS.md: the ratio is read only then) (step_mechanism[_<size>].json),
     or None where not measured."""
     import step_mechanism
     name = "step_mechanism" if size == BASE else f"step_mechanism_{size}"
@@ -189,7 +199,9 @@ def mechanism(size, sft_seeds):
         per_seed = {k: r for k, r in v["per_seed"].items() if int(k) in sft_seeds}
         if len(per_seed) >= 2:
             summary = step_mechanism.summarize(per_seed)["own_d_logp"]
-            out[step] = {k: summary[k] for k in ("prompt - plain", "corrected - plain")}
+            out[step] = {k: summary[k] for k in ("plain", "prompt - plain", "corrected - plain")}
+            # the ratio to plain's gain is read only where that gain is shown above 0
+            out[step]["ratio_readable"] = summary["plain"]["t95"][0] > 0
     return out or None
 
 
@@ -240,16 +252,20 @@ def plot(out, path):
     ax.set(xscale="log", xlabel="parameters", ylabel="rl-test sampled mean@8, difference",
            title="the primary contrasts by model size (t 95%, over SFT seeds)")
     ax.legend(fontsize=8)
-    for key, label in (("prompt - plain", "the paper's step minus plain's"),
-                       ("corrected - plain", "corrected minus plain")):
-        pts = [(r["parameters"], r["mechanism"][min(r["mechanism"], key=int)][key])
-               for r in rows.values() if r.get("mechanism")]
+    for step in ("25", "200"):   # filled where plain's gain is shown above 0 (read), else hollow
+        pts = [(r["parameters"], r["mechanism"][step]) for r in rows.values()
+               if r.get("mechanism") and step in r["mechanism"]]
         if pts:
-            bx.plot([p for p, _ in pts], [v["ratio_of_means"] for _, v in pts], "o-",
-                    label=label)
+            line, = bx.plot([p for p, _ in pts],
+                            [m["prompt - plain"]["ratio_of_means"] for _, m in pts], "-",
+                            label=f"step {step}")
+            for p, m in pts:
+                bx.plot(p, m["prompt - plain"]["ratio_of_means"], "o", color=line.get_color(),
+                        fillstyle="full" if m["ratio_readable"] else "none")
     bx.axhline(1, color="grey", lw=0.8)
-    bx.set(xscale="log", xlabel="parameters", ylabel="ratio of zero-shot gains to plain's",
-           title="the mechanism in the run's own step (first checkpoint)")
+    bx.axhline(0.5, color="grey", lw=0.8, ls=":")
+    bx.set(xscale="log", xlabel="parameters", ylabel="the paper's zero-shot gain / plain's",
+           title="the mechanism in the run's own step (hollow: plain's gain not shown > 0)")
     if bx.get_legend_handles_labels()[0]:
         bx.legend(fontsize=8)
     fig.tight_layout()

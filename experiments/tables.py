@@ -396,22 +396,25 @@ def sizes_table(name="sizes"):
              "above / level / below, Holm over the three)", "",
              "| size | parameters | SFT seeds | GRPO [t 95%] | " +
              " | ".join(c for c in SIZE_CONTRASTS) + " | start rates within 0.05 | "
-             "mechanism, first checkpoint: prompt / plain |", "|" + " --- |" * 9]
+             "mechanism: the paper's zero-shot gain / plain's |", "|" + " --- |" * 9]
     for size, r in d["sizes"].items():
         g, sr, mech = r["arms"]["grpo"], r.get("start_rates"), r.get("mechanism")
         rates = f"{sr['within_0.05']} of {sr['of']}" if sr else "-"
-        step = min(mech, key=int) if mech else None
-        ratio = (f"{mech[step]['prompt - plain']['ratio_of_means']:.2f} (step {step})"
-                 if mech else "-")
+        ratio = "; ".join(
+            f"step {step}: " + (f"{m['prompt - plain']['ratio_of_means']:.2f}"
+                                if m["ratio_readable"] else "plain's gain not shown above 0")
+            for step, m in sorted((mech or {}).items(), key=lambda kv: int(kv[0]))) or "-"
         lines.append(
             f"| {size} | {r['parameters'] / 1e6:.2f}M | {g['n_sft_seeds']} | "
             f"{g['mean']:.3f} [{g['t95'][0]:.3f}, {g['t95'][1]:.3f}] | " +
             " | ".join(cell(r["contrasts"].get(c)) for c in SIZE_CONTRASTS) +
             f" | {rates} | {ratio} |")
-    lines += ["", "Trend in log10(parameters), per decade (permutation p, Holm over the three):", ""]
+    lines += ["", "Trend in log10(parameters), per decade [bootstrap 95%] (permutation p, Holm "
+              "over the three):", ""]
     for c, t in d["trend"].items():
-        lines.append(f"- {c}: {t['slope_per_decade']:+.3f}, p = {t['permutation_p']:.4f}, "
-                     f"Holm {t['holm']:.4f}")
+        lo, hi = t["slope_95"]
+        lines.append(f"- {c}: {t['slope_per_decade']:+.3f} [{lo:+.3f}, {hi:+.3f}], p = "
+                     f"{t['permutation_p']:.4f}, Holm {t['holm']:.4f}")
     return "\n".join(lines) + "\n"
 
 

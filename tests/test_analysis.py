@@ -151,3 +151,16 @@ def test_holm_keeps_the_declared_family_when_contrasts_are_missing():
     assert D.holm_within({"a": 0.01}, ["a", "b", "c"]) == pytest.approx({"a": 0.03})
     full = {f"c{i}": 0.5 for i in range(10)} | {"c0": 0.002}
     assert D.holm_within(full, ten) == D.holm(full)   # nothing missing: plain Holm
+
+
+def test_a_run_without_a_machine_record_is_named():
+    """A stratum is checked run by run; a run that finished but lost its record (stopped before
+    made_on.json was written) cannot be checked, so it is named, not silently passed."""
+    d = result_file("p", "AVX2", "s1")
+    lost = {**d["summary"]["grpo"]["runs"][0], "seed": 1, "made_on": None}
+    d["summary"]["grpo"]["runs"].append(lost)
+    assert D.unrecorded({"c": d}) == ["c: grpo SFT 10 RL 1"]
+    assert D.strata_problems({"c": d}) == []   # not a second machine either
+    old = result_file("p", None, None)   # a file from before runs recorded their machine
+    old["summary"]["grpo"]["runs"][0]["made_on"] = None
+    assert D.unrecorded({"a": old}) == []

@@ -53,13 +53,17 @@ def test_the_trend_test_finds_a_slope_and_is_two_sided():
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
     assert t["slope_per_decade"] == pytest.approx(slope)
     assert t["permutation_p"] < 0.01
+    lo, hi = t["slope_95"]   # the bootstrap interval holds the slope and excludes 0 here
+    assert 0 < lo < slope < hi
     falling = {k: [-v for v in vs] for k, vs in rising.items()}
     f = S.trend(falling, logp, n_perm=2000)
     assert f["slope_per_decade"] == pytest.approx(-slope)
     assert f["permutation_p"] == pytest.approx(t["permutation_p"])   # same draws, |slope|
     flat = {"s": [0.1, -0.1, 0.05, -0.05, 0.0], "m": [0.1, -0.1, 0.05, -0.05, 0.0],
             "l": [0.1, -0.1, 0.05, -0.05, 0.0]}
-    assert S.trend(flat, logp, n_perm=2000)["permutation_p"] > 0.5
+    no_trend = S.trend(flat, logp, n_perm=2000)
+    assert no_trend["permutation_p"] > 0.5
+    assert no_trend["slope_95"][0] < 0 < no_trend["slope_95"][1]
 
 
 def fake_results(tmp_path, name, by_arm):
@@ -139,3 +143,9 @@ def test_the_mechanism_by_size_uses_the_size_axis_seeds_only(tmp_path, monkeypat
     assert got["ratio_of_means"] == pytest.approx(0.2)
     assert got["mean"] == pytest.approx(-0.8) and got["sign_flip_p"] == pytest.approx(2 / 32)
     assert S.mechanism("h384-l6", [10, 11]) is None   # not measured at that size yet
+    assert S.mechanism(S.BASE, [10, 11, 12, 13, 14])["25"]["ratio_readable"]
+    # plain's own gain not shown above 0: its ratio is not read (ANALYSIS.md)
+    per = {str(k): seed(0.2, g) for k, g in zip(range(10, 15), (1.0, -1.0, 1.0, -1.0, 0.5))}
+    (tmp_path / "step_mechanism_h384-l6.json").write_text(
+        json.dumps({"steps": {"25": {"per_seed": per}}}))
+    assert not S.mechanism("h384-l6", [10, 11, 12, 13, 14])["25"]["ratio_readable"]
