@@ -167,17 +167,28 @@ def size_rows(results_of, rl_seeds=None):
     return out
 
 
-def start_rates(size):
-    """How many (rl family, SFT seed) sampled start rates are within 0.05 of the design, of how
-    many, and the largest gap (world_properties_<size>.json), or None where not measured."""
-    name = "world_properties_here" if size == BASE else f"world_properties_{size}"
-    path = os.path.join(RES, f"{name}.json")
+def _result(size, stem, base_name):
+    """experiments/results/<stem>_<size>.json (at the base size: <base_name>.json), or None."""
+    path = os.path.join(RES, f"{base_name if size == BASE else f'{stem}_{size}'}.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        summary = json.load(f)["summary"]
-    gaps = [abs(x - v["designed"]) for v in summary.values() for x in v["sampled_per_model"]]
-    return {"results": name, "within_0.05": sum(g <= 0.05 for g in gaps), "of": len(gaps),
+        return json.load(f)
+
+
+def start_rates(size, sft_seeds):
+    """The start rates this size's SFT models of these seeds leave (world_properties.py, k = 32):
+    how many (rl family, SFT seed) sampled rates are within 0.05 of the design, of how many,
+    the largest gap, and rl-test greedy per model; None where not measured."""
+    d = _result(size, "world_properties", "world_properties_here")
+    if d is None:
+        return None
+    models = [m for m in d["models"]
+              if int(m["model"].rstrip("/").split("sft-seed")[1].split("-")[0]) in sft_seeds]
+    gaps = [abs(f["sampled"] - f["designed"]) for m in models for f in m["rl_families"].values()]
+    if not gaps:
+        return None
+    return {"models": len(models), "within_0.05": sum(g <= 0.05 for g in gaps), "of": len(gaps),
             "largest_gap": max(gaps)}
 
 
@@ -188,14 +199,11 @@ def mechanism(size, sft_seeds):
     shown above 0 (ANALYSIS.md: the ratio is read only then) (step_mechanism[_<size>].json),
     or None where not measured."""
     import step_mechanism
-    name = "step_mechanism" if size == BASE else f"step_mechanism_{size}"
-    path = os.path.join(RES, f"{name}.json")
-    if not os.path.exists(path):
+    d = _result(size, "step_mechanism", "step_mechanism")
+    if d is None:
         return None
-    with open(path) as f:
-        steps = json.load(f)["steps"]
     out = {}
-    for step, v in steps.items():
+    for step, v in d["steps"].items():
         per_seed = {k: r for k, r in v["per_seed"].items() if int(k) in sft_seeds}
         if len(per_seed) >= 2:
             summary = step_mechanism.summarize(per_seed)["own_d_logp"]
@@ -215,7 +223,7 @@ def table(rl_seeds):
     for s in sizes():
         if s in rows:
             seeds = [int(k) for k in rows[s]["arms"]["grpo"]["by_sft_seed"]]
-            rows[s].update(parameters=params[s], start_rates=start_rates(s),
+            rows[s].update(parameters=params[s], start_rates=start_rates(s, seeds),
                            mechanism=mechanism(s, seeds))
     log_p = {s: math.log10(params[s]) for s in rows}
     trends = {}

@@ -149,3 +149,21 @@ def test_the_mechanism_by_size_uses_the_size_axis_seeds_only(tmp_path, monkeypat
     (tmp_path / "step_mechanism_h384-l6.json").write_text(
         json.dumps({"steps": {"25": {"per_seed": per}}}))
     assert not S.mechanism("h384-l6", [10, 11, 12, 13, 14])["25"]["ratio_readable"]
+
+
+def test_start_rates_count_the_size_axis_models_against_the_design(tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "RES", str(tmp_path))
+
+    def model(seed, size, off):
+        fams = {"a": {"designed": 0.0, "sampled": 0.01 + off},
+                "b": {"designed": 0.4, "sampled": 0.38}}
+        return {"model": f"runs/tiny/sft-seed{seed}{size}", "rl_families": fams}
+    # seed 19 is off its design, but it is not one of the size axis' seeds
+    (tmp_path / "world_properties_here.json").write_text(json.dumps(
+        {"models": [model(10, "", 0.0), model(11, "", 0.045), model(19, "", 0.3)]}))
+    got = S.start_rates(S.BASE, [10, 11])   # seed 11's family a is 0.055 off: one of four
+    assert got == {"models": 2, "within_0.05": 3, "of": 4, "largest_gap": pytest.approx(0.055)}
+    (tmp_path / "world_properties_h256-l4.json").write_text(json.dumps(
+        {"models": [model(10, "-h256-l4", 0.0)]}))
+    assert S.start_rates("h256-l4", [10, 11])["models"] == 1
+    assert S.start_rates("h384-l6", [10]) is None
