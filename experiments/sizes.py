@@ -70,7 +70,7 @@ def _run(cmd):
 
 def costs(repeats, sft_steps=20, rl_steps=6, sft_seed=10):
     tmp = tempfile.mkdtemp()
-    cells = {}
+    cells, load = {}, [os.getloadavg()[0]]   # how busy the machine was, before and after
     for rep in range(repeats):
         for name, (h, n, variant) in sizes().items():
             flags = run_arms.size_flags(variant) if variant else []
@@ -94,7 +94,8 @@ def costs(repeats, sft_steps=20, rl_steps=6, sft_seed=10):
             print(rep, name, {k: round(v[-1], 3) for k, v in cells.items()
                               if k.startswith(name)}, flush=True)
     out = {"command": "python experiments/sizes.py " + " ".join(sys.argv[1:]),
-           "machine": {**run_arms.machine(), "torch_threads": 1},
+           "machine": {**run_arms.machine(), "torch_threads": 1,
+                       "load_average_1min_before_after": load + [os.getloadavg()[0]]},
            "what": f"seconds per step, one torch thread: SFT ({sft_steps} steps from scratch, "
                    f"batch 64), RL ({rl_steps} steps of 8 x 8 rollouts from the size's SFT "
                    f"seed {sft_seed}, the first left out); median of {repeats} interleaved "
