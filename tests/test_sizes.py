@@ -167,3 +167,14 @@ def test_start_rates_count_the_size_axis_models_against_the_design(tmp_path, mon
         {"models": [model(10, "-h256-l4", 0.0)]}))
     assert S.start_rates("h256-l4", [10, 11])["models"] == 1
     assert S.start_rates("h384-l6", [10]) is None
+
+
+def test_results_quotes_the_committed_costs_by_size():
+    """RESULTS.md's costs table is `python experiments/tables.py sizes`' first table, row for
+    row, from experiments/results/size_costs.json."""
+    with open(os.path.join(ROOT, "RESULTS.md")) as f:
+        results = f.read().splitlines()
+    rows = [x for x in tables.size_costs_table().splitlines() if x.startswith("| ")]
+    assert len(rows) == 2 + len(S.sizes())
+    for row in rows:
+        assert row in results, row
