@@ -108,13 +108,13 @@ SUITES = {
 # usual width rule for the learning rate, lr = 3e-3 x 128 / hidden, for the default 900 steps
 # (a pilot of 450 at 384 x 6 left the skills half learned: RESULTS.md, "The size axis").
 SIZES = {"h256-l4": (256, 4, 900), "h384-l6": (384, 6, 900)}
-# SFT variants an arm may ask for, and the sft.py flags that make them.
 def size_flags(size):
     """The sft.py flags of a model size, its length aside."""
     hidden, layers, _ = SIZES[size]
     return ["--hidden", str(hidden), "--layers", str(layers), "--lr", f"{3e-3 * 128 / hidden:.3g}"]
 
 
+# SFT variants an arm may ask for, and the sft.py flags that make them.
 SFT_VARIANTS = {"": [], "solve-only": ["--skills", "solve"],
                 **{k: size_flags(k) + ["--steps", str(v[2])] for k, v in SIZES.items()}}
 
