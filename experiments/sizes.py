@@ -69,6 +69,12 @@ def _run(cmd):
 
 
 def costs(repeats, sft_steps=20, rl_steps=6, sft_seed=10):
+    """Seconds per SFT step and per RL step (GRPO, LANPO) at every size; see the docstring."""
+    for name, (_, _, variant) in sizes().items():   # before any timing: every size's SFT model
+        init = run_arms.sft_dir(sft_seed, variant)
+        if not os.path.exists(os.path.join(init, "model.safetensors")):
+            raise SystemExit(f"{init}: no SFT model of size {name} yet (run_arms.py sizes "
+                             f"--size {variant} makes it)")
     tmp = tempfile.mkdtemp()
     cells, load = {}, [os.getloadavg()[0]]   # how busy the machine was, before and after
     for rep in range(repeats):
@@ -80,9 +86,6 @@ def costs(repeats, sft_steps=20, rl_steps=6, sft_seed=10):
                 hist = json.load(f)["history"][-1]
             cells.setdefault(f"{name} sft", []).append(hist["t_train"] / sft_steps)
             init = run_arms.sft_dir(sft_seed, variant)
-            if not os.path.exists(os.path.join(init, "model.safetensors")):
-                raise SystemExit(f"{init}: no SFT model of size {name} yet (run_arms.py sizes "
-                                 f"--size {variant} makes it)")
             for arm, arm_flags in (("grpo", ["--p-feedback", "0"]), ("lanpo", [])):
                 _run(["train.py", "--init", init, "--steps", str(rl_steps), "--eval-every", "0",
                       "--no-final-eval", "--run-dir", f"{tmp}/rl", "--overwrite", *arm_flags])
