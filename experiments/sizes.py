@@ -73,8 +73,9 @@ def costs(repeats, sft_steps=20, rl_steps=6, sft_seed=10):
     for name, (_, _, variant) in sizes().items():   # before any timing: every size's SFT model
         init = run_arms.sft_dir(sft_seed, variant)
         if not os.path.exists(os.path.join(init, "model.safetensors")):
-            raise SystemExit(f"{init}: no SFT model of size {name} yet (run_arms.py sizes "
-                             f"--size {variant} makes it)")
+            how = f"run_arms.py sizes --size {variant}" if variant else \
+                f"python sft.py --seed {sft_seed} --out {init}"
+            raise SystemExit(f"{init}: no SFT model of size {name} yet ({how} makes it)")
     tmp = tempfile.mkdtemp()
     cells, load = {}, [os.getloadavg()[0]]   # how busy the machine was, before and after
     for rep in range(repeats):
