@@ -16,6 +16,7 @@ import os
 import random
 import time
 
+import support  # noqa: F401  first: what must be set before torch loads (support/__init__.py)
 import torch
 
 import evaluate as E
@@ -180,7 +181,7 @@ def real_setup(args, device):
 
 def main(argv=None):
     args = config.resolve_sft(config.sft_parser().parse_args(argv))
-    print(config.set_threads(args, tiny=args.preset == "tiny"))
+    print(config.set_threads(args))
     print("config:", json.dumps(vars(args), sort_keys=True))
     device = M.resolve_device(args.device)
     torch.manual_seed(args.seed)

@@ -18,6 +18,7 @@ import os
 import random
 from dataclasses import dataclass
 
+import support  # noqa: F401  first: what must be set before torch loads (support/__init__.py)
 import torch
 
 import evaluate as E
@@ -285,7 +286,7 @@ def main(argv=None):
     world = W.TinyWorld() if args.data == "tiny" else None
     bank_problems = C.placebo_problems(args, train_set, eval_sets)   # --placebo-from prior only
     run = rundir.Run(args)   # rank 0 writes into the run directory and speaks
-    run.say(config.set_threads(args, tiny=world is not None))
+    run.say(config.set_threads(args))
     if args.compile:
         run.say("--compile:", M.compile_backend(M.resolve_device(args.device))[1])
     args.precision_used = M.choose_precision(args.precision, args.device, say=run.main)
@@ -364,6 +365,8 @@ def load_models(args, ckpt, world):
     ref_model = None
     if args.beta > 0 and args.lora_rank:
         ref_model = lora.BaseModel(model)
+    elif args.beta > 0 and start_from is None:   # the policy is the SFT model itself: copy it
+        ref_model = M.frozen_copy(model)
     elif args.beta > 0:
         ref_model = M.load_model(args.init, gguf_file=args.gguf_file, device=args.device,
                                  precision=args.precision_used, frozen=True)[0]

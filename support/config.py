@@ -9,6 +9,7 @@ fast or where a run computes, not what: only those may differ on --resume.
 import argparse
 import json
 import os
+import time
 
 import grpo
 from support import model as M
@@ -41,6 +42,13 @@ PRESETS = {
                  eval_every=50, ckpt_every=10, eval_limit=500, precision="auto",
                  sample_micro_batch=64, logprob_tokens=4096, grad_checkpointing=True),
 }
+
+# On a CPU, smol is a smoke test of the real path before a GPU is rented: every phase (sampling,
+# reward, summaries, the update, the pool, a checkpoint, the final evaluation) on less of each,
+# a few minutes in all (RUNNING.md says how long). Flags given on the command line win.
+CPU_SMOKE = {"smol": dict(steps=2, problems_per_step=2, group_size=4, max_new_tokens=64,
+                          summary_tokens=48, ckpt_every=1, eval_limit=4)}
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help: "(default: X)" where a flag has a fixed default; none where the preset decides
@@ -148,7 +156,7 @@ def build_parser():
     g = ap.add_argument_group("runtime and memory").add_argument
     g("--device", default="auto", help="auto, cpu or cuda")
     g("--threads", type=int, default=None,
-      help="torch threads (default: 1 on the tiny world, else torch's; OMP_NUM_THREADS too)")
+      help="torch threads (default on the CPU: the cores free at the start; OMP_NUM_THREADS too)")
     g("--precision", default=None, choices=M.PRECISIONS,
       help="auto: bf16 autocast over float32 weights on a GPU with native bf16, else float32")
     g("--sample-micro-batch", type=int, default=None, help="rows per generate call")
@@ -208,6 +216,10 @@ def resolve_config(args):
     """Fill preset defaults and reject bad values with one line each."""
     if args.preset not in PRESETS:
         raise UserError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
+    if args.preset in CPU_SMOKE and M.resolve_device(args.device).type == "cpu":
+        for k, v in CPU_SMOKE[args.preset].items():
+            if getattr(args, k) is None:
+                setattr(args, k, v)
     for k, v in PRESETS[args.preset].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -282,10 +294,11 @@ def resolve_placebo(args):
                         "pool")
 
 
-def set_threads(args, tiny: bool) -> str:
-    """torch's intra-op threads: --threads, else OMP_NUM_THREADS, else one on the tiny world (a
-    0.66M-parameter model gains little from a second thread, and on a busy machine the threads
-    wait for each other: RESULTS.md, Costs), else torch's default. Returns the line to say."""
+def set_threads(args) -> str:
+    """torch's intra-op threads: --threads, else OMP_NUM_THREADS, else on the CPU the cores that
+    are free now (an idle laptop's two cores make a tiny-world step about 1.3x faster than one;
+    threads on a core that another program keeps busy wait for it: RESULTS.md, Costs), else
+    torch's default. Returns the line to say."""
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be at least 1")
     import torch
@@ -294,12 +307,37 @@ def set_threads(args, tiny: bool) -> str:
         why = "--threads"
     elif os.environ.get("OMP_NUM_THREADS"):
         why = "OMP_NUM_THREADS"
-    elif tiny:
-        torch.set_num_threads(1)
-        why = "the tiny world's default; --threads N for more"
+    elif M.resolve_device(getattr(args, "device", "auto")).type == "cpu":
+        cores, busy = usable_cores(), busy_cores()
+        torch.set_num_threads(max(1, min(cores, round(cores - busy))))
+        why = (f"{cores} cores, {busy:.1f} busy with other work now; --threads N to set")
     else:
         why = "torch's default; --threads N to change"
     return f"threads: {torch.get_num_threads()} ({why})"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or taskset's share, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def busy_cores(seconds: float = 0.25) -> float:
+    """How many cores other programs keep busy now: on Linux, the machine's non-idle share of
+    CPU time over `seconds` (/proc/stat), times its cores; elsewhere the 1-minute load average
+    (which lags: it still counts a run that just ended, such as sft.py before train.py)."""
+    def times():
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        return sum(fields), fields[3] + fields[4]   # all, idle + iowait
+    try:
+        total0, idle0 = times()
+        time.sleep(seconds)
+        total1, idle1 = times()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if total1 == total0:
+        return 0.0
+    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / (total1 - total0))
 
 
 def check_training_run(args):
@@ -383,7 +421,7 @@ def sft_parser():
       help="problems per dataset in the final report (default: all for tiny, 32 otherwise)")
     a("--device", default="auto", help="auto, cpu or cuda")
     a("--threads", type=int, default=None,
-      help="torch threads (default: 1 on the tiny world, else torch's; OMP_NUM_THREADS too)")
+      help="torch threads (default on the CPU: the cores free at the start; OMP_NUM_THREADS too)")
     a("--precision", default=None, choices=M.PRECISIONS,
       help="auto: bf16 autocast over float32 weights on a GPU, float32 elsewhere")
     a("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,

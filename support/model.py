@@ -26,6 +26,7 @@ Simplifications, on purpose:
 - Left padding: a padded position attends to nothing, and a fully masked row of attention is
   NaN for some GPU kernels; such rows are given something to attend to (`_pad_safe_sdpa`).
 """
+import copy
 import importlib.util
 import inspect
 import json
@@ -213,6 +214,16 @@ def load_model(name_or_dir: str, gguf_file: str | None = None, device="auto", pr
     model.save_dtype = save_dtype if isinstance(save_dtype, torch.dtype) else None
     _pad_safe_sdpa(model)
     return model.to(device).eval(), tokenizer
+
+
+def frozen_copy(model):
+    """A frozen copy of a model load_model returned (to train), as load_model(..., frozen=True)
+    would load it again: the same weights, bf16 Linear weights under bf16, no grad. One load
+    instead of two (a GGUF file is dequantized once)."""
+    ref = copy.deepcopy(model).eval()
+    if ref.autocast_dtype == torch.bfloat16:
+        _bf16_linears(ref)
+    return ref.requires_grad_(False)
 
 
 def _bf16_linears(model):

@@ -1,5 +1,6 @@
 """Flags: --help of every entry point shows each flag's real default, once; a preset's flags
 list the value of every preset instead of "None"."""
+import os
 import re
 
 import pytest
@@ -39,29 +40,108 @@ def test_each_flag_help_is_one_short_line_of_source():
             assert len(text) <= 160, (action.dest, text)
 
 
-def test_tiny_world_runs_on_one_thread_unless_told(monkeypatch):
-    """One thread on the tiny world by default (two threads on a busy 2-core machine wait for
-    each other: RESULTS.md, Costs); --threads, then OMP_NUM_THREADS, say otherwise."""
+def test_cpu_runs_take_the_cores_that_are_free_unless_told(monkeypatch):
+    """On the CPU the default is the cores other programs leave free (at least one); --threads,
+    then OMP_NUM_THREADS, say otherwise; on a GPU torch keeps its own default."""
     import argparse
     import torch
     before = torch.get_num_threads()
+    cpu = argparse.Namespace(threads=None, device="cpu")
     try:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        torch.set_num_threads(2)
-        line = config.set_threads(argparse.Namespace(threads=None), tiny=True)
-        assert torch.get_num_threads() == 1 and line.startswith("threads: 1 ")
-        torch.set_num_threads(2)
-        config.set_threads(argparse.Namespace(threads=None), tiny=False)   # torch's own
-        assert torch.get_num_threads() == 2
-        assert config.set_threads(argparse.Namespace(threads=2), tiny=True).startswith(
+        monkeypatch.setattr(config, "usable_cores", lambda: 4)
+        for busy, want in ((0.0, 4), (0.4, 4), (1.0, 3), (2.6, 1), (3.9, 1), (7.0, 1)):
+            monkeypatch.setattr(config, "busy_cores", lambda busy=busy: busy)
+            line = config.set_threads(cpu)
+            assert torch.get_num_threads() == want and line.startswith(f"threads: {want} ("), \
+                (busy, line)
+        assert "4 cores, 7.0 busy" in line
+        torch.set_num_threads(3)
+        monkeypatch.setattr(config.M, "resolve_device", lambda name: torch.device("cuda"))
+        assert "torch's default" in config.set_threads(argparse.Namespace(threads=None,
+                                                                          device="cuda"))
+        assert torch.get_num_threads() == 3
+        assert config.set_threads(argparse.Namespace(threads=2, device="cpu")).startswith(
             "threads: 2 (--threads")
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
-        assert "OMP_NUM_THREADS" in config.set_threads(argparse.Namespace(threads=None), True)
+        torch.set_num_threads(2)
+        assert "OMP_NUM_THREADS" in config.set_threads(cpu)
         assert torch.get_num_threads() == 2
         with pytest.raises(config.UserError):
-            config.set_threads(argparse.Namespace(threads=0), tiny=True)
+            config.set_threads(argparse.Namespace(threads=0, device="cpu"))
     finally:
         torch.set_num_threads(before)
+
+
+def test_smol_on_a_cpu_is_a_short_smoke_test_and_flags_given_win(monkeypatch):
+    """--preset smol on a CPU: 2 steps of 2 problems x 4 rollouts of 64 tokens, a checkpoint each
+    step, 4 problems per evaluation set; a flag given wins; on a GPU the preset's own values."""
+    import torch
+    args = config.train_args(["--preset", "smol", "--device", "cpu"])
+    assert (args.steps, args.problems_per_step, args.group_size, args.max_new_tokens,
+            args.summary_tokens, args.ckpt_every, args.eval_limit) == (2, 2, 4, 64, 48, 1, 4)
+    args = config.train_args(["--preset", "smol", "--device", "cpu", "--steps", "5",
+                              "--max-new-tokens", "256"])
+    assert (args.steps, args.max_new_tokens, args.summary_tokens) == (5, 256, 48)
+    monkeypatch.setattr(config.M, "resolve_device", lambda name: torch.device("cuda"))
+    args = config.train_args(["--preset", "smol"])
+    assert (args.steps, args.max_new_tokens, args.eval_limit) == (10, 256, 16)
+    assert config.train_args(["--preset", "tiny", "--device", "cpu"]).steps == 120
+
+
+def test_busy_cores_sees_a_program_that_keeps_a_core_busy(monkeypatch):
+    """busy_cores measures other programs' CPU time now: a busy loop beside it adds about one
+    core (other processes of the machine may add more, never less)."""
+    import subprocess
+    import sys
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc/stat (the load-average fallback has its own test)")
+    calm = config.busy_cores(0.5)
+    if calm > (os.cpu_count() or 1) - 1.3:
+        pytest.skip(f"{calm:.1f} of {os.cpu_count()} cores busy already: no free core to watch")
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+        time.sleep(0.3)   # the loop is running
+        loaded = config.busy_cores(0.5)
+    finally:
+        hog.kill()
+    assert loaded >= 0.6 and loaded >= calm + 0.4, (calm, loaded)
+    assert loaded <= (os.cpu_count() or 1) + 1e-6
+
+
+def test_busy_cores_without_proc_stat_reads_the_load_average(monkeypatch):
+    def no_proc(*a, **k):
+        raise OSError("no /proc")
+    monkeypatch.setattr("builtins.open", no_proc)
+    monkeypatch.setattr(config.os, "getloadavg", lambda: (1.5, 0.0, 0.0))
+    assert config.busy_cores(0.01) == 1.5
+
+
+def test_openmp_threads_are_told_to_sleep_before_torch_loads(tmp_path):
+    """sft.py, train.py and evaluate.py set OMP_WAIT_POLICY=PASSIVE before `import torch` (libgomp
+    reads it once, when torch loads it); a setting of the user's wins."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    probe = ("import os, sys\n"
+             "class Watch:\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name == 'torch':\n"
+             "            print('at torch:', os.environ.get('OMP_WAIT_POLICY'), flush=True)\n"
+             "            sys.meta_path.remove(self)\n"
+             "sys.meta_path.insert(0, Watch())\n"
+             "import {module}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    for module in ("sft", "train", "evaluate"):
+        out = subprocess.run([sys.executable, "-c", probe.format(module=module)], cwd=root,
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.splitlines()[0] == "at torch: PASSIVE", (module, out.stdout)
+    out = subprocess.run([sys.executable, "-c", probe.format(module="train")], cwd=root,
+                         env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True,
+                         text=True, timeout=300)
+    assert out.stdout.splitlines()[0] == "at torch: ACTIVE"
 
 
 def test_evaluate_checks_its_flags_before_loading_a_model(monkeypatch, capsys):

@@ -114,17 +114,28 @@ def test_the_precision_used_is_in_config_json_and_every_metrics_row(tiny_dir, tm
 
 # --- 3. the KL to the reference ---------------------------------------------------------------
 
-def test_kl_to_the_reference_is_zero_at_step_zero_under_bf16_autocast(saved):
+def reference(path, policy, precision, how):
+    """The reference as train.load_models makes it: loaded again (a resumed run) or a frozen copy
+    of the policy just loaded (a run from the start)."""
+    if how == "copy":
+        return M.frozen_copy(policy)
+    return M.load_model(path, device="cpu", precision=precision, frozen=True)[0] \
+        .requires_grad_(False)
+
+
+@pytest.mark.parametrize("how", ["load", "copy"])
+def test_kl_to_the_reference_is_zero_at_step_zero_under_bf16_autocast(saved, how):
     """The policy (float32 weights under bf16 autocast) and the reference loaded from the same
-    checkpoint score every token identically, so the k3 KL of the first update is exactly 0,
-    and the reference costs about bf16's memory. (A reference loaded in bf16 outright, the
-    earlier scheme, gave 2e-7 per token on the Llama and 2e-4 on the Qwen2 here.)"""
+    checkpoint (or copied from the policy) score every token identically, so the k3 KL of the
+    first update is exactly 0, and the reference costs about bf16's memory. (A reference loaded
+    in bf16 outright, the earlier scheme, gave 2e-7 per token on the Llama and 2e-4 on the
+    Qwen2 here.)"""
     arch, path = saved
     # gradient checkpointing (the qwen preset's) recomputes the forward in backward only
     policy, tok = M.load_model(path, device="cpu", precision="bf16",
                                grad_checkpointing=arch == "qwen2")
-    ref, _ = M.load_model(path, device="cpu", precision="bf16", frozen=True)
-    ref.requires_grad_(False)
+    ref = reference(path, policy, "bf16", how)
+    assert ref is not policy and not any(p.requires_grad for p in ref.parameters())
     r = rollouts_of(policy, tok)
     with torch.no_grad():
         a = M.token_logprobs(policy, r.prompt_ids, r.response_ids, r.response_mask)
@@ -143,15 +154,15 @@ def test_kl_to_the_reference_is_zero_at_step_zero_under_bf16_autocast(saved):
     assert ref.autocast_dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("how", ["load", "copy"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_kl_is_to_the_frozen_sft_model_not_the_current_policy(saved, precision):
+def test_kl_is_to_the_frozen_sft_model_not_the_current_policy(saved, precision, how):
     """Once the policy has moved, the logged KL is positive (an update that scored the reference
     with the current policy would log 0 and get no KL gradient), and the reference's weights
     never change."""
     arch, path = saved
     policy, tok = M.load_model(path, device="cpu", precision=precision)
-    ref, _ = M.load_model(path, device="cpu", precision=precision, frozen=True)
-    ref.requires_grad_(False)
+    ref = reference(path, policy, precision, how)
     before = {k: v.clone() for k, v in ref.state_dict().items()}
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
     kls = []
