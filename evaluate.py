@@ -19,7 +19,6 @@ import statistics
 import sys
 import time
 
-import support  # noqa: F401  first: what must be set before torch loads (support/__init__.py)
 import torch
 
 import prompts
@@ -440,7 +439,7 @@ def main(argv=None):
         args.precision = args.precision or precision
         print(f"defaults from {source}: max_new_tokens {args.max_new_tokens}, "
               f"precision {args.precision}")
-    print(config.set_threads(args))
+    print(config.Threads(args).line)
     precision = M.choose_precision(args.precision, args.device)
     # frozen: inference in the training arithmetic (bf16 autocast on a bf16 GPU) with bf16
     # Linear weights, not a float32 copy of a model that will not be trained

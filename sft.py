@@ -16,7 +16,6 @@ import os
 import random
 import time
 
-import support  # noqa: F401  first: what must be set before torch loads (support/__init__.py)
 import torch
 
 import evaluate as E
@@ -101,9 +100,10 @@ def length_bucketed_batches(encoded, batch_size, rng, bucket=8):
 
 
 def train_sft(model, tok, train_enc, val_enc, steps, batch_size, lr, warmup, device, seed,
-              log_every=100, chunk_tokens=M.LOSS_CHUNK_TOKENS):
+              log_every=100, chunk_tokens=M.LOSS_CHUNK_TOKENS, threads=None):
     """AdamW with linear warmup and cosine decay; a held-out loss every `log_every` steps.
-    `chunk_tokens`: see batch_loss (0: the whole batch's logits at once)."""
+    `chunk_tokens`: see batch_loss (0: the whole batch's logits at once). `threads`: a
+    config.Threads to follow the machine's load with."""
     rng = random.Random(seed)
     params = lora.trainable(model)   # every weight, or with LoRA the adapters only
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -119,6 +119,8 @@ def train_sft(model, tok, train_enc, val_enc, steps, batch_size, lr, warmup, dev
     t_train = t_heldout = 0.0
     t = time.perf_counter()
     for step in bar:
+        if threads:
+            threads.follow()   # on the CPU: the cores other programs leave free
         if not batches:
             batches = length_bucketed_batches(train_enc, batch_size, rng)
         batch = collate(batches.pop(), tok.pad_token_id, device)
@@ -181,7 +183,8 @@ def real_setup(args, device):
 
 def main(argv=None):
     args = config.resolve_sft(config.sft_parser().parse_args(argv))
-    print(config.set_threads(args))
+    threads = config.Threads(args)
+    print(threads.line)
     print("config:", json.dumps(vars(args), sort_keys=True))
     device = M.resolve_device(args.device)
     torch.manual_seed(args.seed)
@@ -204,7 +207,7 @@ def main(argv=None):
     with oom_hint("fine-tuning", "lower --batch-size or --max-len, or pass --grad-checkpointing"):
         history = train_sft(model, tok, enc(train), enc(val) or enc(train[:1]), args.steps,
                             args.batch_size, args.lr, args.warmup, device, args.seed,
-                            chunk_tokens=args.loss_chunk_tokens)
+                            chunk_tokens=args.loss_chunk_tokens, threads=threads)
     lora.save_model(model, tok, args.out)   # with LoRA: adapters merged into plain weights
     if args.preset != "tiny":
         # The seed data the model was trained on, beside it (saving replaced the directory,

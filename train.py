@@ -18,7 +18,6 @@ import os
 import random
 from dataclasses import dataclass
 
-import support  # noqa: F401  first: what must be set before torch loads (support/__init__.py)
 import torch
 
 import evaluate as E
@@ -286,7 +285,8 @@ def main(argv=None):
     world = W.TinyWorld() if args.data == "tiny" else None
     bank_problems = C.placebo_problems(args, train_set, eval_sets)   # --placebo-from prior only
     run = rundir.Run(args)   # rank 0 writes into the run directory and speaks
-    run.say(config.set_threads(args))
+    threads = config.Threads(args)
+    run.say(threads.line)
     if args.compile:
         run.say("--compile:", M.compile_backend(M.resolve_device(args.device))[1])
     args.precision_used = M.choose_precision(args.precision, args.device, say=run.main)
@@ -308,6 +308,7 @@ def main(argv=None):
                        args.steps, initial=start, enabled=run.main)
     device = M.device_of(model)
     for step in bar:
+        threads.follow()        # on the CPU: the cores other programs leave free
         M.peak_memory(device)   # from here: this step's peak (on a GPU)
         m, samples = train_step(step, model, ref_model, tok, opt, pool, contexts, train_set,
                                 args, rng, world)

@@ -1,8 +1,8 @@
 """How many torch threads should the tiny preset use? SFT and RL steps on an idle machine and on
 one where another process keeps a core busy (a laptop with a browser open), with: 1 thread; 2
 threads that spin a while when they wait (libgomp's own default, GOMP_SPINCOUNT=300000); 2 that
-sleep when they wait (OMP_WAIT_POLICY=PASSIVE, which sft.py and train.py set unless told); and
-the default (no --threads: the cores free at the start, support/config.py's set_threads).
+sleep when they wait (OMP_WAIT_POLICY=PASSIVE); and the default (no --threads: the cores other
+programs leave free, support/config.py's Threads).
 
 Each cell runs `python sft.py` (a short SFT from scratch) or `python train.py` (a short RL run
 from an SFT model) as a user would, with `--threads N`, and reports seconds per step of the

@@ -21,9 +21,3 @@ import os
 # name: torch 2.9 renamed it PYTORCH_ALLOC_CONF).
 if not (os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF")):
     os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
-
-# Before torch loads OpenMP (so sft.py, train.py and evaluate.py import this package first): an
-# OpenMP thread with no work sleeps instead of spinning. Spinning threads on a core that
-# another program wants slow a step down 2.5x (RESULTS.md, Costs); a setting of the user's wins.
-if not (os.environ.get("OMP_WAIT_POLICY") or os.environ.get("GOMP_SPINCOUNT")):
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"

@@ -8,6 +8,7 @@ fast or where a run computes, not what: only those may differ on --resume.
 """
 import argparse
 import json
+import math
 import os
 import time
 
@@ -156,7 +157,7 @@ def build_parser():
     g = ap.add_argument_group("runtime and memory").add_argument
     g("--device", default="auto", help="auto, cpu or cuda")
     g("--threads", type=int, default=None,
-      help="torch threads (default on the CPU: the cores free at the start; OMP_NUM_THREADS too)")
+      help="torch threads (default on the CPU: the cores other programs leave free, chosen again every 10 steps; OMP_NUM_THREADS too)")
     g("--precision", default=None, choices=M.PRECISIONS,
       help="auto: bf16 autocast over float32 weights on a GPU with native bf16, else float32")
     g("--sample-micro-batch", type=int, default=None, help="rows per generate call")
@@ -294,26 +295,52 @@ def resolve_placebo(args):
                         "pool")
 
 
-def set_threads(args) -> str:
+class Threads:
     """torch's intra-op threads: --threads, else OMP_NUM_THREADS, else on the CPU the cores that
-    are free now (an idle laptop's two cores make a tiny-world step about 1.3x faster than one;
-    threads on a core that another program keeps busy wait for it: RESULTS.md, Costs), else
-    torch's default. Returns the line to say."""
-    if args.threads is not None and args.threads < 1:
-        raise UserError("--threads must be at least 1")
-    import torch
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-        why = "--threads"
-    elif os.environ.get("OMP_NUM_THREADS"):
-        why = "OMP_NUM_THREADS"
-    elif M.resolve_device(getattr(args, "device", "auto")).type == "cpu":
-        cores, busy = usable_cores(), busy_cores()
-        torch.set_num_threads(max(1, min(cores, round(cores - busy))))
-        why = (f"{cores} cores, {busy:.1f} busy with other work now; --threads N to set")
-    else:
-        why = "torch's default; --threads N to change"
-    return f"threads: {torch.get_num_threads()} ({why})"
+    other programs leave free, chosen at the start and again every `every` steps (`follow`), else
+    torch's default. On an idle 2-core laptop two threads make a tiny-world step 1.2-1.6x
+    faster than one; on a core that another program keeps busy, threads that wait for each
+    other make it 2-3x slower (RESULTS.md, Costs), so a program that starts mid-run (a
+    browser) costs at most `every` slow steps. `line` says what was chosen and why."""
+
+    def __init__(self, args, every: int = 10):
+        if args.threads is not None and args.threads < 1:
+            raise UserError("--threads must be at least 1")
+        import torch
+        self.torch, self.every, self.steps, self.auto = torch, every, 0, False
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+            why = "--threads"
+        elif os.environ.get("OMP_NUM_THREADS"):
+            why = "OMP_NUM_THREADS"
+        elif M.resolve_device(getattr(args, "device", "auto")).type == "cpu":
+            self.auto, self.cores, busy = True, usable_cores(), busy_cores()
+            torch.set_num_threads(fit_threads(self.cores, busy))
+            self.mark = cpu_marks()
+            why = (f"{self.cores} cores, {busy:.1f} busy with other programs now; chosen again "
+                   f"every {every} steps; --threads N to fix it")
+        else:
+            why = "torch's default; --threads N to change"
+        self.line = f"threads: {torch.get_num_threads()} ({why})"
+
+    def follow(self):
+        """Call once per step: every `every` steps, the threads fit what other programs used
+        since the last look (their CPU time: the machine's busy time less this process's)."""
+        self.steps += 1
+        if not self.auto or self.steps % self.every:
+            return
+        mark = cpu_marks()
+        if mark is None or self.mark is None or mark[0] <= self.mark[0]:
+            self.mark = mark
+            return
+        wall, machine, mine = (b - a for a, b in zip(self.mark, mark))
+        self.mark = mark
+        self.torch.set_num_threads(fit_threads(self.cores, max(0.0, machine - mine) / wall))
+
+
+def fit_threads(cores: int, busy: float) -> int:
+    """A core counts as free when other programs leave at least 70% of it idle."""
+    return max(1, min(cores, math.floor(cores - busy + 0.3)))
 
 
 def usable_cores() -> int:
@@ -321,23 +348,28 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def busy_cores(seconds: float = 0.25) -> float:
-    """How many cores other programs keep busy now: on Linux, the machine's non-idle share of
-    CPU time over `seconds` (/proc/stat), times its cores; elsewhere the 1-minute load average
-    (which lags: it still counts a run that just ended, such as sft.py before train.py)."""
-    def times():
+def cpu_marks():
+    """(wall seconds, the machine's busy CPU seconds, this process's CPU seconds) now, from
+    /proc/stat (Linux); None elsewhere."""
+    try:
         with open("/proc/stat") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
-        return sum(fields), fields[3] + fields[4]   # all, idle + iowait
-    try:
-        total0, idle0 = times()
-        time.sleep(seconds)
-        total1, idle1 = times()
+        busy = (sum(fields[:7]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")   # not idle
     except (OSError, ValueError, IndexError):
+        return None
+    return time.perf_counter(), busy, time.process_time()
+
+
+def busy_cores(seconds: float = 0.25) -> float:
+    """How many cores other programs keep busy now: the machine's busy CPU time over `seconds`
+    (while this process sleeps); without /proc/stat the 1-minute load average (which lags: it
+    still counts a run that just ended, such as sft.py before train.py)."""
+    before = cpu_marks()
+    if before is None:
         return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if total1 == total0:
-        return 0.0
-    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / (total1 - total0))
+    time.sleep(seconds)
+    after = cpu_marks()
+    return max(0.0, (after[1] - before[1]) - (after[2] - before[2])) / (after[0] - before[0])
 
 
 def check_training_run(args):
@@ -421,7 +453,7 @@ def sft_parser():
       help="problems per dataset in the final report (default: all for tiny, 32 otherwise)")
     a("--device", default="auto", help="auto, cpu or cuda")
     a("--threads", type=int, default=None,
-      help="torch threads (default on the CPU: the cores free at the start; OMP_NUM_THREADS too)")
+      help="torch threads (default on the CPU: the cores other programs leave free, chosen again every 10 steps; OMP_NUM_THREADS too)")
     a("--precision", default=None, choices=M.PRECISIONS,
       help="auto: bf16 autocast over float32 weights on a GPU, float32 elsewhere")
     a("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,

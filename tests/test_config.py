@@ -41,8 +41,9 @@ def test_each_flag_help_is_one_short_line_of_source():
 
 
 def test_cpu_runs_take_the_cores_that_are_free_unless_told(monkeypatch):
-    """On the CPU the default is the cores other programs leave free (at least one); --threads,
-    then OMP_NUM_THREADS, say otherwise; on a GPU torch keeps its own default."""
+    """On the CPU the default is the cores other programs leave free (at least one, a core free
+    when 70% of it is idle); --threads, then OMP_NUM_THREADS, say otherwise; on a GPU torch
+    keeps its own default."""
     import argparse
     import torch
     before = torch.get_num_threads()
@@ -50,25 +51,55 @@ def test_cpu_runs_take_the_cores_that_are_free_unless_told(monkeypatch):
     try:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         monkeypatch.setattr(config, "usable_cores", lambda: 4)
-        for busy, want in ((0.0, 4), (0.4, 4), (1.0, 3), (2.6, 1), (3.9, 1), (7.0, 1)):
+        for busy, want in ((0.0, 4), (0.2, 4), (0.4, 3), (1.0, 3), (2.6, 1), (3.9, 1), (7.0, 1)):
             monkeypatch.setattr(config, "busy_cores", lambda busy=busy: busy)
-            line = config.set_threads(cpu)
+            line = config.Threads(cpu).line
             assert torch.get_num_threads() == want and line.startswith(f"threads: {want} ("), \
                 (busy, line)
         assert "4 cores, 7.0 busy" in line
         torch.set_num_threads(3)
         monkeypatch.setattr(config.M, "resolve_device", lambda name: torch.device("cuda"))
-        assert "torch's default" in config.set_threads(argparse.Namespace(threads=None,
-                                                                          device="cuda"))
-        assert torch.get_num_threads() == 3
-        assert config.set_threads(argparse.Namespace(threads=2, device="cpu")).startswith(
+        gpu = config.Threads(argparse.Namespace(threads=None, device="cuda"))
+        assert "torch's default" in gpu.line and torch.get_num_threads() == 3
+        assert config.Threads(argparse.Namespace(threads=2, device="cpu")).line.startswith(
             "threads: 2 (--threads")
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
         torch.set_num_threads(2)
-        assert "OMP_NUM_THREADS" in config.set_threads(cpu)
+        assert "OMP_NUM_THREADS" in config.Threads(cpu).line
         assert torch.get_num_threads() == 2
         with pytest.raises(config.UserError):
-            config.set_threads(argparse.Namespace(threads=0, device="cpu"))
+            config.Threads(argparse.Namespace(threads=0, device="cpu"))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_threads_follow_what_other_programs_use_during_a_run(monkeypatch):
+    """Every `every` steps the count fits the other programs' CPU time since the last look (the
+    machine's busy time less this process's): a program that takes a core mid-run takes a
+    thread away, and it comes back when the program ends; a fixed count never moves."""
+    import argparse
+    import torch
+    before = torch.get_num_threads()
+    marks = iter([(0.0, 0.0, 0.0),       # at the start
+                  (10.0, 20.0, 19.5),    # step 5: others 0.05 cores -> 2 threads
+                  (20.0, 40.0, 27.0),    # step 10: others 1.2 cores -> 1 thread
+                  (30.0, 50.0, 37.0),    # step 15: others 0 -> 2 threads again
+                  ])
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(config, "usable_cores", lambda: 2)
+    monkeypatch.setattr(config, "busy_cores", lambda: 0.0)
+    monkeypatch.setattr(config, "cpu_marks", lambda: next(marks))
+    try:
+        threads = config.Threads(argparse.Namespace(threads=None, device="cpu"), every=5)
+        seen = []
+        for _ in range(15):
+            threads.follow()
+            seen.append(torch.get_num_threads())
+        assert seen == [2] * 9 + [1] * 5 + [2], seen
+        fixed = config.Threads(argparse.Namespace(threads=2, device="cpu"), every=1)
+        torch.set_num_threads(2)
+        fixed.follow()   # would raise StopIteration if it looked
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 
@@ -115,33 +146,7 @@ def test_busy_cores_without_proc_stat_reads_the_load_average(monkeypatch):
         raise OSError("no /proc")
     monkeypatch.setattr("builtins.open", no_proc)
     monkeypatch.setattr(config.os, "getloadavg", lambda: (1.5, 0.0, 0.0))
-    assert config.busy_cores(0.01) == 1.5
-
-
-def test_openmp_threads_are_told_to_sleep_before_torch_loads(tmp_path):
-    """sft.py, train.py and evaluate.py set OMP_WAIT_POLICY=PASSIVE before `import torch` (libgomp
-    reads it once, when torch loads it); a setting of the user's wins."""
-    import subprocess
-    import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    probe = ("import os, sys\n"
-             "class Watch:\n"
-             "    def find_spec(self, name, path=None, target=None):\n"
-             "        if name == 'torch':\n"
-             "            print('at torch:', os.environ.get('OMP_WAIT_POLICY'), flush=True)\n"
-             "            sys.meta_path.remove(self)\n"
-             "sys.meta_path.insert(0, Watch())\n"
-             "import {module}\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    for module in ("sft", "train", "evaluate"):
-        out = subprocess.run([sys.executable, "-c", probe.format(module=module)], cwd=root,
-                             env=env, capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-2000:]
-        assert out.stdout.splitlines()[0] == "at torch: PASSIVE", (module, out.stdout)
-    out = subprocess.run([sys.executable, "-c", probe.format(module="train")], cwd=root,
-                         env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True,
-                         text=True, timeout=300)
-    assert out.stdout.splitlines()[0] == "at torch: ACTIVE"
+    assert config.cpu_marks() is None and config.busy_cores(0.01) == 1.5
 
 
 def test_evaluate_checks_its_flags_before_loading_a_model(monkeypatch, capsys):

@@ -401,8 +401,12 @@ def test_family_successes_count_each_rl_familys_right_rollouts_by_kind():
     assert got == {rl[0]["family"]: [1, 2, 1, 2], rl[60]["family"]: [0, 2, 0, 2]}
 
 
-def test_metrics_hold_per_family_successes_that_add_up(tmp_path, tiny_dir):
+def test_metrics_hold_per_family_successes_that_add_up(tmp_path, tiny_dir, monkeypatch):
+    from support import config
+    looks = []   # (and the thread count is followed once per step)
+    monkeypatch.setattr(config.Threads, "follow", lambda self: looks.append(1))
     train.main(small_run(tmp_path, tiny_dir, steps=2))
+    assert len(looks) == 2
     rows = [json.loads(x) for x in open(tmp_path / "rl" / "metrics.jsonl")]
     for row in rows:
         fams = row["rl_family_successes"]

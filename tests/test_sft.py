@@ -73,10 +73,14 @@ def test_summarize_targets_follow_the_outcomes():
         assert principles == right and pitfalls == wrong
 
 
-def test_sft_main_end_to_end(tmp_path):
+def test_sft_main_end_to_end(tmp_path, monkeypatch):
+    from support import config
+    looks = []   # the thread count is followed once per training step
+    monkeypatch.setattr(config.Threads, "follow", lambda self: looks.append(1))
     out = tmp_path / "sft"
     sft.main(["--out", str(out), "--steps", "4", "--examples", "300", "--hidden", "32",
               "--layers", "1", "--batch-size", "8", "--max-new-tokens", "4"])
+    assert len(looks) == 4
     for f in ("config.json", "model.safetensors", "tokenizer.json", "sft_config.json",
               "sft_report.json"):
         assert (out / f).exists(), f
