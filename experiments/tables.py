@@ -418,7 +418,59 @@ def sizes_table(name="sizes"):
     return "\n".join(lines) + "\n"
 
 
+def trl_table(name="trl_compare"):
+    """This project's GRPO step against TRL's (experiments/trl_compare.py): per machine load and
+    thread setting the medians, their ratio and its range over the repeats, and the threads
+    each side ran with."""
+    d = load(name)
+    if d is None:
+        return "(no trl_compare.json yet: python experiments/trl_compare.py)\n"
+    lines = [f"TRL {d['trl']}; {d['what']}", "",
+             "| machine | threads | this project, s/step | TRL, s/step | ratio (range over repeats) "
+             "| threads used: this project / TRL |", "|" + " --- |" * 6]
+    for key, c in d["cells"].items():
+        load_, threads = key.split(" | ")
+        used = [x.split(" (")[0].removeprefix("threads: ") for x in (c["threads_ours"],
+                                                                     c["threads_trl"])]
+        lines.append(f"| {load_} | {threads} | {c['ours']:.3f} | {c['trl']:.3f} | "
+                     f"**{c['ratio']:.2f}x** ({min(c['ratio_runs']):.2f}-"
+                     f"{max(c['ratio_runs']):.2f}) | {used[0]} / {used[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def step_costs_table(name="step_costs", threads="2"):
+    """The GRPO and LANPO steps itemized (experiments/step_costs.py): seconds per item and the
+    tokens each processes (padded, real), at one thread count."""
+    d = load(name)
+    if d is None:
+        return "(no step_costs.json yet: python experiments/step_costs.py)\n"
+    t = d["threads"][threads]
+    g, lp = t["arms"]["grpo"], t["arms"]["lanpo"]
+
+    def tokens(a, item):
+        if item not in a["padded_tokens"] or not a["padded_tokens"][item]:
+            return "-"
+        return f"{a['padded_tokens'][item]:,.0f} / {a['real_tokens'][item]:,.0f}"
+    lines = [f"{threads} threads; {d['what']}", "",
+             "| item | GRPO s | GRPO tokens (padded / real) | LANPO s | LANPO tokens | "
+             "LANPO - GRPO s |", "|" + " --- |" * 6]
+    order = ("sampling", "summaries", "ref log-probs", "old log-probs", "policy fwd", "backward",
+             "optimizer", "other")
+    items = [i for i in order if i in g["seconds"] or i in lp["seconds"]]
+    for item in items:
+        a, b = g["seconds"].get(item, 0.0), lp["seconds"].get(item, 0.0)
+        lines.append(f"| {item} | {a:.3f} | {tokens(g, item)} | {b:.3f} | {tokens(lp, item)} | "
+                     f"{b - a:+.3f} |")
+    lines.append(f"| **step** | **{g['total']:.3f}** | | **{lp['total']:.3f}** | | "
+                 f"**{lp['total'] - g['total']:+.3f} ({t['lanpo_over_grpo']:.2f}x)** |")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["costs"]:   # this project against TRL; the two steps itemized
+        print(trl_table())
+        print(step_costs_table())
+        sys.exit()
     if sys.argv[1:2] == ["sizes"]:   # the size axis: costs, then the contrasts by size
         print(size_costs_table())
         print(sizes_table())

@@ -10,7 +10,10 @@ from support import world as W  # noqa: E402
 from support import model as M  # noqa: E402
 
 # The tests use models of a few thousand parameters, where a second thread only adds
-# synchronization cost (and on a busy 2-core machine, a lot of it).
+# synchronization cost (and on a busy 2-core machine, a lot of it). The environment variable
+# keeps it so in every train.py / sft.py the tests run, in process or not (config.Threads leaves
+# the count alone when it is set; the tests of Threads itself unset it).
+os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 
