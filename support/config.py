@@ -298,9 +298,9 @@ def resolve_placebo(args):
 class Threads:
     """torch's intra-op threads: --threads, else OMP_NUM_THREADS, else on the CPU the cores that
     other programs leave free, chosen at the start and again every `every` steps (`follow`), else
-    torch's default. On an idle 2-core laptop two threads make a tiny-world step 1.2-1.6x
+    torch's default. On an idle 2-core laptop two threads make a tiny-world step 1.2-1.7x
     faster than one; on a core that another program keeps busy, threads that wait for each
-    other make it 2-3x slower (RESULTS.md, Costs), so a program that starts mid-run (a
+    other make it 2-4x slower (RESULTS.md, Costs), so a program that starts mid-run (a
     browser) costs at most `every` slow steps. `line` says what was chosen and why."""
 
     def __init__(self, args, every: int = 10):
