@@ -94,12 +94,15 @@ def test_qwen_preset_sft_bootstraps_then_lanpo_trains(qwen_dir, tmp_path, monkey
 
     run = tmp_path / "rl"
     loads.clear()
+    copies = []   # the reference: a frozen copy of the policy loaded from --init
+    real_copy = M.frozen_copy
+    monkeypatch.setattr(M, "frozen_copy", lambda model: copies.append(model) or real_copy(model))
     train.main(["--preset", "qwen", "--init", str(out), "--run-dir", str(run), "--steps", "2",
                 "--problems-per-step", "2", "--group-size", "2", "--max-new-tokens", "8",
                 "--summary-tokens", "8", "--eval-limit", "2", "--eval-every", "1",
                 "--gamma", "0", "--logprob-tokens", "64"])
     assert loads[0]["grad_checkpointing"] is True
-    assert loads[1]["frozen"] is True                           # the reference model
+    assert len(loads) == 1 and len(copies) == 1                 # one load; the reference copied
     rows = [json.loads(l) for l in open(run / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [0, 1, 2] and "eval/gsm8k" in rows[0]
     assert not any(r.get("skipped_update") for r in rows)
