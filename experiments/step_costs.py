@@ -9,6 +9,8 @@ wrapping them (the project's code is unchanged):
   sampling      M.sample for the G rollouts per problem (prefill + decoding)
   summaries     M.sample for the lessons (LANPO's step 7; GRPO has none)
   ref log-probs M.token_logprobs under pi_ref, no grad (the KL term's beta > 0)
+  old log-probs M.token_logprobs under pi_theta, no grad (only with several inner epochs or
+                --score-context corrected; neither arm here has it)
   policy fwd    M.token_logprobs under pi_theta with grad
   backward      Tensor.backward of the loss
   optimizer     clip_grad_norm_ and AdamW's step
@@ -45,8 +47,8 @@ from support import controls as C  # noqa: E402
 from support import model as M  # noqa: E402
 from support import world as W  # noqa: E402
 
-ITEMS = ("sampling", "summaries", "ref log-probs", "old log-probs", "policy fwd", "backward", "optimizer",
-         "other")
+ITEMS = ("sampling", "summaries", "ref log-probs", "old log-probs", "policy fwd", "backward",
+         "optimizer", "other")
 
 
 class Meter:

@@ -157,7 +157,8 @@ def build_parser():
     g = ap.add_argument_group("runtime and memory").add_argument
     g("--device", default="auto", help="auto, cpu or cuda")
     g("--threads", type=int, default=None,
-      help="torch threads (default on the CPU: the cores other programs leave free, chosen again every 10 steps; OMP_NUM_THREADS too)")
+      help="torch threads (default on the CPU: the cores other programs leave free, chosen "
+           "again every 10 steps; OMP_NUM_THREADS too)")
     g("--precision", default=None, choices=M.PRECISIONS,
       help="auto: bf16 autocast over float32 weights on a GPU with native bf16, else float32")
     g("--sample-micro-batch", type=int, default=None, help="rows per generate call")
@@ -453,7 +454,8 @@ def sft_parser():
       help="problems per dataset in the final report (default: all for tiny, 32 otherwise)")
     a("--device", default="auto", help="auto, cpu or cuda")
     a("--threads", type=int, default=None,
-      help="torch threads (default on the CPU: the cores other programs leave free, chosen again every 10 steps; OMP_NUM_THREADS too)")
+      help="torch threads (default on the CPU: the cores other programs leave free, chosen "
+           "again every 10 steps; OMP_NUM_THREADS too)")
     a("--precision", default=None, choices=M.PRECISIONS,
       help="auto: bf16 autocast over float32 weights on a GPU, float32 elsewhere")
     a("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
