@@ -439,7 +439,7 @@ def main(argv=None):
         args.precision = args.precision or precision
         print(f"defaults from {source}: max_new_tokens {args.max_new_tokens}, "
               f"precision {args.precision}")
-    print(config.Threads(args).line)
+    print(config.Threads(args, every=None).line)   # one evaluation: chosen once
     precision = M.choose_precision(args.precision, args.device)
     # frozen: inference in the training arithmetic (bf16 autocast on a bf16 GPU) with bf16
     # Linear weights, not a float32 copy of a model that will not be trained

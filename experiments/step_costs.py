@@ -47,8 +47,7 @@ from support import controls as C  # noqa: E402
 from support import model as M  # noqa: E402
 from support import world as W  # noqa: E402
 
-ITEMS = ("sampling", "summaries", "ref log-probs", "old log-probs", "policy fwd", "backward",
-         "optimizer", "other")
+from tables import STEP_ITEMS as ITEMS  # noqa: E402  (the table's row order)
 
 
 class Meter:

@@ -438,6 +438,11 @@ def trl_table(name="trl_compare"):
     return "\n".join(lines) + "\n"
 
 
+# experiments/step_costs.py's items, in the order a step meets them
+STEP_ITEMS = ("sampling", "summaries", "ref log-probs", "old log-probs", "policy fwd", "backward",
+              "optimizer", "other")
+
+
 def step_costs_table(name="step_costs", threads="2"):
     """The GRPO and LANPO steps itemized (experiments/step_costs.py): seconds per item and the
     tokens each processes (padded, real), at one thread count."""
@@ -454,9 +459,7 @@ def step_costs_table(name="step_costs", threads="2"):
     lines = [f"{threads} threads; {d['what']}", "",
              "| item | GRPO s | GRPO tokens (padded / real) | LANPO s | LANPO tokens | "
              "LANPO - GRPO s |", "|" + " --- |" * 6]
-    order = ("sampling", "summaries", "ref log-probs", "old log-probs", "policy fwd", "backward",
-             "optimizer", "other")
-    items = [i for i in order if i in g["seconds"] or i in lp["seconds"]]
+    items = [i for i in STEP_ITEMS if i in g["seconds"] or i in lp["seconds"]]
     for item in items:
         a, b = g["seconds"].get(item, 0.0), lp["seconds"].get(item, 0.0)
         lines.append(f"| {item} | {a:.3f} | {tokens(g, item)} | {b:.3f} | {tokens(lp, item)} | "

@@ -12,6 +12,8 @@ import math
 import os
 import time
 
+import torch
+
 import grpo
 from support import model as M
 from support import curriculum, ranks, rundir
@@ -302,13 +304,13 @@ class Threads:
     torch's default. On an idle 2-core laptop two threads make a tiny-world step 1.2-1.7x
     faster than one; on a core that another program keeps busy, threads that wait for each
     other make it 2-4x slower (RESULTS.md, Costs), so a program that starts mid-run (a
-    browser) costs at most `every` slow steps. `line` says what was chosen and why."""
+    browser) costs at most `every` slow steps (every=None: chosen once, for a script that takes
+    no steps). `line` says what was chosen and why."""
 
-    def __init__(self, args, every: int = 10):
+    def __init__(self, args, every: int | None = 10):
         if args.threads is not None and args.threads < 1:
             raise UserError("--threads must be at least 1")
-        import torch
-        self.torch, self.every, self.steps, self.auto = torch, every, 0, False
+        self.every, self.steps, self.auto = every, 0, False
         if args.threads is not None:
             torch.set_num_threads(args.threads)
             why = "--threads"
@@ -318,8 +320,9 @@ class Threads:
             self.auto, self.cores, busy = True, usable_cores(), busy_cores()
             torch.set_num_threads(fit_threads(self.cores, busy))
             self.mark = cpu_marks()
-            why = (f"{self.cores} cores, {busy:.1f} busy with other programs now; chosen again "
-                   f"every {every} steps; --threads N to fix it")
+            again = f"chosen again every {every} steps; " if every else ""
+            why = (f"{self.cores} cores, {busy:.1f} busy with other programs now; {again}"
+                   "--threads N to fix it")
         else:
             why = "torch's default; --threads N to change"
         self.line = f"threads: {torch.get_num_threads()} ({why})"
@@ -328,7 +331,7 @@ class Threads:
         """Call once per step: every `every` steps, the threads fit what other programs used
         since the last look (their CPU time: the machine's busy time less this process's)."""
         self.steps += 1
-        if not self.auto or self.steps % self.every:
+        if not (self.auto and self.every) or self.steps % self.every:
             return
         mark = cpu_marks()
         if mark is None or self.mark is None or mark[0] <= self.mark[0]:
@@ -336,7 +339,7 @@ class Threads:
             return
         wall, machine, mine = (b - a for a, b in zip(self.mark, mark))
         self.mark = mark
-        self.torch.set_num_threads(fit_threads(self.cores, max(0.0, machine - mine) / wall))
+        torch.set_num_threads(fit_threads(self.cores, max(0.0, machine - mine) / wall))
 
 
 def fit_threads(cores: int, busy: float) -> int:

@@ -56,7 +56,8 @@ def test_cpu_runs_take_the_cores_that_are_free_unless_told(monkeypatch):
             line = config.Threads(cpu).line
             assert torch.get_num_threads() == want and line.startswith(f"threads: {want} ("), \
                 (busy, line)
-        assert "4 cores, 7.0 busy" in line
+        assert "4 cores, 7.0 busy" in line and "chosen again every 10 steps" in line
+        assert "chosen again" not in config.Threads(cpu, every=None).line   # evaluate.py's
         torch.set_num_threads(3)
         monkeypatch.setattr(config.M, "resolve_device", lambda name: torch.device("cuda"))
         gpu = config.Threads(argparse.Namespace(threads=None, device="cuda"))
