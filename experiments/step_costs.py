@@ -19,10 +19,12 @@ wrapping them (the project's code is unchanged):
 Tokens: a call's padded tokens (rows x its longest row), what the matrix multiplies see, and
 the real ones (the prompt and response tokens of each row).
 
-    python experiments/step_costs.py --init runs/tiny/sft --steps 20 [--threads 1 2]
+    python experiments/step_costs.py --init runs/tiny/sft --steps 20 [--threads 1 2] [--busy]
 
-Writes experiments/results/step_costs.json. The first `--warmup` steps of each arm are
-left out of the medians (allocator and caches warm up).
+Writes experiments/results/step_costs.json; with --busy another process keeps one core busy
+meanwhile, as in trl_compare.py (RESULTS' busy table: `--busy --out
+experiments/results/step_costs_busy.json`). The first `--warmup` steps of each arm are left out
+of the medians (allocator and caches warm up).
 """
 import argparse
 import json
@@ -48,6 +50,7 @@ from support import model as M  # noqa: E402
 from support import world as W  # noqa: E402
 
 from tables import STEP_ITEMS as ITEMS  # noqa: E402  (the table's row order)
+from trl_compare import busy  # noqa: E402  (the same busy machine as the TRL comparison)
 
 
 class Meter:
@@ -182,6 +185,8 @@ def main():
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                     help="torch threads: each count is measured in turn")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--busy", action="store_true",
+                    help="another process keeps one core busy while it measures")
     ap.add_argument("--extra", nargs="*", default=[],
                     help="more train.py flags for both arms (e.g. --logprob-tokens 8192)")
     ap.add_argument("--out", default=os.path.join(ROOT, "experiments", "results",
@@ -193,11 +198,17 @@ def main():
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
                       f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}",
            "what": "median seconds per step and per item (and tokens) over steps "
-                   f"{args.warmup + 1}-{args.steps} of each arm, interleaved, per thread count",
+                   f"{args.warmup + 1}-{args.steps} of each arm, interleaved, per thread count"
+                   + ("; another process keeping one core busy" if args.busy else ""),
            "threads": {}}
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        out["threads"][str(threads)] = measure(args)
+    hog = busy() if args.busy else None
+    try:
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            out["threads"][str(threads)] = measure(args)
+    finally:
+        if hog:
+            hog.kill()
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
 

@@ -469,10 +469,33 @@ def step_costs_table(name="step_costs", threads="2"):
     return "\n".join(lines) + "\n"
 
 
+def busy_costs_table():
+    """The GRPO step's items at one and two threads, idle (step_costs.json) and with another
+    process keeping one core busy (step_costs_busy.json): where threads that wait cost time."""
+    idle, busy = load("step_costs"), load("step_costs_busy")
+    if idle is None or busy is None:
+        return "(no step_costs_busy.json yet: python experiments/step_costs.py --busy)\n"
+    arm = {(load_, t): d["threads"][t]["arms"]["grpo"]
+           for load_, d in (("idle", idle), ("busy", busy)) for t in ("1", "2")}
+    lines = ["GRPO step, seconds per item (medians); 2 / 1 = two threads over one", "",
+             "| item | idle, 1 thread | idle, 2 | 2 / 1 | busy, 1 thread | busy, 2 | 2 / 1 |",
+             "|" + " --- |" * 7]
+    items = [i for i in STEP_ITEMS if i in arm["idle", "1"]["seconds"]]
+    for item in items + ["step"]:
+        cells = []
+        for load_ in ("idle", "busy"):
+            one, two = (arm[load_, t]["total"] if item == "step" else
+                        arm[load_, t]["seconds"][item] for t in ("1", "2"))
+            cells += [f"{one:.3f}", f"{two:.3f}", f"{two / one:.2f}x"]
+        lines.append(f"| {'**step**' if item == 'step' else item} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["costs"]:   # this project against TRL; the two steps itemized
         print(trl_table())
         print(step_costs_table())
+        print(busy_costs_table())
         sys.exit()
     if sys.argv[1:2] == ["sizes"]:   # the size axis: costs, then the contrasts by size
         print(size_costs_table())

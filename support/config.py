@@ -311,12 +311,13 @@ class Threads:
         if args.threads is not None and args.threads < 1:
             raise UserError("--threads must be at least 1")
         self.every, self.steps, self.auto = every, 0, False
+        on_cpu = M.resolve_device(getattr(args, "device", "auto")).type == "cpu"
         if args.threads is not None:
             torch.set_num_threads(args.threads)
             why = "--threads"
         elif os.environ.get("OMP_NUM_THREADS"):
             why = "OMP_NUM_THREADS"
-        elif M.resolve_device(getattr(args, "device", "auto")).type == "cpu":
+        elif on_cpu:
             self.auto, self.cores, busy = True, usable_cores(), busy_cores()
             torch.set_num_threads(fit_threads(self.cores, busy))
             self.mark = cpu_marks()
@@ -325,7 +326,14 @@ class Threads:
                    "--threads N to fix it")
         else:
             why = "torch's default; --threads N to change"
-        self.line = f"threads: {torch.get_num_threads()} ({why})"
+        n = torch.get_num_threads()
+        self.line = f"threads: {n} ({why})"
+        if on_cpu and not self.auto and n > 1:   # a fixed count is kept, but said when too many
+            cores, busy = usable_cores(), busy_cores()
+            if fit_threads(cores, busy) < n:
+                self.line += (f"; warning: {busy:.1f} of {cores} cores are busy with other "
+                              f"programs, and {n} threads that wait on a taken core can make "
+                              "each step 2-4x slower (leave the count unset to fit it)")
 
     def follow(self):
         """Call once per step: every `every` steps, the threads fit what other programs used

@@ -74,6 +74,38 @@ def test_cpu_runs_take_the_cores_that_are_free_unless_told(monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_a_fixed_thread_count_is_kept_and_said_when_more_than_the_free_cores(monkeypatch):
+    """--threads or OMP_NUM_THREADS win even on a busy machine, but the line warns when the count
+    is more than the cores other programs leave free; one thread, an idle machine or a GPU: no
+    warning (and one thread never measures)."""
+    import argparse
+    import torch
+    before = torch.get_num_threads()
+    monkeypatch.setattr(config, "usable_cores", lambda: 2)
+    try:
+        for busy, threads, env, warned in ((1.0, 2, None, True), (0.0, 2, None, False),
+                                           (1.0, None, "2", True), (0.2, 2, None, False),
+                                           (1.8, 3, None, True)):
+            monkeypatch.setattr(config, "busy_cores", lambda busy=busy: busy)
+            if env:
+                monkeypatch.setenv("OMP_NUM_THREADS", env)
+                torch.set_num_threads(int(env))
+            else:
+                monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+            line = config.Threads(argparse.Namespace(threads=threads, device="cpu")).line
+            assert ("warning" in line) == warned, (busy, threads, env, line)
+            assert torch.get_num_threads() == (threads or int(env)), line   # kept all the same
+        assert "1.8 of 2 cores are busy" in line and "3 threads" in line
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr(config, "busy_cores", lambda: pytest.fail("one thread measured"))
+        assert "warning" not in config.Threads(argparse.Namespace(threads=1, device="cpu")).line
+        monkeypatch.setattr(config, "busy_cores", lambda: 2.0)
+        monkeypatch.setattr(config.M, "resolve_device", lambda name: torch.device("cuda"))
+        assert "warning" not in config.Threads(argparse.Namespace(threads=2, device="cuda")).line
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_threads_follow_what_other_programs_use_during_a_run(monkeypatch):
     """Every `every` steps the count fits the other programs' CPU time since the last look (the
     machine's busy time less this process's): a program that takes a core mid-run takes a
