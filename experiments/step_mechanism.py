@@ -185,6 +185,25 @@ def mean_t(values):
     return {"mean": m, "t95": [m - half, m + half], "n": len(v)}
 
 
+def ratio_interval(num, den, resamples=10_000, seed=0):
+    """95% percentile interval of mean(num) / mean(den) over SFT seeds resampled with
+    replacement (paired: one draw of seeds for both), seed 0; None where the resampled mean(den)
+    is not above 0 in more than 2.5% of the draws (the ratio is then unbounded)."""
+    rng, n = random.Random(seed), len(num)
+    ratios, undefined = [], 0
+    for _ in range(resamples):
+        idx = [rng.randrange(n) for _ in range(n)]
+        d = sum(den[i] for i in idx) / n
+        if d <= 0:
+            undefined += 1
+            continue
+        ratios.append(sum(num[i] for i in idx) / n / d)
+    if undefined > 0.025 * resamples:
+        return None
+    ratios.sort()   # percentiles of the defined draws (all but at most 2.5% of them)
+    return [ratios[int(0.025 * len(ratios))], ratios[int(0.975 * (len(ratios) - 1))]]
+
+
 def summarize(per_seed):
     """per_seed {sft seed: measure()}: per scoring, the own gains (mean over a seed's batches),
     the ratios to plain's, the cosines and norms; over seeds, means with t intervals and the
@@ -201,7 +220,10 @@ def summarize(per_seed):
             means = {x: out[key][x]["mean"] for x in (s, "plain")}
             out[key][f"{s} - plain"] = {**mean_t(diffs), "sign_flip_p": sign_flip_p(diffs),
                                         "ratio_of_means": means[s] / means["plain"]
-                                        if means["plain"] else None}
+                                        if means["plain"] else None,
+                                        "ratio_95": ratio_interval(
+                                            [vals[s][k] for k in per_seed],
+                                            [vals["plain"][k] for k in per_seed])}
     for s in ("prompt", "corrected"):
         out[f"cos({s}, plain)"] = mean_t([seed_mean(r, lambda b: b[s]["cos_plain"])
                                           for r in per_seed.values()])
@@ -234,10 +256,18 @@ def main():
     ap.add_argument("--size", choices=run_arms.SIZES, default=None,
                     help="the runs of this model size (run_arms.py sizes --size ...); writes "
                          "step_mechanism_<size>.json")
+    ap.add_argument("--summarize-only", action="store_true",
+                    help="recompute the summaries of the measurements already in the results")
     args = ap.parse_args()
     torch.set_num_threads(1)
     path = results_path(args.size)
     results = json.load(open(path))["steps"] if os.path.exists(path) else {}
+    if args.summarize_only:
+        for r in results.values():
+            r["summary"] = summarize(r["per_seed"])
+        with open(path, "w") as f:
+            json.dump({"steps": results}, f, indent=1)
+        return
     for step in args.steps:
         # seeds measured before (same batches) are kept: a suite still running is measured as
         # its runs finish

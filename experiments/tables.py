@@ -211,6 +211,12 @@ def mechanism_table(name="mechanism_tiny", y="gold"):
     return "\n".join(lines) + "\n"
 
 
+def ratio_cell(r):
+    """A ratio of means over SFT seeds with its bootstrap 95% interval, where one was made."""
+    lo, hi = r.get("ratio_95") or (None, None)
+    return f"{r['ratio_of_means']:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if lo is not None else "")
+
+
 def step_mechanism_table(name="step_mechanism", key="own_d_logp"):
     """experiments/step_mechanism.py: per checkpoint step, each scoring's own change (the update
     minus the same step with a zero gradient) of the held-out key (own_d_logp: mean log pi(y* |
@@ -224,8 +230,10 @@ def step_mechanism_table(name="step_mechanism", key="own_d_logp"):
     def mt(v, scale=1000):
         lo, hi = v["t95"]
         return f"{scale * v['mean']:+.2f} [{scale * lo:+.2f}, {scale * hi:+.2f}]"
+    def ratio(m, s):   # read only where plain's own gain is shown above 0 (ANALYSIS.md)
+        return ratio_cell(m[f"{s} - plain"]) if m["plain"]["t95"][0] > 0 else "not read"
     lines = ["| step | SFT seeds | prompt (the paper) | plain | corrected | prompt - plain, p | "
-             "corrected - plain, p | ratio to plain: prompt / corrected | cos with plain: "
+             "corrected - plain, p | ratio to plain [95%]: prompt / corrected | cos with plain: "
              "prompt / corrected |", "|" + " --- |" * 9]
     for step, r in d["steps"].items():
         m = r["summary"][key]
@@ -235,8 +243,7 @@ def step_mechanism_table(name="step_mechanism", key="own_d_logp"):
             f"{mt(m['corrected'])} | {mt(m['prompt - plain'])}, "
             f"{m['prompt - plain']['sign_flip_p']:.3f} | {mt(m['corrected - plain'])}, "
             f"{m['corrected - plain']['sign_flip_p']:.3f} | "
-            f"{m['prompt - plain']['ratio_of_means']:.2f} / "
-            f"{m['corrected - plain']['ratio_of_means']:.2f} | {cos[0]:.2f} / {cos[1]:.2f} |")
+            f"{ratio(m, 'prompt')} / {ratio(m, 'corrected')} | {cos[0]:.2f} / {cos[1]:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -401,8 +408,8 @@ def sizes_table(name="sizes"):
         g, sr, mech = r["arms"]["grpo"], r.get("start_rates"), r.get("mechanism")
         rates = f"{sr['within_0.05']} of {sr['of']}" if sr else "-"
         ratio = "; ".join(
-            f"step {step}: " + (f"{m['prompt - plain']['ratio_of_means']:.2f}"
-                                if m["ratio_readable"] else "plain's gain not shown above 0")
+            f"step {step}: " + (ratio_cell(m["prompt - plain"]) if m["ratio_readable"]
+                                else "plain's gain not shown above 0")
             for step, m in sorted((mech or {}).items(), key=lambda kv: int(kv[0]))) or "-"
         lines.append(
             f"| {size} | {r['parameters'] / 1e6:.2f}M | {g['n_sft_seeds']} | "

@@ -5,6 +5,7 @@ same optimizer step with a zero gradient (Adam's moments alone)."""
 import os
 import sys
 
+import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,3 +72,16 @@ def test_the_held_out_target_is_the_rl_test_gold_solutions(tiny_model):
     assert resp[0, n - 1] == tok.eos_token_id
     lp, p_proc = SM.zero_shot(model, (prompt_ids, resp, mask), 1.0)
     assert lp.shape == (216,) and bool((lp < 0).all()) and bool(((0 < p_proc) & (p_proc < 1)).all())
+
+
+def test_the_ratio_interval_resamples_seeds_in_pairs_and_refuses_an_unbounded_ratio():
+    """ratio_interval: the same draw of SFT seeds for the numerator and the denominator (so a
+    gain that is always the same share of plain's has the interval [share, share]); it holds
+    the ratio of the means; and it is None where plain's resampled gain is often not above 0."""
+    den = [1.0, 3.0, 0.5, 2.0, 4.0]
+    assert SM.ratio_interval([0.2 * x for x in den], den) == [pytest.approx(0.2),
+                                                            pytest.approx(0.2)]
+    num = [0.1, 0.9, 0.3, 0.2, 0.5]
+    lo, hi = SM.ratio_interval(num, den)
+    assert lo < sum(num) / sum(den) < hi and 0 < lo and hi < 1
+    assert SM.ratio_interval(num, [1.0, -1.0, 1.0, -1.0, 0.5]) is None

@@ -53,8 +53,9 @@ def test_the_readme_results_are_the_jsons_and_fit_in_fifteen_lines():
         "none above; all 11 draws of two other machines below)" in flat
     own = c["lanpo-plain - placebo-plain"]["sampled"]   # a secondary contrast: Holm over ten
     assert own["verdict"] == "above" and own["positive"] == 10 and \
-        f"ends above its placebo (10 of 10 draws; a secondary contrast, Holm over ten " \
-        f"{own['holm_all']:.3f})" in flat
+        f"above its placebo on 10 of 10 draws (secondary: Holm over ten " \
+        f"{own['holm_all']:.3f}; the plan as first written gave verdicts to the primary three " \
+        "only)" in flat
     holm_six = tables.load("step_mechanism")["steps"]   # the mechanism's six tests, Holm
     p = D.holm({f"{k} {s}": v["summary"]["own_d_logp"][f"{k} - plain"]["sign_flip_p"]
                 for s, v in holm_six.items() for k in ("prompt", "corrected")})
@@ -66,9 +67,11 @@ def test_the_readme_results_are_the_jsons_and_fit_in_fifteen_lines():
                      ("lanpo-plain - grpo", "not shown to differ from GRPO")):
         assert c[k]["sampled"]["verdict"] == "not shown" and words in flat.replace("** ", " ")
     steps = tables.load("step_mechanism")["steps"].values()
-    for scoring, where in (("prompt", "by "), ("corrected", "corrected: ")):
+    for scoring, where in (("prompt", "), "), ("corrected", "corrected ")):
         r = [s["summary"]["own_d_logp"][f"{scoring} - plain"]["ratio_of_means"] for s in steps]
         assert f"{where}{min(r):.2f}-{max(r):.2f}" in flat, (scoring, r)
+    bounds = [b for s in steps for b in s["summary"]["own_d_logp"]["prompt - plain"]["ratio_95"]]
+    assert f"(intervals {min(bounds):.2f} to {max(bounds):.2f};" in flat
     q = tables.load("quickstart_draws")
     greedy = [x["rl_test_greedy"] for x in q["runs"]]
     sampled = [x["rl_test_sampled"] for x in q["runs"]]
@@ -112,3 +115,11 @@ def test_the_step_mechanism_table_is_the_jsons_mean_over_sft_seeds(monkeypatch):
                           "+2.00 [+1.00, +3.00]"]
     assert cells[6] == "-3.00 [-4.00, -2.00], 0.500" and cells[8:10] == ["0.25 / 0.50",
                                                                         "0.70 / 0.80"]
+    # the ratio's bootstrap interval where one was made; no ratio read where plain's own gain
+    # is not shown above 0 (experiments/ANALYSIS.md)
+    per["own_d_logp"]["prompt - plain"]["ratio_95"] = [0.1, 0.4]
+    cells = [c.strip() for c in row(tables.step_mechanism_table(), "100").split("|")]
+    assert cells[8] == "0.25 [0.10, 0.40] / 0.50"
+    per["own_d_logp"]["plain"]["t95"] = [-0.001, 0.009]
+    cells = [c.strip() for c in row(tables.step_mechanism_table(), "100").split("|")]
+    assert cells[8] == "not read / not read"
