@@ -8,6 +8,10 @@ the run's wall-clock seconds; the SFT models are run_arms' (`runs/tiny/sft-seedS
 missing), their sha256 recorded.
 
     python experiments/quickstart_draws.py --sft-seeds 10 11 12 13 14 15 16 17 18 19
+    python experiments/quickstart_draws.py --sft-seeds 0 --out quickstart_seed0   # the README's
+
+(The README's own draw, seed 0, is `python sft.py && python train.py`: sft.py's default seed
+is 0, and on one machine a run is the same at one thread or more.)
 """
 import argparse
 import json
@@ -46,13 +50,14 @@ def one(sft_seed):
             "rl_test_greedy": ev["results"]["rl-test"]["zero-shot"]["mean@1"],
             "rl_test_sampled": ev["sampled"]["rl-test"]["mean@8"],
             "unseen_test_greedy": ev["results"]["unseen-test"]["zero-shot"]["mean@1"],
-            "wall_seconds": round(seconds, 1)}
+            "wall_seconds": round(seconds, 1), "table": ev["results"]}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sft-seeds", type=int, nargs="+", default=list(range(10, 20)))
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--out", default="quickstart_draws", help="experiments/results/<OUT>.json")
     args = ap.parse_args()
     with ThreadPoolExecutor(args.jobs) as ex:
         runs = list(ex.map(one, args.sft_seeds))
@@ -62,7 +67,7 @@ def main():
            "runs": runs,
            "rl_test_greedy": {"min": min(final), "median": statistics.median(final),
                               "max": max(final), "n": len(final)}}
-    with open(os.path.join(HERE, "results", "quickstart_draws.json"), "w") as f:
+    with open(os.path.join(HERE, "results", f"{args.out}.json"), "w") as f:
         json.dump(out, f, indent=1)
     for r in runs:
         print(f"SFT seed {r['sft_seed']}: rl-test {r['rl_test_greedy_sft']:.3f} -> "
