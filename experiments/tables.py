@@ -233,17 +233,18 @@ def step_mechanism_table(name="step_mechanism", key="own_d_logp"):
     def ratio(m, s):   # read only where plain's own gain is shown above 0 (ANALYSIS.md)
         return ratio_cell(m[f"{s} - plain"]) if m["plain"]["t95"][0] > 0 else "not read"
     lines = ["| step | SFT seeds | prompt (the paper) | plain | corrected | prompt - plain, p | "
-             "corrected - plain, p | ratio to plain [95%]: prompt / corrected | cos with plain: "
-             "prompt / corrected |", "|" + " --- |" * 9]
+             "corrected - plain, p | ratio to plain [95%]: prompt / corrected | cos with plain "
+             "[t 95%]: prompt / corrected |", "|" + " --- |" * 9]
     for step, r in d["steps"].items():
         m = r["summary"][key]
-        cos = [r["summary"][f"cos({s}, plain)"]["mean"] for s in ("prompt", "corrected")]
+        cos = [mt(r["summary"][f"cos({s}, plain)"], scale=1).replace("+", "")
+               for s in ("prompt", "corrected")]
         lines.append(
             f"| {step} | {len(r['sft_seeds'])} | {mt(m['prompt'])} | {mt(m['plain'])} | "
             f"{mt(m['corrected'])} | {mt(m['prompt - plain'])}, "
             f"{m['prompt - plain']['sign_flip_p']:.3f} | {mt(m['corrected - plain'])}, "
             f"{m['corrected - plain']['sign_flip_p']:.3f} | "
-            f"{ratio(m, 'prompt')} / {ratio(m, 'corrected')} | {cos[0]:.2f} / {cos[1]:.2f} |")
+            f"{ratio(m, 'prompt')} / {ratio(m, 'corrected')} | {cos[0]} / {cos[1]} |")
     return "\n".join(lines) + "\n"
 
 

@@ -107,14 +107,15 @@ def test_the_step_mechanism_table_is_the_jsons_mean_over_sft_seeds(monkeypatch):
                            "sign_flip_p": 0.5, "ratio_of_means": 0.25},
         "corrected - plain": {"mean": -0.002, "t95": [-0.003, -0.001], "n": 2,
                               "sign_flip_p": 0.5, "ratio_of_means": 0.5}},
-        "cos(prompt, plain)": {"mean": 0.7}, "cos(corrected, plain)": {"mean": 0.8}}
+        "cos(prompt, plain)": {"mean": 0.7, "t95": [0.6, 0.8]},
+        "cos(corrected, plain)": {"mean": 0.8, "t95": [0.75, 0.85]}}
     monkeypatch.setattr(tables, "load", lambda name: {"steps": {"100": {
         "sft_seeds": [10, 11], "summary": per}}})
     cells = [c.strip() for c in row(tables.step_mechanism_table(), "100").split("|")]
     assert cells[2:6] == ["2", "+1.00 [+0.00, +2.00]", "+4.00 [+3.00, +5.00]",
                           "+2.00 [+1.00, +3.00]"]
-    assert cells[6] == "-3.00 [-4.00, -2.00], 0.500" and cells[8:10] == ["0.25 / 0.50",
-                                                                        "0.70 / 0.80"]
+    assert cells[6] == "-3.00 [-4.00, -2.00], 0.500" and cells[8:10] == [
+        "0.25 / 0.50", "0.70 [0.60, 0.80] / 0.80 [0.75, 0.85]"]
     # the ratio's bootstrap interval where one was made; no ratio read where plain's own gain
     # is not shown above 0 (experiments/ANALYSIS.md)
     per["own_d_logp"]["prompt - plain"]["ratio_95"] = [0.1, 0.4]
@@ -123,3 +124,16 @@ def test_the_step_mechanism_table_is_the_jsons_mean_over_sft_seeds(monkeypatch):
     per["own_d_logp"]["plain"]["t95"] = [-0.001, 0.009]
     cells = [c.strip() for c in row(tables.step_mechanism_table(), "100").split("|")]
     assert cells[8] == "not read / not read"
+
+
+def test_results_quotes_the_step_mechanism_tables():
+    """RESULTS.md's two tables of the mechanism in the run's own step are `python
+    experiments/tables.py` from the committed step_mechanism.json, row for row (ratios with
+    their bootstrap intervals, cosines with their t intervals)."""
+    with open(os.path.join(ROOT, "RESULTS.md")) as f:
+        results = f.read().splitlines()
+    for key in ("own_d_logp", "own_d_p_procedure"):
+        rows = [x for x in tables.step_mechanism_table(key=key).splitlines() if x.startswith("| ")]
+        assert len(rows) == 5
+        for r in rows:
+            assert r in results, r
