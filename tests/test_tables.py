@@ -137,3 +137,24 @@ def test_results_quotes_the_step_mechanism_tables():
         assert len(rows) == 5
         for r in rows:
             assert r in results, r
+
+
+def test_the_readmes_quickstart_table_is_the_committed_seed_0_run():
+    """The quickstart's three-mode table and its SFT -> RL line in the README are evaluate.py's
+    printout of the committed seed-0 run (experiments/results/quickstart_seed0.json), digit for
+    digit, and the SFT report's rl-test number is that run's step 0."""
+    import io
+    import evaluate
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    run = tables.load("quickstart_seed0")["runs"][0]
+    assert run["sft_seed"] == 0
+    buf = io.StringIO()
+    evaluate.print_table(run["table"], 1, file=buf)
+    rows = buf.getvalue().splitlines()[:5]   # header, rule, rl-test, sft-test, unseen-test
+    for line in rows:
+        assert "  " + line + "\n" in readme, line
+    t = run["table"]
+    assert (f"rl-test {run['rl_test_greedy_sft']:.3f} -> {t['rl-test']['zero-shot']['mean@1']:.3f}"
+            in readme)
+    assert f"{run['rl_test_greedy_sft']:.3f} on the rl families" in readme
