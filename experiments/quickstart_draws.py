@@ -33,8 +33,9 @@ def one(sft_seed):
     """Run the quickstart's train.py from this SFT seed (or reuse a finished run)."""
     init = run_arms.ensure_sft(sft_seed)
     run_dir = os.path.join(ROOT, "runs", "tiny", f"quickstart-sft{sft_seed}")
-    t = time.time()
+    t, ran = time.time(), False
     if not os.path.exists(os.path.join(run_dir, "eval.json")):
+        ran = True
         env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
         with open(run_dir + ".log", "w") as log:
             rc = subprocess.call([sys.executable, os.path.join(ROOT, "train.py"), "--init",
@@ -51,7 +52,10 @@ def one(sft_seed):
             "rl_test_greedy": ev["results"]["rl-test"]["zero-shot"]["mean@1"],
             "rl_test_sampled": ev["sampled"]["rl-test"]["mean@8"],
             "unseen_test_greedy": ev["results"]["unseen-test"]["zero-shot"]["mean@1"],
-            "wall_seconds": round(seconds, 1), "table": ev["results"]}
+            "wall_seconds": round(seconds, 1) if ran else None,   # None: an earlier run reused
+            "table": ev["results"],
+            "sft_report": {k: v for k, v in json.load(open(os.path.join(
+                init, "sft_report.json"))).items() if k != "history"}}
 
 
 def main():

@@ -296,7 +296,7 @@ def draws_table(what="sampled", name="sft_draws"):
     difference, the signs (a difference of at most one problem is level, 0), the mean over
     seeds with its t interval, the exact two-sided sign-flip p, Holm's adjusted p (over the
     three primary contrasts for those on the primary endpoint, over the ten otherwise) and the
-    verdict word; then per hard family the share of runs that had learned it by each step,
+    verdict word (none where the file pools machines); then per hard family the share of runs that had learned it by each step,
     averaged per SFT seed."""
     d = load(name)
     if d is None:
@@ -317,7 +317,9 @@ def draws_table(what="sampled", name="sft_draws"):
                      + " | ".join(f"{c['by_sft_seed'][s]:+.3f}" for s in seeds)
                      + f" | {c['positive']} / {c['zero']} / {c['negative']} | "
                      f"{c['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {c['sign_flip_p']:.3f} | "
-                     f"{c.get('holm_primary', c['holm_all']):.3f} | {c['verdict']} |")
+                     f"{c.get('holm_primary', c['holm_all']):.3f} | "
+                     # ANALYSIS.md: no verdict from runs of several machines pooled
+                     f"{'none (pooled)' if pooled else c['verdict']} |")
     arms = [a for a, _ in METHODS] + [p for _, p in METHODS if p]
     arms = [a for a in arms if a in d["learned_by"]]
     fams = list(d["learned_by"][arms[0]])
@@ -338,7 +340,8 @@ def draws_table(what="sampled", name="sft_draws"):
 def verdict_table(strata):
     """The README's result table: per arm of the primary contrasts and per stratum, the primary
     endpoint with its t interval over SFT seeds, minus GRPO and minus its placebo (paired, one
-    value per SFT seed, Holm-adjusted p over the three primary contrasts), machine and n.
+    value per SFT seed, Holm-adjusted p over the three primary contrasts; LANPO plain minus its
+    placebo is secondary, Holm over ten, and says so), machine and n.
     strata: [(label, sft_draws result name)]."""
     lines = ["| arm | stratum: SFT seeds (runs) | rl-test sampled mean@8 [t 95%] | minus GRPO "
              "[t 95%], Holm p | minus its placebo [t 95%], Holm p |",
@@ -348,8 +351,9 @@ def verdict_table(strata):
         if c is None:
             return "-"
         lo, hi = c["t95"]
-        return (f"{c['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}], p = "
-                f"{c.get('holm_primary', c['holm_all']):.3f}")
+        if "holm_primary" in c:
+            return f"{c['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}], p = {c['holm_primary']:.3f}"
+        return f"{c['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}], p = {c['holm_all']:.3f} (secondary: of ten)"
     for arm, placebo in METHODS[:3]:
         for label, name in strata:
             d = load(name)
