@@ -95,7 +95,8 @@ def test_the_verdict_table_gives_holm_adjusted_p_on_the_primary_endpoint():
     assert cells[4] == "-0.077 [-0.112, -0.042], p = 0.188"
     plain = [c.strip() for c in row(table, "lanpo-plain").split("|")]
     d = tables.load("sft_draws_A")["contrasts"]["lanpo-plain - placebo-plain"]["sampled"]
-    assert plain[5].endswith(f"p = {d['holm_all']:.3f}") and d["holm_all"] > d["sign_flip_p"]
+    assert plain[5].endswith(f"p = {d['holm_all']:.3f} (secondary: of ten)") and \
+        d["holm_all"] > d["sign_flip_p"]
 
 
 def test_the_step_mechanism_table_is_the_jsons_mean_over_sft_seeds(monkeypatch):
@@ -158,3 +159,16 @@ def test_the_readmes_quickstart_table_is_the_committed_seed_0_run():
     assert (f"rl-test {run['rl_test_greedy_sft']:.3f} -> {t['rl-test']['zero-shot']['mean@1']:.3f}"
             in readme)
     assert f"{run['rl_test_greedy_sft']:.3f} on the rl families" in readme
+
+
+def test_a_table_pooled_across_machines_gives_no_verdict(monkeypatch):
+    """experiments/ANALYSIS.md: runs of several machines are never pooled for a verdict, so
+    draws_table prints no verdict word where the file says it pools machines."""
+    d = copy.deepcopy(tables.load("sft_draws_C"))
+    plain = tables.draws_table("sampled", "sft_draws_C")
+    assert "| below |" in plain and "none (pooled)" not in plain
+    d["pooled_across_machines"] = ["made on different machines: ..."]
+    monkeypatch.setattr(tables, "load", lambda name: d)
+    pooled = tables.draws_table("sampled", "sft_draws_C")
+    rows = [r for r in pooled.splitlines() if r.startswith("| ") and " / " in r and "SFT" not in r]
+    assert rows and all(r.endswith("| none (pooled) |") for r in rows if "[" in r)
