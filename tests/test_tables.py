@@ -163,6 +163,14 @@ def test_the_readmes_quickstart_table_is_the_committed_seed_0_run():
     assert (f"rl-test {run['rl_test_greedy_sft']:.3f} -> {t['rl-test']['zero-shot']['mean@1']:.3f}"
             in readme)
     assert f"{run['rl_test_greedy_sft']:.3f} on the rl families" in readme
+    sft = run["sft_report"]   # the SFT report that sft.py printed for that model
+    flat = " ".join(readme.split())
+    assert f"**{sft['zero_shot_accuracy']['sft-test']:.3f} on the families it was taught**" in flat
+    assert f"{sft['zero_shot_accuracy']['unseen-test']:.3f} on the unseen ones" in flat
+    assert f"pitfalls-only prompts ({sft['skills']['inter_pitfalls']['matches_target']:.2f}:" \
+        in flat
+    assert all(v["format_ok"] == 1 for v in sft["skills"].values())   # "the expected format"
+    assert [k for k, v in sft["skills"].items() if v["matches_target"] < 1] == ["inter_pitfalls"]
 
 
 def test_a_table_pooled_across_machines_gives_no_verdict(monkeypatch):
