@@ -232,6 +232,23 @@ def killed_run(run_dir, args):
     return run_dir if same and os.path.isdir(os.path.join(run_dir, "checkpoint")) else None
 
 
+def adopt_init(run_dir, init, fingerprint):
+    """A shorter run made from another checkout of this project names its SFT model by that
+    checkout's path, and train.py --resume refuses a changed --init. Where every machine record
+    of the run (made_on.json) shows the same SFT weights (sha256) as this checkout's model, the
+    copy is pointed at this checkout's path: the weights, and so the computation, are the same.
+    Otherwise the copy is left as it is, and train.py refuses it, as it should."""
+    path = os.path.join(run_dir, "config.json")
+    with open(path) as fh:
+        cfg = json.load(fh)
+    made_path = os.path.join(run_dir, "made_on.json")
+    made = json.load(open(made_path)) if os.path.exists(made_path) else []
+    if cfg.get("init") in (None, init) or not fingerprint or not made:
+        return
+    if all(m.get("sft_sha256") == fingerprint for m in made):
+        rundir.atomic_write(path, json.dumps({**cfg, "init": init}))
+
+
 def run_one(suite, arm, flags, sft_seed, seed, args):
     done = finished_run(flags, sft_seed, seed, args)
     if done:
@@ -255,6 +272,7 @@ def run_one(suite, arm, flags, sft_seed, seed, args):
     if start and start != run_dir:
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.copytree(start, run_dir, ignore=shutil.ignore_patterns("eval.json"))
+        adopt_init(run_dir, sft_dir(sft_seed, variant), sft_fingerprint(sft_seed, variant))
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--init", sft_dir(sft_seed, variant),
            "--run-dir", run_dir, "--seed", str(seed), "--steps", str(args.steps),
            "--eval-every", str(args.eval_every),

@@ -116,6 +116,37 @@ def test_a_long_run_continues_its_shorter_run_in_a_copy(arms_dir):
     assert open(os.path.join(d, "metrics.jsonl")).read() == "written by the run of 200 steps\n"
 
 
+def test_a_shorter_run_of_another_checkout_continues_only_from_the_same_sft_weights(
+        arms_dir, monkeypatch):
+    """A 200-step run made from another checkout names its SFT model by that path; the copy that
+    a 600-step run continues is pointed at this checkout's model only when the run's machine
+    records show the same weights (sha256), so train.py --resume accepts it; other weights, or no
+    record, leave the old path, which train.py refuses."""
+    import hashlib
+    root, calls = arms_dir
+    sft = root / "sft"
+    sft.mkdir()
+    (sft / "model.safetensors").write_bytes(b"weights of SFT seed 0")
+    monkeypatch.setattr(R, "sft_dir", lambda seed, variant="": str(sft))
+    same = hashlib.sha256(b"weights of SFT seed 0").hexdigest()
+    for record, adopted in (([{"sft_sha256": same}], True),
+                            ([{"sft_sha256": same}, {"sft_sha256": "other weights"}], False),
+                            ([], False)):
+        short = make_run(root, "controls", "grpo", ["--p-feedback", "0"], 200)
+        cfg = {"steps": 200, "eval_every": 25, "init": "/elsewhere/runs/tiny/sft-seed0"}
+        (root / "runs" / "controls" / "grpo" / "sft0-rl0" / "config.json").write_text(
+            json.dumps(cfg))
+        if record:
+            with open(os.path.join(short, "made_on.json"), "w") as fh:
+                json.dump(record, fh)
+        d = R.run_one("controls", "grpo", ["--p-feedback", "0"], 0, 0, args(600, "long"))
+        got = json.load(open(os.path.join(d, "config.json")))
+        assert got["init"] == (str(sft) if adopted else cfg["init"]), record
+        assert json.load(open(os.path.join(short, "config.json")))["init"] == cfg["init"]
+        import shutil
+        shutil.rmtree(root / "runs")
+
+
 def test_a_killed_run_resumes_in_place_instead_of_starting_over(arms_dir):
     """A 600-step run killed at step 580 (checkpoint, config, no eval.json) is continued where
     it stopped; it is not replaced by a fresh copy of its 200-step run."""
