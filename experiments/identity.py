@@ -13,6 +13,7 @@ final weights.
     python experiments/identity.py --repo . --init /tmp/sft --out after.json \
         --resume-from-old /tmp/before                              # old run directories resume
     python experiments/identity.py --compare before.json after.json
+    python experiments/identity.py --fingerprint RUN_A RUN_B --out same.json   # two runs alike?
 
 The arms cover every path of the step: GRPO, the paper's LANPO (default), plain and corrected
 scoring, the placebo, LoRA, the oracle, the leaky reflection, raw inter-sample attempts and two
@@ -123,9 +124,20 @@ def main():
     ap.add_argument("--resume-from-old", default=None,
                     help="an older checkout whose run directory the code under test resumes")
     ap.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"))
+    ap.add_argument("--fingerprint", nargs="+", metavar="RUN_DIR",
+                    help="only fingerprint these finished run directories (with --out); "
+                         "says whether they computed the same")
     args = ap.parse_args()
     if args.compare:
         sys.exit(0 if compare(*args.compare) else 1)
+    if args.fingerprint:
+        runs = {d: fingerprint(d) for d in args.fingerprint}
+        same = len({json.dumps(fp, sort_keys=True) for fp in runs.values()}) == 1
+        with open(args.out, "w") as f:
+            json.dump({"command": " ".join(["python experiments/identity.py", *sys.argv[1:]]),
+                       "runs": runs, "identical": same}, f, indent=1)
+        print("identical" if same else "DIFFER")
+        sys.exit(0 if same else 1)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=args.repo, capture_output=True,
                             text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
