@@ -237,8 +237,8 @@ def step_mechanism_table(name="step_mechanism", key="own_d_logp"):
              "[t 95%]: prompt / corrected |", "|" + " --- |" * 9]
     for step, r in d["steps"].items():
         m = r["summary"][key]
-        cos = [mt(r["summary"][f"cos({s}, plain)"], scale=1).replace("+", "")
-               for s in ("prompt", "corrected")]
+        cos = [mt(r["summary"][f"cos({s}, plain)"], scale=1).replace("+", "")   # unsigned
+               for s in ("prompt", "corrected")]                             # like a ratio
         lines.append(
             f"| {step} | {len(r['sft_seeds'])} | {mt(m['prompt'])} | {mt(m['plain'])} | "
             f"{mt(m['corrected'])} | {mt(m['prompt - plain'])}, "
