@@ -4,6 +4,7 @@ the README's result paragraph (tests/test_tables.py ties the two).
     python experiments/tables.py [SUITE ...]       # RESULTS.md's tables of each suite
     python experiments/tables.py headline          # the headline tables (controls, long runs)
     python experiments/tables.py draws [NAME]      # every SFT draw (experiments/sft_draws.py)
+    python experiments/tables.py draws LONG SHORT  # ... and the same draws at both lengths
     python experiments/tables.py verdicts          # the README's table, one row per machine
 """
 import json
@@ -337,6 +338,38 @@ def draws_table(what="sampled", name="sft_draws"):
     return "\n".join(lines) + "\n"
 
 
+def two_lengths_table(short="sft_draws_C", long="sft_draws_C_long", what="sampled"):
+    """The same draws at two lengths: per contrast, the 200-step table's values restricted to
+    the SFT seeds of the longer runs (which continue those very runs), then the longer runs'
+    values; each the mean over those seeds with its t interval and the signs (tie band). It
+    says how the 200-step signs develop, not whether they replicate: the runs are the same."""
+    import sft_draws  # its statistics, said once there (it imports torch, which this file need not)
+    s, d = load(short), load(long)
+    if s is None or d is None:
+        return f"(no {long}.json yet: python experiments/sft_draws.py)\n"
+    seeds = sorted(next(iter(d["contrasts"].values()))[what]["by_sft_seed"], key=int)
+    missing = [x for x in seeds if x not in next(iter(s["contrasts"].values()))[what]["by_sft_seed"]]
+    if missing:
+        raise ValueError(f"{short}.json has no SFT seed {', '.join(missing)} of {long}.json")
+    # the longer runs' length: the last step of their learned-by counts
+    steps = [k for k in next(iter(next(iter(d["learned_by"].values())).values()))
+             if k not in ("runs", "sft_seeds")][-1]
+
+    def cell(c):
+        lo, hi = c["t95"]
+        return (f"{c['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+                f"{c['positive']} / {c['zero']} / {c['negative']}")
+    lines = [f"{ENDPOINT_NAMES[what]}, SFT seeds {', '.join(seeds)} (mean over SFT seeds "
+             "[t 95%], then + / 0 / - with the tie band):", "",
+             f"| contrast | step 200: mean | + / 0 / - | step {steps}: mean | + / 0 / - |",
+             "| --- | --- | --- | --- | --- |"]
+    for k, v in d["contrasts"].items():
+        at200 = sft_draws.over_seeds({int(x): s["contrasts"][k][what]["by_sft_seed"][x]
+                                      for x in seeds})
+        lines.append(f"| {k} | {cell(at200)} | {cell(v[what])} |")
+    return "\n".join(lines) + "\n"
+
+
 def verdict_table(strata):
     """The README's result table: per arm of the primary contrasts and per stratum, the primary
     endpoint with its t interval over SFT seeds, minus GRPO and minus its placebo (paired, one
@@ -518,6 +551,9 @@ if __name__ == "__main__":
         print(draws_table("sampled", name))
         for what in ("greedy", "auc"):
             print(draws_table(what, name).split("\n\nShare")[0])
+        if len(sys.argv) > 3:   # draws LONG SHORT: the same draws at the two lengths
+            for what in ("sampled", "greedy"):
+                print(two_lengths_table(sys.argv[3], name, what))
         sys.exit()
     if sys.argv[1:2] == ["mechanism"]:   # the mechanism: the run's own step, then the probe
         for key in ("own_d_logp", "own_d_p_procedure"):

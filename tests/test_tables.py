@@ -6,6 +6,8 @@ import copy
 import os
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import sft_draws as D  # noqa: E402
@@ -184,3 +186,30 @@ def test_a_table_pooled_across_machines_gives_no_verdict(monkeypatch):
     pooled = tables.draws_table("sampled", "sft_draws_C")
     rows = [r for r in pooled.splitlines() if r.startswith("| ") and " / " in r and "SFT" not in r]
     assert rows and all(r.endswith("| none (pooled) |") for r in rows if "[" in r)
+
+
+def test_the_two_lengths_table_reads_the_short_runs_on_the_long_runs_seeds_only(monkeypatch):
+    """The 600-step runs continue five of the 200-step table's ten SFT seeds: the step-200
+    column is over those five seeds, not the ten, and a long table whose seeds the short one
+    lacks is refused."""
+    short = copy.deepcopy(tables.load("sft_draws_C"))
+    long_ = copy.deepcopy(short)
+    five = ["10", "11", "12", "13", "14"]
+    for c in long_["contrasts"].values():
+        for e in c.values():
+            e.update(D.over_seeds({int(k): e["by_sft_seed"][k] + 0.5 for k in five}))
+    for arm in long_["learned_by"].values():
+        for fam in arm.values():
+            fam["600"] = 1.0
+    monkeypatch.setattr(tables, "load", lambda name: {"short": short, "long": long_}[name])
+    table = tables.two_lengths_table("short", "long", "sampled")
+    assert "step 600: mean" in table
+    c = short["contrasts"]["lanpo - grpo"]["sampled"]["by_sft_seed"]
+    five_mean = sum(c[k] for k in five) / 5
+    assert abs(five_mean - sum(c.values()) / len(c)) > 0.001   # the two would differ
+    r = row(table, "lanpo - grpo").split(" | ")
+    assert r[1].startswith(f"{five_mean:+.3f} [")
+    assert r[3].startswith(f"{five_mean + 0.5:+.3f} [")
+    del short["contrasts"]["lanpo - grpo"]["sampled"]["by_sft_seed"]["12"]
+    with pytest.raises(ValueError, match="no SFT seed 12"):
+        tables.two_lengths_table("short", "long", "sampled")
