@@ -213,3 +213,18 @@ def test_the_two_lengths_table_reads_the_short_runs_on_the_long_runs_seeds_only(
     del short["contrasts"]["lanpo - grpo"]["sampled"]["by_sft_seed"]["12"]
     with pytest.raises(ValueError, match="no SFT seed 12"):
         tables.two_lengths_table("short", "long", "sampled")
+
+
+def test_results_quotes_stratum_cs_600_step_tables():
+    """RESULTS.md's 600-step tables of stratum C are `python experiments/tables.py draws
+    sft_draws_C_long sft_draws_C` from the committed JSON, row for row: every endpoint's
+    per-seed table, the learned-by shares at steps 50-600, and the two lengths side by side."""
+    with open(os.path.join(ROOT, "RESULTS.md")) as f:
+        results = f.read().splitlines()
+    tabs = [tables.draws_table(what, "sft_draws_C_long") for what in ("sampled", "greedy", "auc")]
+    tabs += [tables.two_lengths_table("sft_draws_C", "sft_draws_C_long", what)
+             for what in ("sampled", "greedy")]
+    rows = [r for t in tabs for r in t.splitlines() if r.startswith("| ") and "---" not in r]
+    assert len(rows) >= 3 * 11 + 8 + 2 * 11
+    for r in rows:
+        assert r in results, r
