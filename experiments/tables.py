@@ -339,21 +339,23 @@ def draws_table(what="sampled", name="sft_draws"):
 
 
 def two_lengths_table(short="sft_draws_C", long="sft_draws_C_long", what="sampled"):
-    """The same draws at two lengths: per contrast, the 200-step table's values restricted to
-    the SFT seeds of the longer runs (which continue those very runs), then the longer runs'
+    """The same draws at two lengths: per contrast, the shorter runs' values restricted to the
+    SFT seeds of the longer runs (which continue those very runs), then the longer runs'
     values; each the mean over those seeds with its t interval and the signs (tie band). It
-    says how the 200-step signs develop, not whether they replicate: the runs are the same."""
+    says how the shorter runs' signs develop, not whether they replicate: the runs are the same."""
     import sft_draws  # its statistics, said once there (it imports torch, which this file need not)
     s, d = load(short), load(long)
     if s is None or d is None:
         return f"(no {long}.json yet: python experiments/sft_draws.py)\n"
     seeds = sorted(next(iter(d["contrasts"].values()))[what]["by_sft_seed"], key=int)
-    missing = [x for x in seeds if x not in next(iter(s["contrasts"].values()))[what]["by_sft_seed"]]
+    missing = sorted({x for c in s["contrasts"].values() for x in seeds
+                      if x not in c[what]["by_sft_seed"]}, key=int)
     if missing:
         raise ValueError(f"{short}.json has no SFT seed {', '.join(missing)} of {long}.json")
-    # the longer runs' length: the last step of their learned-by counts
-    steps = [k for k in next(iter(next(iter(d["learned_by"].values())).values()))
-             if k not in ("runs", "sft_seeds")][-1]
+
+    def length(summary):   # the runs' length: the last step of their learned-by counts
+        counts = next(iter(next(iter(summary["learned_by"].values())).values()))
+        return [k for k in counts if k not in ("runs", "sft_seeds")][-1]
 
     def cell(c):
         lo, hi = c["t95"]
@@ -361,7 +363,8 @@ def two_lengths_table(short="sft_draws_C", long="sft_draws_C_long", what="sample
                 f"{c['positive']} / {c['zero']} / {c['negative']}")
     lines = [f"{ENDPOINT_NAMES[what]}, SFT seeds {', '.join(seeds)} (mean over SFT seeds "
              "[t 95%], then + / 0 / - with the tie band):", "",
-             f"| contrast | step 200: mean | + / 0 / - | step {steps}: mean | + / 0 / - |",
+             f"| contrast | step {length(s)}: mean | + / 0 / - "
+             f"| step {length(d)}: mean | + / 0 / - |",
              "| --- | --- | --- | --- | --- |"]
     for k, v in d["contrasts"].items():
         at200 = sft_draws.over_seeds({int(x): s["contrasts"][k][what]["by_sft_seed"][x]
