@@ -463,6 +463,12 @@ def sizes_table(name="sizes"):
         lo, hi = t["slope_95"]
         lines.append(f"- {c}: {t['slope_per_decade']:+.3f} [{lo:+.3f}, {hi:+.3f}], p = "
                      f"{t['permutation_p']:.4f}, Holm {t['holm']:.4f}")
+    pred = d.get("prediction")
+    if pred:
+        lines += ["", "The prediction, by its declared rule (RESULTS.md, \"The size axis\"):", ""]
+        for where, v in [*pred["by_size"].items(), ("across sizes", pred["across_sizes"])]:
+            lines.append(f"- {where}: {v['status']}"
+                         + (f" ({'; '.join(v['reasons'])})" if v["reasons"] else ""))
     return "\n".join(lines) + "\n"
 
 

@@ -127,6 +127,56 @@ def test_the_table_and_figure_from_two_sizes(tmp_path, monkeypatch):
     assert len(rows) == 3 and rows[1].startswith("| h128-l3 | 0.66M | 5 | 0.800")
     assert "-0.088 [" in rows[1] and "0/0/5" in rows[1]   # lanpo - grpo: -0.1 + 0.001 x 12
     assert "+0.012 [" in rows[2] and "5/0/0" in rows[2]
+    # and the prediction's verdict by its rule: above GRPO on all five at 384 x 6 fails it
+    table = tables.sizes_table()
+    assert "- h128-l3: known" in table
+    assert "- h384-l6: fails (below GRPO on 0 of 5 SFT seeds (fewer than 4)" in table
+
+
+def prediction_of(rows, slope_95=(-0.05, 0.05)):
+    """sizes.prediction of sizes {name: (GRPO mean, paper - GRPO per seed, {step: (ratio,
+    readable)})}."""
+    out = {"sizes": {}, "trend": {"lanpo - grpo": {"slope_95": list(slope_95)}}}
+    for size, (grpo, diffs, mech) in rows.items():
+        out["sizes"][size] = {
+            "arms": {"grpo": {"mean": grpo}},
+            "contrasts": {"lanpo - grpo": D.over_seeds(dict(zip(range(10, 15), diffs)))},
+            "mechanism": {step: {"prompt - plain": {"ratio_of_means": ratio},
+                                 "ratio_readable": readable}
+                          for step, (ratio, readable) in mech.items()}}
+    return S.prediction(out)
+
+
+def test_the_prediction_is_checked_by_its_declared_rule():
+    below = [-0.08, -0.05, -0.1, -0.02, -0.06]
+    ok = {"25": (0.2, True), "200": (0.3, True)}
+    p = prediction_of({S.BASE: (0.8, [0.1] * 5, {}), "h256-l4": (0.8, below, ok)})
+    assert p["by_size"][S.BASE]["status"] == "known"   # written after its draws: not a test
+    assert p["by_size"]["h256-l4"] == {"status": "holds", "reasons": []}
+    assert p["across_sizes"]["status"] == "holds"
+    # three of five below (one level within the tie band of one problem, one above): fails
+    three = [-0.08, -0.05, -0.1, 0.004, 0.03]
+    got = prediction_of({"h256-l4": (0.8, three, ok)})["by_size"]["h256-l4"]
+    assert got["status"] == "fails" and "on 3 of 5" in got["reasons"][0]
+    # four below but a mean above 0: fails on the mean alone
+    got = prediction_of({"h256-l4": (0.8, [-0.01] * 4 + [0.2], ok)})["by_size"]["h256-l4"]
+    assert got["status"] == "fails" and got["reasons"] == [
+        "the mean of the paper's algorithm minus GRPO is above 0 (+0.032)"]
+    # a ratio above 0.5 fails it where the ratio is read, and only there
+    got = prediction_of({"h256-l4": (0.8, below, {"25": (0.2, True), "200": (0.6, True)})})
+    assert got["by_size"]["h256-l4"]["reasons"] == [
+        "the ratio of zero-shot gains is 0.60 at step 200 (above 0.5)"]
+    got = prediction_of({"h256-l4": (0.8, below, {"25": (0.9, False), "200": (0.3, True)})})
+    assert got["by_size"]["h256-l4"]["status"] == "holds"
+    # GRPO at the ceiling: untested, though the contrast would fail it
+    got = prediction_of({"h256-l4": (0.96, [0.0] * 5, ok)})["by_size"]["h256-l4"]
+    assert got["status"] == "untested" and "ceiling" in got["reasons"][0]
+    # four seeds only: untested, not judged on four
+    got = prediction_of({"h256-l4": (0.8, below[:4], ok)})["by_size"]["h256-l4"]
+    assert got["status"] == "untested"
+    # across sizes: the slope's interval above 0 fails it; one that holds 0 does not
+    assert prediction_of({}, (0.01, 0.12))["across_sizes"]["status"] == "fails"
+    assert prediction_of({}, (-0.01, 0.12))["across_sizes"]["status"] == "holds"
 
 
 def test_the_mechanism_by_size_uses_the_size_axis_seeds_only(tmp_path, monkeypatch):
