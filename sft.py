@@ -89,21 +89,23 @@ HELDOUT_ROWS_PER_BATCH = 4
 
 
 def length_bucketed_batches(encoded, batch_size, rng, bucket=8):
-    """Random batches of similar length: draw bucket x batch_size examples, sort them by length,
-    cut into batches, shuffle the batches. Padding then costs little (summarize prompts are
-    three times longer than solve prompts) while every batch still mixes skills."""
+    """Random batches of similar length, as lists of indices into `encoded`: draw bucket x
+    batch_size examples, sort them by length, cut into batches, shuffle the batches. Padding
+    then costs little (summarize prompts are three times longer than solve prompts) while every
+    batch still mixes skills."""
     idx = [rng.randrange(len(encoded)) for _ in range(bucket * batch_size)]
     idx.sort(key=lambda i: len(encoded[i][0]))
-    batches = [[encoded[i] for i in idx[j:j + batch_size]] for j in range(0, len(idx), batch_size)]
+    batches = [idx[j:j + batch_size] for j in range(0, len(idx), batch_size)]
     rng.shuffle(batches)
     return batches
 
 
 def train_sft(model, tok, train_enc, val_enc, steps, batch_size, lr, warmup, device, seed,
-              log_every=100, chunk_tokens=M.LOSS_CHUNK_TOKENS, threads=None):
+              log_every=100, chunk_tokens=M.LOSS_CHUNK_TOKENS, threads=None, checkpoint=None):
     """AdamW with linear warmup and cosine decay; a held-out loss every `log_every` steps.
     `chunk_tokens`: see batch_loss (0: the whole batch's logits at once). `threads`: a
-    config.Threads to follow the machine's load with."""
+    config.Threads to follow the machine's load with. `checkpoint`: a rundir.SFTCheckpoint to
+    save to and resume from."""
     rng = random.Random(seed)
     params = lora.trainable(model)   # every weight, or with LoRA the adapters only
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -112,18 +114,19 @@ def train_sft(model, tok, train_enc, val_enc, steps, batch_size, lr, warmup, dev
         opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) *
         0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
     model.train()
-    history = []
-    bar = progress.bar(range(steps), "sft", steps)
-    batches = []
+    start, batches, history, (t_train, t_heldout) = 0, [], [], (0.0, 0.0)
+    resumed = checkpoint.restore(model, opt, sched, rng) if checkpoint else None
+    if resumed:   # a killed run's weights, moments, schedule, batches and random streams
+        start, batches, history, (t_train, t_heldout) = resumed
+    bar = progress.bar(range(start, steps), "sft", steps, initial=start)
     M.peak_memory(device)   # from here: the training steps' peak
-    t_train = t_heldout = 0.0
     t = time.perf_counter()
     for step in bar:
         if threads:
             threads.follow()   # on the CPU: the cores other programs leave free
         if not batches:
             batches = length_bucketed_batches(train_enc, batch_size, rng)
-        batch = collate(batches.pop(), tok.pad_token_id, device)
+        batch = collate([train_enc[i] for i in batches.pop()], tok.pad_token_id, device)
         loss = M.batch_loss(model, batch, chunk_tokens)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -144,6 +147,9 @@ def train_sft(model, tok, train_enc, val_enc, steps, batch_size, lr, warmup, dev
             history.append({**row, "t_train": round(t_train, 2), "t_heldout": round(t_heldout, 2)})
             bar.set_postfix(loss=f"{loss.item():.3f}", heldout=f"{val:.3f}")
             t = time.perf_counter()
+        if checkpoint:
+            checkpoint.save(step + 1, model, opt, sched, rng, batches, history,
+                            (t_train + time.perf_counter() - t, t_heldout))
     model.eval()
     return history
 
@@ -204,10 +210,13 @@ def main(argv=None):
     n_val = max(1, len(examples) // 20) if len(examples) > 1 else 0
     val, train = examples[:n_val], examples[n_val:]
     enc = lambda exs: encode_examples(tok, exs, args.max_len)   # noqa: E731
+    checkpoint = rundir.SFTCheckpoint(args.out, args.checkpoint_every, args.steps, vars(args),
+                                      args.resume)
     with oom_hint("fine-tuning", "lower --batch-size or --max-len, or pass --grad-checkpointing"):
         history = train_sft(model, tok, enc(train), enc(val) or enc(train[:1]), args.steps,
                             args.batch_size, args.lr, args.warmup, device, args.seed,
-                            chunk_tokens=args.loss_chunk_tokens, threads=threads)
+                            chunk_tokens=args.loss_chunk_tokens, threads=threads,
+                            checkpoint=checkpoint)
     lora.save_model(model, tok, args.out)   # with LoRA: adapters merged into plain weights
     if args.preset != "tiny":
         # The seed data the model was trained on, beside it (saving replaced the directory,

@@ -10,7 +10,8 @@ guards what the redesign moved or rewrote: the controls' seam, the paper's path 
 rank-0 writer and resume, the update's sums over ranks, the SFT split and --help; the N list
 --compile, resume after a final evaluation, the smoke script, experiments/sft_draws.py, the
 real-data placebo's bank; the G list the GPU sampler (--compile's probe, shapes, grouped heads, the
-bf16 copy, the plan and the smoke check), the context object and the layout.
+bf16 copy, the plan and the smoke check), the context object and the layout; the S list a killed
+SFT's resume and the size axis' prediction check.
 """
 import json
 import os
@@ -110,6 +111,13 @@ MUT = [
  ("G09 rundir imports the pool again", "support/rundir.py", "        start, pool = 0, pool_class()\n", "        from pool import Pool\n        start, pool = 0, pool_class()\n", "tests/test_layout.py"),
  ("G10 the placebo run shows the paper's contexts", "support/controls.py", 'if args.feedback in ("placebo", "oracle") or', 'if args.feedback in ("oracle",) or', TC),
  ("G11 the VRAM table drifts from the plan", "experiments/memory_plan.py", '            cells = ["fits" if fits(worst, c) else "no" for c in TABLE_CARDS]', '            cells = ["fits" for c in TABLE_CARDS]', "tests/test_memory_plan.py -k vram"),
+ ("S1 a resumed SFT forgets AdamW's moments", "support/rundir.py", '        opt.load_state_dict(state["optimizer"])\n        sched', "        sched", "tests/test_sft.py -k killed"),
+ ("S2 a resumed SFT draws its batches anew", "sft.py", "        start, batches, history, (t_train, t_heldout) = resumed", "        start, _, history, (t_train, t_heldout) = resumed", "tests/test_sft.py -k killed"),
+ ("S3 a resumed SFT restarts its schedule", "support/rundir.py", '        sched.load_state_dict(state["schedule"])\n', "", "tests/test_sft.py -k killed"),
+ ("S4 a resumed SFT's batch stream restarts", "support/rundir.py", '        set_rng_state(py_rng, state["rng"])\n', "", "tests/test_sft.py -k killed"),
+ ("S5 run_arms starts a killed SFT over", "experiments/run_arms.py", '"--overwrite", "--resume", *SFT_VARIANTS', '"--overwrite", *SFT_VARIANTS', "tests/test_sizes.py -k width_scaled"),
+ ("S6 the size prediction ignores the ceiling", "experiments/sizes.py", "        if grpo >= CEILING:", "        if grpo > 1:", "tests/test_sizes.py -k prediction"),
+ ("S7 the size prediction reads an unread ratio", "experiments/sizes.py", 'if m["ratio_readable"] and ratio is not None and ratio > RATIO_LIMIT:', "if ratio is not None and ratio > RATIO_LIMIT:", "tests/test_sizes.py -k prediction"),
 ]
 
 

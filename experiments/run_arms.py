@@ -125,16 +125,17 @@ def sft_dir(sft_seed, variant=""):
 
 
 def ensure_sft(sft_seed, variant=""):
-    """The SFT model of this seed (and variant), made if missing (one torch thread)."""
+    """The SFT model of this seed (and variant), made if missing (one torch thread); a killed
+    SFT goes on from its checkpoint."""
     out = sft_dir(sft_seed, variant)
     if os.path.exists(os.path.join(out, "sft_report.json")):
         return out
     cmd = [sys.executable, os.path.join(ROOT, "sft.py"), "--seed", str(sft_seed), "--out", out,
-           "--overwrite", *SFT_VARIANTS[variant]]
+           "--overwrite", "--resume", *SFT_VARIANTS[variant]]
     env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
     t = time.time()
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out + ".log", "w") as log:
+    with open(out + ".log", "a") as log:   # a resumed SFT's log follows the killed one's
         rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     print(f"sft seed {sft_seed} {variant}: exit {rc} in {time.time() - t:.0f} s", flush=True)
     if rc != 0:

@@ -441,7 +441,13 @@ def sft_parser():
     a("--seed-data", default=None,
       help="your own seed data: JSONL of {prompt, response}; skips bootstrapping")
     a("--out", default=None, help="output directory (default runs/<preset>/sft)")
-    a("--overwrite", action="store_true", help="replace an existing output dir")
+    a("--overwrite", action="store_true", help="replace an existing output dir (with --resume: "
+      "only where it holds no checkpoint to continue from)")
+    a("--resume", action="store_true",
+      help="continue a killed SFT from <out>/checkpoint (the same flags); without one, start "
+           "from step 0")
+    a("--checkpoint-every", type=int, default=100,
+      help="optimizer steps between checkpoints in <out>/checkpoint (0: none)")
     a("--skills", default="solve,feedback,reflect,summarize",
       help="tiny: which seed skills to generate (--skills solve: no skill seeding)")
     a("--examples", type=int, default=None, help="tiny: seed examples to generate")
@@ -507,8 +513,13 @@ def resolve_sft(args):
         raise UserError("--lr must be positive")
     if args.loss_chunk_tokens < 0:
         raise UserError("--loss-chunk-tokens must not be negative (0: no chunks)")
-    # An output directory that holds only an interrupted bootstrap is continued, not refused.
-    held = set(os.listdir(args.out)) - {BOOTSTRAP_FILE} if os.path.isdir(args.out) else set()
+    if args.checkpoint_every < 0:
+        raise UserError("--checkpoint-every must not be negative (0: no checkpoints)")
+    # An output directory that holds only an interrupted bootstrap is continued, not refused;
+    # with --resume, so is one that holds an interrupted SFT's checkpoint.
+    held = {n for n in os.listdir(args.out) if n != BOOTSTRAP_FILE and not (
+        args.resume and n.lstrip(".").startswith(rundir.CHECKPOINT))} \
+        if os.path.isdir(args.out) else set()
     if held and not args.overwrite:
         raise UserError(f"{args.out} already holds an SFT model; pass --overwrite to replace it")
     return args

@@ -9,7 +9,8 @@ training never loses work:
   optimizer, every random stream (Python's, torch's CPU and CUDA ones), the step, the counters
   and the experience pool;
 - on resume the JSONL logs are cut back to the checkpoint's step (no duplicates, no holes), and a
-  config that would change what the run computes is refused.
+  config that would change what the run computes is refused;
+- sft.py's loop checkpoints too (SFTCheckpoint), so a killed SFT continues where it stopped.
 """
 import json
 import os
@@ -163,6 +164,70 @@ def load_state(ckpt: str) -> dict:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"cannot read {path} ({first[:120]}): the checkpoint is damaged; restore "
                         f"it, or delete {ckpt} to start the run again") from None
+
+
+class SFTCheckpoint:
+    """sft.py's checkpoint/, inside its output directory, every `every` optimizer steps (0:
+    never): the trainable weights (with LoRA, the adapters), the optimizer and the schedule,
+    every random stream, the batches still to come, the history so far and the flags. Saving
+    the finished model replaces the whole directory, and with it the checkpoint. With `resume`,
+    `restore` puts a checkpoint back in place, so the resumed run computes what the uninterrupted
+    one would have; the flags that change nothing computed may differ (RESUMABLE_SFT)."""
+
+    RESUMABLE_SFT = {"resume", "overwrite", "device", "threads", "checkpoint_every"}
+
+    def __init__(self, out_dir: str, every: int, steps: int, flags: dict, resume: bool):
+        self.out_dir, self.every, self.steps, self.resume = out_dir, every, steps, resume
+        self.flags = {k: v for k, v in flags.items() if k not in self.RESUMABLE_SFT}
+        self.saved_step = None
+        on_interrupt(self.interrupted)
+
+    def interrupted(self) -> str:
+        if self.saved_step is None:
+            return f"; no SFT checkpoint yet in {self.out_dir}"
+        return (f"; the SFT checkpoint of step {self.saved_step} is kept; go on with the same "
+                "command and --resume")
+
+    def restore(self, model, opt, sched, py_rng):
+        """(step, batches to come, history, timings) of the checkpoint put in place, or None:
+        not resuming, or no checkpoint yet (then the run starts from step 0)."""
+        ckpt = find_checkpoint(self.out_dir) if self.resume else None
+        if ckpt is None:
+            if self.resume:
+                print(f"no SFT checkpoint in {self.out_dir} yet: starting from step 0")
+            return None
+        state = load_state(ckpt)
+        changed = sorted(k for k in self.flags.keys() | state["flags"].keys()
+                         if self.flags.get(k) != state["flags"].get(k))
+        if changed:
+            raise UserError("--resume with flags that change what the SFT computes: " + ", ".join(
+                f"{k} {state['flags'].get(k)!r} -> {self.flags.get(k)!r}" for k in changed))
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in state["weights"].items():
+                params[name].copy_(value)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["schedule"])
+        set_rng_state(py_rng, state["rng"])
+        self.saved_step = state["step"]
+        print(f"resumed the SFT from step {state['step']} ({ckpt})")
+        return state["step"], state["batches"], state["history"], state["timings"]
+
+    def save(self, step, model, opt, sched, py_rng, batches, history, timings):
+        """After optimizer step `step`: write checkpoint/ atomically when `every` divides it
+        (the last step writes none: the finished model follows)."""
+        if not self.every or step % self.every or step >= self.steps:
+            return
+        weights = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+        def write(tmp):
+            os.makedirs(tmp)
+            torch.save({"step": step, "weights": weights, "optimizer": opt.state_dict(),
+                        "schedule": sched.state_dict(), "rng": rng_state(py_rng),
+                        "batches": batches, "history": history, "timings": timings,
+                        "flags": self.flags}, os.path.join(tmp, "state.pt"))
+        atomic_dir(os.path.join(self.out_dir, CHECKPOINT), write)
+        self.saved_step = step
 
 
 # --- The run directory ----------------------------------------------------------------------

@@ -3,6 +3,7 @@ import json
 import math
 
 import pytest
+import safetensors.torch
 import torch
 
 import sft
@@ -91,6 +92,49 @@ def test_sft_main_end_to_end(tmp_path, monkeypatch):
     # a second run refuses to overwrite
     with pytest.raises(UserError, match="--overwrite"):
         sft.main(["--out", str(out), "--steps", "1"])
+
+
+def test_a_killed_sft_resumes_to_the_model_an_uninterrupted_one_makes(tmp_path, monkeypatch):
+    """Killed in step 7 of 12 with a checkpoint at step 5, `--resume` makes the same weights and
+    report as the run that was never stopped (its batches, moments, schedule and random streams
+    all put back: 8 batches are drawn at a time, so steps 6-8 use the checkpoint's and step 9
+    draws anew), and refuses flags that would change what it computes."""
+    flags = ["--steps", "12", "--examples", "300", "--hidden", "32", "--layers", "1",
+             "--batch-size", "8", "--max-new-tokens", "4", "--eval-limit", "8", "--threads", "1",
+             "--checkpoint-every", "5", "--lr", "1e-2", "--warmup", "2"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    sft.main(["--out", str(whole), *flags])
+    assert not (whole / "checkpoint").exists()   # the finished model replaced it
+    real, calls = M.batch_loss, []
+
+    def killed_at_step_7(*a, **k):
+        calls.append(1)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(M, "batch_loss", killed_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        sft.main(["--out", str(cut), *flags])
+    monkeypatch.setattr(M, "batch_loss", real)
+    assert torch.load(cut / "checkpoint" / "state.pt", weights_only=False)["step"] == 5
+    with pytest.raises(UserError, match="--overwrite"):   # not resuming: refused, kept
+        sft.main(["--out", str(cut), *flags])
+    with pytest.raises(UserError, match="lr 0.01 -> 0.02"):
+        sft.main(["--out", str(cut), "--resume", *flags, "--lr", "2e-2"])
+    from support import config
+    steps = []   # the thread count is followed once per training step: steps 6-12 only
+    monkeypatch.setattr(config.Threads, "follow", lambda self: steps.append(1))
+    sft.main(["--out", str(cut), "--resume", *flags])
+    assert len(steps) == 7
+    a, b = (safetensors.torch.load_file(d / "model.safetensors") for d in (whole, cut))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def computed(d):   # the report less the machine's timings
+        r = json.loads((d / "sft_report.json").read_text())
+        return {k: v for k, v in r.items() if not k.startswith("seconds")} | {
+            "history": [{k: v for k, v in h.items() if not k.startswith("t_")}
+                        for h in r["history"]]}
+    assert computed(cut) == computed(whole)
 
 
 def test_user_seed_data_errors(tmp_path):

@@ -35,6 +35,7 @@ def test_a_size_is_made_by_its_sft_flags_with_the_width_scaled_lr(tmp_path, monk
                                                 "--steps")}
     assert flag == {"--seed": "12", "--hidden": "384", "--layers": "6", "--lr": "0.001",
                     "--steps": str(R.SIZES["h384-l6"][2])}
+    assert "--resume" in cmd   # a killed SFT (54 min at 384 x 6) goes on, not over
     # every arm of a sized suite reads its SFT model of that size; the base size has no variant
     assert R.split_flags(R.SUITES["sizes"]["placebo"] + ["--sft-variant", "h256-l4"]) == \
         (["--feedback", "placebo"], "h256-l4")
