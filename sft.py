@@ -210,13 +210,13 @@ def main(argv=None):
     n_val = max(1, len(examples) // 20) if len(examples) > 1 else 0
     val, train = examples[:n_val], examples[n_val:]
     enc = lambda exs: encode_examples(tok, exs, args.max_len)   # noqa: E731
-    checkpoint = rundir.SFTCheckpoint(args.out, args.checkpoint_every, args.steps, vars(args),
-                                      args.resume)
+    checkpoint = rundir.SFTCheckpoint(args.out, args.checkpoint_every, args.steps,
+                                      {**vars(args), "device_used": device.type}, args.resume)
     with oom_hint("fine-tuning", "lower --batch-size or --max-len, or pass --grad-checkpointing"):
         history = train_sft(model, tok, enc(train), enc(val) or enc(train[:1]), args.steps,
                             args.batch_size, args.lr, args.warmup, device, args.seed,
-                            chunk_tokens=args.loss_chunk_tokens, threads=threads,
-                            checkpoint=checkpoint)
+                            log_every=args.log_every, chunk_tokens=args.loss_chunk_tokens,
+                            threads=threads, checkpoint=checkpoint)
     lora.save_model(model, tok, args.out)   # with LoRA: adapters merged into plain weights
     if args.preset != "tiny":
         # The seed data the model was trained on, beside it (saving replaced the directory,
@@ -230,6 +230,7 @@ def main(argv=None):
         accuracy, skills = E.sft_report(model, tok, eval_sets, val, args.max_new_tokens,
                                         args.sample_micro_batch)
     report = {"seconds": round(time.time() - t0, 1), "seconds_setup": setup_seconds,
+              "resumed_from_step": checkpoint.resumed_from,   # seconds: this process's only
               "peak_gpu_gib_setup": setup_peak, "seed_examples": counts,
               "zero_shot_accuracy": accuracy, "skills": skills, "history": history}
     rundir.atomic_write(os.path.join(args.out, "sft_report.json"), json.dumps(report, indent=1))

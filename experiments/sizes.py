@@ -223,18 +223,25 @@ def mechanism(size, sft_seeds):
 # by (RESULTS.md, "The size axis"; ANALYSIS.md's ceiling): at a size where GRPO ends below the
 # ceiling it fails if the paper's algorithm is below GRPO (beyond the tie band) on fewer than
 # four of the five SFT seeds, or their mean is above 0, or the ratio of zero-shot gains exceeds
-# 0.5 at a checkpoint where it is read; across sizes it fails if the slope's interval lies
+# 0.5 at step 25 or 200 where it is read; across sizes it fails if the slope's interval lies
 # above 0. The base size's draws were known when it was written: restated there, not tested.
+# Decided here where the text is silent (before any larger size was tabulated): a GRPO mean of
+# exactly 0.95 is not "below" it; a size without its five SFT seeds is untested; the slope is
+# judged only once every size is in, and a slope above 0 that a size at the ceiling could have
+# made (its contrasts squeezed towards 0) leaves the prediction untested, not failed.
 CEILING = 0.95
 RATIO_LIMIT = 0.5
+MECHANISM_STEPS = ("25", "200")
 BELOW_AT_LEAST = 4   # of the five SFT seeds
 PREDICTION_SEEDS = 5
 
 
 def prediction(out):
-    """{"by_size": {size: {"status", "reasons"}}, "across_sizes": {...}}: the prediction checked
-    by its declared rule; status "holds", "fails", "untested" (GRPO at the ceiling, or the
-    size's runs incomplete) or "known" (the base size)."""
+    """{"by_size": {size: {"status", "reasons", "not_read"}}, "across_sizes": {"status",
+    "reasons"}}: the prediction checked by its declared rule. status: "holds", "fails",
+    "untested" (GRPO at the ceiling, a size without its five SFT seeds) or "known" (the base
+    size); not_read: the mechanism's checkpoints where its ratio could not be read (not
+    measured, or plain's own gain not shown above 0), so that part of the rule was not tested."""
     by_size = {}
     for size, r in out["sizes"].items():
         c, grpo = r["contrasts"].get("lanpo - grpo"), r["arms"]["grpo"]["mean"]
@@ -242,38 +249,56 @@ def prediction(out):
             by_size[size] = {"status": "known", "reasons": [
                 "its draws were known when the prediction was written: restated, not tested"]}
             continue
-        if c is None or c["n_sft_seeds"] < PREDICTION_SEEDS:
-            n = c["n_sft_seeds"] if c else 0
+        if c is None or c["n_sft_seeds"] != PREDICTION_SEEDS:
             by_size[size] = {"status": "untested", "reasons": [
-                f"{n} of {PREDICTION_SEEDS} SFT seeds have both arms"]}
+                f"{c['n_sft_seeds'] if c else 0} SFT seeds have both arms, not "
+                f"{PREDICTION_SEEDS}"]}
             continue
         if grpo >= CEILING:
             by_size[size] = {"status": "untested", "reasons": [
-                f"GRPO at the ceiling ({grpo:.3f} >= {CEILING})"]}
+                f"GRPO at the ceiling ({grpo:.3f}, not below {CEILING})"]}
             continue
-        reasons = []
+        reasons, not_read = [], []
         if c["negative"] < BELOW_AT_LEAST:
             reasons.append(f"below GRPO on {c['negative']} of {c['n_sft_seeds']} SFT seeds "
                            f"(fewer than {BELOW_AT_LEAST})")
         if c["mean"] > 0:
             reasons.append(f"the mean of the paper's algorithm minus GRPO is above 0 "
                            f"({c['mean']:+.3f})")
-        for step, m in sorted((r.get("mechanism") or {}).items(), key=lambda kv: int(kv[0])):
-            ratio = m["prompt - plain"]["ratio_of_means"]
-            if m["ratio_readable"] and ratio is not None and ratio > RATIO_LIMIT:
-                reasons.append(f"the ratio of zero-shot gains is {ratio:.2f} at step {step} "
+        for step in MECHANISM_STEPS:
+            m = (r.get("mechanism") or {}).get(step)
+            if m is None:
+                not_read.append(f"step {step}: not measured")
+            elif not m["ratio_readable"]:
+                not_read.append(f"step {step}: plain's gain not shown above 0")
+            elif m["prompt - plain"]["ratio_of_means"] > RATIO_LIMIT:
+                reasons.append(f"the ratio of zero-shot gains is "
+                               f"{m['prompt - plain']['ratio_of_means']:.2f} at step {step} "
                                f"(above {RATIO_LIMIT})")
-        by_size[size] = {"status": "fails" if reasons else "holds", "reasons": reasons}
-    t = out["trend"].get("lanpo - grpo")
-    if t is None:
-        across = {"status": "untested", "reasons": ["fewer than two sizes"]}
-    elif t["slope_95"][0] > 0:
-        across = {"status": "fails", "reasons": [
-            f"the slope's interval lies above 0 ([{t['slope_95'][0]:+.3f}, "
-            f"{t['slope_95'][1]:+.3f}] per decade): the deficit shrinks with size"]}
-    else:
-        across = {"status": "holds", "reasons": []}
-    return {"by_size": by_size, "across_sizes": across}
+        by_size[size] = {"status": "fails" if reasons else "holds", "reasons": reasons,
+                         "not_read": not_read}
+    return {"by_size": by_size, "across_sizes": across_sizes(out)}
+
+
+def across_sizes(out):
+    """The slope part of the prediction: judged once every size has its five SFT seeds."""
+    c = "lanpo - grpo"
+    missing = [s for s in sizes() if s not in out["sizes"] or out["sizes"][s]["contrasts"].get(
+        c, {}).get("n_sft_seeds") != PREDICTION_SEEDS]
+    if missing:
+        return {"status": "untested", "reasons": [f"not every size is in ({', '.join(missing)})"]}
+    lo, hi = out["trend"][c]["slope_95"]
+    if lo <= 0:
+        return {"status": "holds", "reasons": []}
+    at_ceiling = [s for s, r in out["sizes"].items() if r["arms"]["grpo"]["mean"] >= CEILING]
+    if at_ceiling:
+        return {"status": "untested", "reasons": [
+            f"the slope's interval lies above 0 ([{lo:+.3f}, {hi:+.3f}] per decade), but GRPO "
+            f"is at the ceiling at {', '.join(at_ceiling)}, where every contrast is squeezed "
+            "towards 0"]}
+    return {"status": "fails", "reasons": [
+        f"the slope's interval lies above 0 ([{lo:+.3f}, {hi:+.3f}] per decade): the deficit "
+        "shrinks with size"]}
 
 
 def table(rl_seeds):
@@ -371,7 +396,9 @@ def main():
         for where, v in [*out["prediction"]["by_size"].items(),
                          ("across sizes", out["prediction"]["across_sizes"])]:
             print(f"the prediction at {where}: {v['status']}"
-                  + (f" ({'; '.join(v['reasons'])})" if v["reasons"] else ""))
+                  + (f" ({'; '.join(v['reasons'])})" if v["reasons"] else "")
+                  + (f"; the mechanism not read at {'; '.join(v['not_read'])}"
+                     if v.get("not_read") else ""))
 
 
 if __name__ == "__main__":

@@ -468,7 +468,9 @@ def sizes_table(name="sizes"):
         lines += ["", "The prediction, by its declared rule (RESULTS.md, \"The size axis\"):", ""]
         for where, v in [*pred["by_size"].items(), ("across sizes", pred["across_sizes"])]:
             lines.append(f"- {where}: {v['status']}"
-                         + (f" ({'; '.join(v['reasons'])})" if v["reasons"] else ""))
+                         + (f" ({'; '.join(v['reasons'])})" if v["reasons"] else "")
+                         + (f"; the mechanism not read at {'; '.join(v['not_read'])}"
+                            if v.get("not_read") else ""))
     return "\n".join(lines) + "\n"
 
 

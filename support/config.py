@@ -448,6 +448,7 @@ def sft_parser():
            "from step 0")
     a("--checkpoint-every", type=int, default=100,
       help="optimizer steps between checkpoints in <out>/checkpoint (0: none)")
+    a("--log-every", type=int, default=100, help="optimizer steps between held-out losses")
     a("--skills", default="solve,feedback,reflect,summarize",
       help="tiny: which seed skills to generate (--skills solve: no skill seeding)")
     a("--examples", type=int, default=None, help="tiny: seed examples to generate")
@@ -506,7 +507,8 @@ def resolve_sft(args):
     if bad or not skills:
         raise UserError(f"unknown skill(s) {bad}; choose from {', '.join(curriculum.SKILLS)}")
     args.skills = ",".join(skills)
-    for name in ("steps", "batch_size", "max_len", "max_new_tokens", "sample_micro_batch"):
+    for name in ("steps", "batch_size", "max_len", "max_new_tokens", "sample_micro_batch",
+                 "log_every"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.lr <= 0:

@@ -171,15 +171,18 @@ class SFTCheckpoint:
     never): the trainable weights (with LoRA, the adapters), the optimizer and the schedule,
     every random stream, the batches still to come, the history so far and the flags. Saving
     the finished model replaces the whole directory, and with it the checkpoint. With `resume`,
-    `restore` puts a checkpoint back in place, so the resumed run computes what the uninterrupted
-    one would have; the flags that change nothing computed may differ (RESUMABLE_SFT)."""
+    `restore` puts a checkpoint back in place, so that on the same device with the same thread
+    count the resumed run computes bit for bit what the uninterrupted one would have. Only the
+    flags in RESUMABLE_SFT may differ (`--device auto` and `cpu` may, where both mean the device
+    the checkpoint was made on: `flags` holds the resolved one, device_used); --threads may,
+    although another thread count can change the last digits on a CPU."""
 
-    RESUMABLE_SFT = {"resume", "overwrite", "device", "threads", "checkpoint_every"}
+    RESUMABLE_SFT = {"resume", "overwrite", "device", "threads", "checkpoint_every", "out"}
 
     def __init__(self, out_dir: str, every: int, steps: int, flags: dict, resume: bool):
         self.out_dir, self.every, self.steps, self.resume = out_dir, every, steps, resume
         self.flags = {k: v for k, v in flags.items() if k not in self.RESUMABLE_SFT}
-        self.saved_step = None
+        self.saved_step = self.resumed_from = None
         on_interrupt(self.interrupted)
 
     def interrupted(self) -> str:
@@ -201,15 +204,20 @@ class SFTCheckpoint:
                          if self.flags.get(k) != state["flags"].get(k))
         if changed:
             raise UserError("--resume with flags that change what the SFT computes: " + ", ".join(
-                f"{k} {state['flags'].get(k)!r} -> {self.flags.get(k)!r}" for k in changed))
+                f"{k} {state['flags'].get(k)!r} -> {self.flags.get(k)!r}" for k in changed) +
+                f"; give the flags it was made with, or delete {ckpt} to start again")
         params = dict(model.named_parameters())
+        trainable = {n for n, p in params.items() if p.requires_grad}
+        if set(state["weights"]) != trainable:
+            raise UserError(f"{ckpt} holds other weights than this model trains (LoRA or not, "
+                            f"another model?); delete it to start again")
         with torch.no_grad():
             for name, value in state["weights"].items():
                 params[name].copy_(value)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["schedule"])
         set_rng_state(py_rng, state["rng"])
-        self.saved_step = state["step"]
+        self.saved_step = self.resumed_from = state["step"]
         print(f"resumed the SFT from step {state['step']} ({ckpt})")
         return state["step"], state["batches"], state["history"], state["timings"]
 

@@ -101,40 +101,68 @@ def test_a_killed_sft_resumes_to_the_model_an_uninterrupted_one_makes(tmp_path, 
     draws anew), and refuses flags that would change what it computes."""
     flags = ["--steps", "12", "--examples", "300", "--hidden", "32", "--layers", "1",
              "--batch-size", "8", "--max-new-tokens", "4", "--eval-limit", "8", "--threads", "1",
-             "--checkpoint-every", "5", "--lr", "1e-2", "--warmup", "2"]
+             "--checkpoint-every", "5", "--log-every", "2", "--lr", "1e-2", "--warmup", "2"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     sft.main(["--out", str(whole), *flags])
     assert not (whole / "checkpoint").exists()   # the finished model replaced it
-    real, calls = M.batch_loss, []
+    from support import config
+    steps, killed = [], []   # Threads.follow runs once at the start of every training step
 
-    def killed_at_step_7(*a, **k):
-        calls.append(1)
-        if len(calls) == 7:
+    def killed_in_step_7(self):
+        steps.append(1)
+        if len(steps) == 7 and not killed:
+            killed.append(1)
             raise KeyboardInterrupt
-        return real(*a, **k)
-    monkeypatch.setattr(M, "batch_loss", killed_at_step_7)
+    monkeypatch.setattr(config.Threads, "follow", killed_in_step_7)
     with pytest.raises(KeyboardInterrupt):
         sft.main(["--out", str(cut), *flags])
-    monkeypatch.setattr(M, "batch_loss", real)
-    assert torch.load(cut / "checkpoint" / "state.pt", weights_only=False)["step"] == 5
+    state = torch.load(cut / "checkpoint" / "state.pt", weights_only=False)
+    assert state["step"] == 5 and state["flags"]["device_used"] == "cpu"
     with pytest.raises(UserError, match="--overwrite"):   # not resuming: refused, kept
         sft.main(["--out", str(cut), *flags])
     with pytest.raises(UserError, match="lr 0.01 -> 0.02"):
         sft.main(["--out", str(cut), "--resume", *flags, "--lr", "2e-2"])
-    from support import config
-    steps = []   # the thread count is followed once per training step: steps 6-12 only
-    monkeypatch.setattr(config.Threads, "follow", lambda self: steps.append(1))
+    steps.clear()
     sft.main(["--out", str(cut), "--resume", *flags])
-    assert len(steps) == 7
+    assert len(steps) == 7   # steps 6-12, none again
     a, b = (safetensors.torch.load_file(d / "model.safetensors") for d in (whole, cut))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-    def computed(d):   # the report less the machine's timings
+    def computed(d):   # the report less the machine's timings and where it resumed
         r = json.loads((d / "sft_report.json").read_text())
-        return {k: v for k, v in r.items() if not k.startswith("seconds")} | {
+        return {k: v for k, v in r.items() if not k.startswith(("seconds", "resumed"))} | {
             "history": [{k: v for k, v in h.items() if not k.startswith("t_")}
                         for h in r["history"]]}
     assert computed(cut) == computed(whole)
+    report = json.loads((cut / "sft_report.json").read_text())
+    assert [h["step"] for h in report["history"]] == [2, 4, 6, 8, 10, 12]   # none lost
+    assert report["resumed_from_step"] == 5
+    t = [h["t_train"] for h in report["history"]]
+    assert t == sorted(t)   # the time before the stop is kept, not counted from 0 again
+
+
+def test_an_sft_checkpoint_resumes_only_what_it_holds(tmp_path):
+    """Another device, or a model that trains other weights (LoRA or not), is refused with the
+    way out; another output directory (the checkpoint moved with it) is not."""
+    import random
+    from support import rundir
+
+    def parts(trainable=True):
+        model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+        model[1].requires_grad_(trainable)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+        return model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), random.Random(0)
+    flags = {"lr": 0.01, "out": "a", "device_used": "cpu"}
+    model, opt, sched, rng = parts()
+    rundir.SFTCheckpoint(str(tmp_path), 5, 20, flags, False).save(
+        5, model, opt, sched, rng, [[1, 2]], [], (1.0, 0.0))
+    moved = rundir.SFTCheckpoint(str(tmp_path), 5, 20, flags | {"out": "b"}, True)
+    assert moved.restore(*parts())[:2] == (5, [[1, 2]])
+    with pytest.raises(UserError, match="device_used 'cpu' -> 'cuda'.*delete"):
+        rundir.SFTCheckpoint(str(tmp_path), 5, 20, flags | {"device_used": "cuda"},
+                             True).restore(*parts())
+    with pytest.raises(UserError, match="other weights"):
+        rundir.SFTCheckpoint(str(tmp_path), 5, 20, flags, True).restore(*parts(False))
 
 
 def test_user_seed_data_errors(tmp_path):

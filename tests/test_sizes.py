@@ -132,52 +132,74 @@ def test_the_table_and_figure_from_two_sizes(tmp_path, monkeypatch):
     table = tables.sizes_table()
     assert "- h128-l3: known" in table
     assert "- h384-l6: fails (below GRPO on 0 of 5 SFT seeds (fewer than 4)" in table
+    assert "the mechanism not read at step 25: not measured" in table
+    assert "- across sizes: untested (not every size is in (h256-l4))" in table
 
 
 def prediction_of(rows, slope_95=(-0.05, 0.05)):
-    """sizes.prediction of sizes {name: (GRPO mean, paper - GRPO per seed, {step: (ratio,
-    readable)})}."""
+    """sizes.prediction of sizes {name: (GRPO mean, paper - GRPO per seed (SFT seeds 10 on),
+    {step: (ratio, readable)} or None: not measured)}."""
     out = {"sizes": {}, "trend": {"lanpo - grpo": {"slope_95": list(slope_95)}}}
     for size, (grpo, diffs, mech) in rows.items():
         out["sizes"][size] = {
             "arms": {"grpo": {"mean": grpo}},
-            "contrasts": {"lanpo - grpo": D.over_seeds(dict(zip(range(10, 15), diffs)))},
-            "mechanism": {step: {"prompt - plain": {"ratio_of_means": ratio},
-                                 "ratio_readable": readable}
-                          for step, (ratio, readable) in mech.items()}}
+            "contrasts": {"lanpo - grpo": D.over_seeds(dict(zip(range(10, 20), diffs)))}
+            if diffs else {},
+            "mechanism": None if mech is None else {
+                step: {"prompt - plain": {"ratio_of_means": ratio}, "ratio_readable": readable}
+                for step, (ratio, readable) in mech.items()}}
     return S.prediction(out)
 
 
 def test_the_prediction_is_checked_by_its_declared_rule():
     below = [-0.08, -0.05, -0.1, -0.02, -0.06]
     ok = {"25": (0.2, True), "200": (0.3, True)}
+
+    def at(diffs, mech=ok, grpo=0.8):   # the verdict at 256 x 4
+        return prediction_of({"h256-l4": (grpo, diffs, mech)})["by_size"]["h256-l4"]
     p = prediction_of({S.BASE: (0.8, [0.1] * 5, {}), "h256-l4": (0.8, below, ok)})
     assert p["by_size"][S.BASE]["status"] == "known"   # written after its draws: not a test
-    assert p["by_size"]["h256-l4"] == {"status": "holds", "reasons": []}
-    assert p["across_sizes"]["status"] == "holds"
+    assert p["by_size"]["h256-l4"] == {"status": "holds", "reasons": [], "not_read": []}
     # three of five below (one level within the tie band of one problem, one above): fails
-    three = [-0.08, -0.05, -0.1, 0.004, 0.03]
-    got = prediction_of({"h256-l4": (0.8, three, ok)})["by_size"]["h256-l4"]
+    got = at([-0.08, -0.05, -0.1, 0.004, 0.03])
     assert got["status"] == "fails" and "on 3 of 5" in got["reasons"][0]
     # four below but a mean above 0: fails on the mean alone
-    got = prediction_of({"h256-l4": (0.8, [-0.01] * 4 + [0.2], ok)})["by_size"]["h256-l4"]
-    assert got["status"] == "fails" and got["reasons"] == [
+    assert at([-0.01] * 4 + [0.2])["reasons"] == [
         "the mean of the paper's algorithm minus GRPO is above 0 (+0.032)"]
-    # a ratio above 0.5 fails it where the ratio is read, and only there
-    got = prediction_of({"h256-l4": (0.8, below, {"25": (0.2, True), "200": (0.6, True)})})
-    assert got["by_size"]["h256-l4"]["reasons"] == [
+    # a ratio above 0.5 fails it where the ratio is read, and only there; 0.5 itself does not
+    assert at(below, {"25": (0.2, True), "200": (0.6, True)})["reasons"] == [
         "the ratio of zero-shot gains is 0.60 at step 200 (above 0.5)"]
-    got = prediction_of({"h256-l4": (0.8, below, {"25": (0.9, False), "200": (0.3, True)})})
-    assert got["by_size"]["h256-l4"]["status"] == "holds"
-    # GRPO at the ceiling: untested, though the contrast would fail it
-    got = prediction_of({"h256-l4": (0.96, [0.0] * 5, ok)})["by_size"]["h256-l4"]
-    assert got["status"] == "untested" and "ceiling" in got["reasons"][0]
-    # four seeds only: untested, not judged on four
-    got = prediction_of({"h256-l4": (0.8, below[:4], ok)})["by_size"]["h256-l4"]
-    assert got["status"] == "untested"
-    # across sizes: the slope's interval above 0 fails it; one that holds 0 does not
-    assert prediction_of({}, (0.01, 0.12))["across_sizes"]["status"] == "fails"
-    assert prediction_of({}, (-0.01, 0.12))["across_sizes"]["status"] == "holds"
+    assert at(below, {"25": (0.5, True), "200": (0.3, True)})["status"] == "holds"
+    got = at(below, {"25": (0.9, False), "200": (0.3, True)})
+    assert got["status"] == "holds" and got["not_read"] == [
+        "step 25: plain's gain not shown above 0"]
+    # only steps 25 and 200 are declared: a ratio at step 100 is not part of the test
+    assert at(below, {**ok, "100": (0.9, True)})["status"] == "holds"
+    # the mechanism not measured: that part untested, and said
+    assert at(below, None)["not_read"] == ["step 25: not measured", "step 200: not measured"]
+    # GRPO at the ceiling (0.95 is not below it): untested, though the contrast would fail it
+    for grpo in (0.96, 0.95):
+        got = at([0.0] * 5, grpo=grpo)
+        assert got["status"] == "untested" and "ceiling" in got["reasons"][0]
+    # not the five SFT seeds (four, six, none): untested, not judged on other counts
+    for diffs in (below[:4], below + [-0.05], None):
+        assert at(diffs)["status"] == "untested"
+
+
+def test_the_slope_part_of_the_prediction_waits_for_every_size():
+    below = [-0.08, -0.05, -0.1, -0.02, -0.06]
+    ok = {"25": (0.2, True), "200": (0.3, True)}
+    every = {s: (0.8, below, ok) for s in S.sizes()}
+    assert prediction_of(every)["across_sizes"]["status"] == "holds"
+    assert prediction_of(every, (0.01, 0.12))["across_sizes"]["status"] == "fails"
+    # a size missing, or with four seeds: the slope is not judged yet
+    for missing in ({k: v for k, v in every.items() if k != "h384-l6"},
+                    every | {"h384-l6": (0.8, below[:4], ok)}):
+        got = prediction_of(missing, (0.01, 0.12))["across_sizes"]
+        assert got["status"] == "untested" and "h384-l6" in got["reasons"][0]
+    # a rising slope where GRPO is at the ceiling at a size: untested, not failed
+    got = prediction_of(every | {"h384-l6": (0.97, below, ok)}, (0.01, 0.12))["across_sizes"]
+    assert got["status"] == "untested" and "ceiling at h384-l6" in got["reasons"][0]
 
 
 def test_the_mechanism_by_size_uses_the_size_axis_seeds_only(tmp_path, monkeypatch):
