@@ -2,9 +2,9 @@
 
 Not part of the paper; this is the plumbing that train.py, pool.py and model.py share so that
 training never loses work:
-- every file and directory is written under a temporary name, flushed, then renamed into place
-  (a rename within one directory is atomic on POSIX), so a crash leaves the old version or the
-  new one, never a torn one;
+- every file and directory is written under a temporary name, flushed to the disk, then renamed
+  into place (a rename within one directory is atomic on POSIX), so a crash, even of the
+  machine, leaves the old version or the new one, never a torn one;
 - a checkpoint holds everything a run needs to continue exactly where it stopped: model,
   optimizer, every random stream (Python's, torch's CPU and CUDA ones), the step, the counters
   and the experience pool;
@@ -50,13 +50,37 @@ def atomic_dir(out_dir: str, write):
     try:
         write(tmp)
         _readable(tmp)
+        _synced(tmp)   # on the disk before the rename, or a power cut could keep a torn file
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if os.path.exists(out):
         os.rename(out, old)
     os.rename(tmp, out)
+    _sync(parent)   # the renames themselves
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _sync(path: str):
+    """fsync a file or a directory (where the system lets a directory be opened: not Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _synced(directory: str):
+    """Every file under `directory`, then every directory, flushed to the disk."""
+    for root, dirs, files in os.walk(directory, topdown=False):
+        for name in files:
+            _sync(os.path.join(root, name))
+        _sync(root)
 
 
 def _readable(directory: str):

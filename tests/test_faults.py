@@ -185,3 +185,27 @@ def test_every_file_a_run_writes_has_the_same_mode(tmp_path, tiny_dir):
              for root, _, files in os.walk(tmp_path / "rl") for f in files}
     assert "rl/checkpoint/model.safetensors" in modes and "rl/final/model.safetensors" in modes
     assert len(set(modes.values())) == 1, modes
+
+
+def test_a_directory_reaches_the_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    """atomic_dir flushes every file and directory it wrote before the rename that makes them
+    visible, then the renames themselves: a power cut leaves the old version or the new one."""
+    events, rename = [], os.rename
+    monkeypatch.setattr(rundir, "_sync", lambda p: events.append(("sync", p)))
+    monkeypatch.setattr(rundir.os, "rename", lambda a, b: events.append(("rename", a, b))
+                        or rename(a, b))
+
+    def write(tmp):
+        os.makedirs(os.path.join(tmp, "sub"))
+        for name in ("a.txt", os.path.join("sub", "b.txt")):
+            with open(os.path.join(tmp, name), "w") as f:
+                f.write(name)
+    out = tmp_path / "ckpt"
+    rundir.atomic_dir(str(out), write)
+    (into_place,) = [i for i, e in enumerate(events) if e[0] == "rename" and e[2] == str(out)]
+    tmp = events[into_place][1]
+    synced_before = {e[1] for e in events[:into_place] if e[0] == "sync"}
+    assert {os.path.join(tmp, "a.txt"), os.path.join(tmp, "sub", "b.txt"),
+            os.path.join(tmp, "sub"), tmp} <= synced_before
+    assert events[into_place + 1:] == [("sync", str(tmp_path))]   # the renames, last
+    assert (out / "sub" / "b.txt").read_text() == os.path.join("sub", "b.txt")
