@@ -132,7 +132,9 @@ def ensure_sft(sft_seed, variant=""):
         return out
     cmd = [sys.executable, os.path.join(ROOT, "sft.py"), "--seed", str(sft_seed), "--out", out,
            "--overwrite", "--resume", *SFT_VARIANTS[variant]]
-    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    # progress in the log (a line every 30 s: step, seconds per step, time left), since an SFT
+    # of a larger size runs for an hour with nothing else to show
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"} | {"OMP_NUM_THREADS": "1"}
     t = time.time()
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out + ".log", "a") as log:   # a resumed SFT's log follows the killed one's

@@ -26,9 +26,13 @@ def test_the_sizes_span_more_than_ten_times_the_parameters():
 
 def test_a_size_is_made_by_its_sft_flags_with_the_width_scaled_lr(tmp_path, monkeypatch):
     monkeypatch.setattr(R, "ROOT", str(tmp_path))
-    calls = []
-    monkeypatch.setattr(R.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
+    calls, envs = [], []
+    monkeypatch.setattr(R.subprocess, "call",
+                        lambda cmd, **kw: calls.append(cmd) or envs.append(kw["env"]) or 0)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
     out = R.ensure_sft(12, "h384-l6")
+    # one thread, and the progress lines left on in its log
+    assert envs[0]["OMP_NUM_THREADS"] == "1" and "TQDM_DISABLE" not in envs[0]
     assert out.endswith("sft-seed12-h384-l6")
     cmd = calls[0]
     flag = {k: cmd[cmd.index(k) + 1] for k in ("--seed", "--hidden", "--layers", "--lr",
