@@ -225,10 +225,9 @@ def mechanism(size, sft_seeds):
 # four of the five SFT seeds, or their mean is above 0, or the ratio of zero-shot gains exceeds
 # 0.5 at step 25 or 200 where it is read; across sizes it fails if the slope's interval lies
 # above 0. The base size's draws were known when it was written: restated there, not tested.
-# Decided here where the text is silent (before any larger size was tabulated): a GRPO mean of
-# exactly 0.95 is not "below" it; a size without its five SFT seeds is untested; the slope is
-# judged only once every size is in, and a slope above 0 that a size at the ceiling could have
-# made (its contrasts squeezed towards 0) leaves the prediction untested, not failed.
+# Where the text is silent, ANALYSIS.md's addition of 2026-12-07 (written before any size was
+# tabulated) says what is decided here: exactly 0.95, not five seeds, steps other than 25 and
+# 200, the slope before every size is in or with a size at the ceiling.
 CEILING = 0.95
 RATIO_LIMIT = 0.5
 MECHANISM_STEPS = ("25", "200")
