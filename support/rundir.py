@@ -27,13 +27,14 @@ from support.errors import UserError, on_interrupt
 
 
 def atomic_write(path: str, text: str):
-    """Write a text file: temporary name, fsync, rename."""
+    """Write a text file: temporary name, fsync, rename, fsync of the directory (the rename)."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _sync(os.path.dirname(os.path.abspath(path)))
 
 
 def atomic_dir(out_dir: str, write):

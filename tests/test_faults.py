@@ -209,3 +209,17 @@ def test_a_directory_reaches_the_disk_before_it_is_renamed_into_place(tmp_path, 
             os.path.join(tmp, "sub"), tmp} <= synced_before
     assert events[into_place + 1:] == [("sync", str(tmp_path))]   # the renames, last
     assert (out / "sub" / "b.txt").read_text() == os.path.join("sub", "b.txt")
+
+
+def test_atomic_write_flushes_the_file_then_the_rename(tmp_path, monkeypatch):
+    """A single file (the pool, a report) is on the disk before its rename, and the rename is
+    flushed after it: a power cut leaves the old text or the new, and keeps the new once returned."""
+    events, replace, fsync = [], os.replace, os.fsync
+    monkeypatch.setattr(rundir, "_sync", lambda p: events.append(("sync", p)))
+    monkeypatch.setattr(rundir.os, "fsync", lambda fd: events.append(("fsync",)) or fsync(fd))
+    monkeypatch.setattr(rundir.os, "replace", lambda a, b: events.append(("replace", b))
+                        or replace(a, b))
+    path = tmp_path / "pool.jsonl"
+    rundir.atomic_write(str(path), "new\n")
+    assert events == [("fsync",), ("replace", str(path)), ("sync", str(tmp_path))]
+    assert path.read_text() == "new\n" and not (tmp_path / "pool.jsonl.tmp").exists()
