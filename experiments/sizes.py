@@ -42,6 +42,7 @@ from support.config import SFT_PRESETS  # noqa: E402
 
 BASE = "h128-l3"   # the tiny world's default model: no SFT variant
 SFT_STEPS = SFT_PRESETS["tiny"]["steps"]   # the default SFT's length
+AXIS_SFT_SEEDS = (10, 11, 12, 13, 14)   # the size axis' SFT draws at every size (ANALYSIS.md)
 PERMUTATIONS = 20_000   # random relabellings of the trend test (ANALYSIS.md), seed 0
 N_BOOT = 10_000   # bootstrap resamples of the slope's interval, seed 0
 
@@ -182,15 +183,20 @@ def _result(size, stem, base_name):
         return json.load(f)
 
 
-def start_rates(size, sft_seeds):
-    """The start rates this size's SFT models of these seeds leave (world_properties.py, k = 32):
-    how many (rl family, SFT seed) sampled rates are within 0.05 of the design, of how many,
-    the largest gap, and rl-test greedy per model; None where not measured."""
+def start_rate_models(size, sft_seeds):
+    """{SFT seed: world_properties.py's record of that seed's SFT model at this size (k = 32)},
+    seeds in order; {} where not measured."""
     d = _result(size, "world_properties", "world_properties_here")
-    if d is None:
-        return None
-    models = [m for m in d["models"]
-              if int(m["model"].rstrip("/").split("sft-seed")[1].split("-")[0]) in sft_seeds]
+    by_seed = {int(m["model"].rstrip("/").split("sft-seed")[1].split("-")[0]): m
+               for m in (d or {}).get("models", [])}
+    return {k: by_seed[k] for k in sorted(by_seed) if k in sft_seeds}
+
+
+def start_rates(size, sft_seeds):
+    """The start rates this size's SFT models of these seeds leave: how many (rl family, SFT
+    seed) sampled rates are within 0.05 of the design, of how many, and the largest gap; None
+    where not measured."""
+    models = start_rate_models(size, sft_seeds).values()
     gaps = [abs(f["sampled"] - f["designed"]) for m in models for f in m["rl_families"].values()]
     if not gaps:
         return None

@@ -428,6 +428,30 @@ def size_costs_table(name="size_costs"):
     return "\n".join(lines) + "\n"
 
 
+def start_rates_table(gap=0.05):
+    """The start rates the size axis' SFT models leave (experiments/world_properties.py --k 32):
+    per size and SFT seed, each rl family's sampled rate against its design (bold: off by more
+    than `gap`), and the same model's sampled rate on the taught families (sft-test)."""
+    import sizes   # here, not above: sizes.py stands on torch, these tables on json alone
+    rows = {(f"{h} x {n}", k): m for size, (h, n, _) in sizes.sizes().items()
+            for k, m in sizes.start_rate_models(size, sizes.AXIS_SFT_SEEDS).items()}
+    if not rows:
+        return "(no world_properties_*.json yet: python experiments/world_properties.py)\n"
+    designed = next(iter(rows.values()))["rl_families"]
+    fams = sorted(designed, key=lambda f: (designed[f]["designed"], f))
+    lines = ["| size | SFT seed | sft-test sampled | " + " | ".join(
+        f"{f} ({designed[f]['designed']:.2f})" for f in fams) + f" | within {gap} |",
+             "|" + " --- |" * (len(fams) + 4)]
+    for (size, seed), m in rows.items():
+        got = m["rl_families"]
+        off = [abs(got[f]["sampled"] - got[f]["designed"]) > gap for f in fams]
+        rates = [f"**{got[f]['sampled']:.2f}**" if o else f"{got[f]['sampled']:.2f}"
+                 for f, o in zip(fams, off)]
+        lines.append(f"| {size} | {seed} | {m['results']['sampled']['sft-test / zero-shot']:.2f} | "
+                     + " | ".join(rates) + f" | {len(fams) - sum(off)} of {len(fams)} |")
+    return "\n".join(lines) + "\n"
+
+
 def sizes_table(name="sizes"):
     """The size axis (experiments/sizes.py table): per size the primary contrasts on the
     primary endpoint, GRPO's level beside them (the ceiling), the start rates and the mechanism."""
@@ -555,6 +579,7 @@ if __name__ == "__main__":
         sys.exit()
     if sys.argv[1:2] == ["sizes"]:   # the size axis: costs, then the contrasts by size
         print(size_costs_table())
+        print(start_rates_table())
         print(sizes_table())
         sys.exit()
     if sys.argv[1:2] == ["draws"]:   # every SFT draw, one value each, by endpoint

@@ -246,6 +246,41 @@ def test_start_rates_count_the_size_axis_models_against_the_design(tmp_path, mon
     assert S.start_rates("h384-l6", [10]) is None
 
 
+def test_the_start_rates_table_marks_each_family_off_its_design(tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "RES", str(tmp_path))
+
+    def model(seed, size, b):
+        return {"model": f"runs/tiny/sft-seed{seed}{size}",
+                "results": {"sampled": {"sft-test / zero-shot": 0.5 + seed / 100}},
+                "rl_families": {"bb": {"designed": 0.4, "sampled": b},
+                                "zz": {"designed": 0.0, "sampled": 0.01}}}
+    # families by designed rate, not by name; seed 19 is not one of the size axis' draws;
+    # seed 11 is 0.06 below bb's design (bold), seed 12 0.04 above (not)
+    (tmp_path / "world_properties_here.json").write_text(json.dumps(
+        {"models": [model(19, "", 0.0), model(11, "", 0.34), model(10, "", 0.4)]}))
+    (tmp_path / "world_properties_h384-l6.json").write_text(json.dumps(
+        {"models": [model(12, "-h384-l6", 0.44)]}))
+    rows = [x for x in tables.start_rates_table().splitlines() if x.startswith("| ")]
+    assert rows == ["| size | SFT seed | sft-test sampled | zz (0.00) | bb (0.40) | within 0.05 |",
+                    "| --- | --- | --- | --- | --- | --- |",
+                    "| 128 x 3 | 10 | 0.60 | 0.01 | 0.40 | 2 of 2 |",
+                    "| 128 x 3 | 11 | 0.61 | 0.01 | **0.34** | 1 of 2 |",
+                    "| 384 x 6 | 12 | 0.62 | 0.01 | 0.44 | 2 of 2 |"]
+
+
+def test_results_quotes_the_start_rates_by_size():
+    """RESULTS.md's size section quotes `python experiments/tables.py sizes`' start rates, row
+    for row, from the committed world_properties files."""
+    with open(os.path.join(ROOT, "RESULTS.md")) as f:
+        results = f.read()
+    section = results[results.index("### The size axis"):]
+    section = section[:section.index("\n### ", 1)].splitlines()
+    rows = [x for x in tables.start_rates_table().splitlines() if x.startswith("| ")]
+    assert len(rows) == 2 + len(S.sizes()) * len(S.AXIS_SFT_SEEDS)
+    for row in rows:
+        assert row in section, row
+
+
 def test_results_quotes_the_committed_costs_by_size():
     """RESULTS.md's costs table is `python experiments/tables.py sizes`' first table, row for
     row, from experiments/results/size_costs.json."""
