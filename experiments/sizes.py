@@ -5,6 +5,7 @@ The tiny world keeps its task, its truth and its budget while the model grows (`
 ("The size axis"); what this script computes:
 
     python experiments/sizes.py costs [--repeats 2]   # seconds per SFT step and per RL step
+    python experiments/sizes.py sft                   # the SFT models' reports, collected
     python experiments/sizes.py table                 # the contrasts and the mechanism by size
 
 `costs` times, at each size, SFT steps from scratch and RL steps (GRPO and the paper's LANPO)
@@ -183,6 +184,32 @@ def _result(size, stem, base_name):
         return json.load(f)
 
 
+def sft_reports(sft_seeds=AXIS_SFT_SEEDS):
+    """What each size's SFT models reported when they were made (runs/tiny/sft-seed<S>[-<size>]/
+    sft_report.json; the runs are not committed, this summary is): the last held-out and
+    training loss, greedy sft-test and rl-test, the minutes and the step a resume began at.
+    Writes experiments/results/sizes_sft.json."""
+    out = {}
+    for size, (_, _, variant) in sizes().items():
+        for k in sft_seeds:
+            path = os.path.join(run_arms.sft_dir(k, variant), "sft_report.json")
+            if not os.path.exists(path):
+                continue
+            with open(path) as f:
+                r = json.load(f)
+            last = r["history"][-1]
+            out.setdefault(size, {})[str(k)] = {
+                "steps": last["step"], "heldout_loss": last["heldout_loss"],
+                "train_loss": last["train_loss"], "minutes": r["seconds"] / 60,
+                "resumed_from_step": r.get("resumed_from_step"),
+                "greedy": {s: r["zero_shot_accuracy"][s] for s in ("sft-test", "rl-test")}}
+    if not out:
+        raise SystemExit("no SFT model of the size axis yet: python experiments/run_arms.py sizes")
+    with open(os.path.join(RES, "sizes_sft.json"), "w") as f:
+        json.dump({"command": "python experiments/sizes.py sft", "sizes": out}, f, indent=1)
+    return out
+
+
 def start_rate_models(size, sft_seeds):
     """{SFT seed: world_properties.py's record of that seed's SFT model at this size (k = 32)},
     seeds in order; {} where not measured."""
@@ -218,10 +245,14 @@ def mechanism(size, sft_seeds):
     for step, v in d["steps"].items():
         per_seed = {k: r for k, r in v["per_seed"].items() if int(k) in sft_seeds}
         if len(per_seed) >= 2:
-            summary = step_mechanism.summarize(per_seed)["own_d_logp"]
+            both = step_mechanism.summarize(per_seed)
+            summary = both["own_d_logp"]
             out[step] = {k: summary[k] for k in ("plain", "prompt - plain", "corrected - plain")}
             # the ratio to plain's gain is read only where that gain is shown above 0
             out[step]["ratio_readable"] = summary["plain"]["t95"][0] > 0
+            out[step]["n_sft_seeds"] = len(per_seed)
+            # reported beside (ANALYSIS.md): the same difference on the right procedure's p
+            out[step]["procedure: prompt - plain"] = both["own_d_p_procedure"]["prompt - plain"]
     return out or None
 
 
@@ -378,13 +409,17 @@ def plot(out, path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
+    sub.add_parser("sft", help="collect the SFT models' reports (experiments/results/sizes_sft.json)")
     c = sub.add_parser("costs", help="seconds per SFT and RL step at each size")
     c.add_argument("--repeats", type=int, default=2)
     t = sub.add_parser("table", help="the contrasts and the mechanism by size")
     t.add_argument("--rl-seeds", type=int, nargs="+", default=[0],
                    help="the RL seeds every size has (ANALYSIS.md: RL seed 0)")
     args = ap.parse_args()
-    if args.what == "costs":
+    if args.what == "sft":
+        for size, by in sft_reports().items():
+            print(size, {k: round(v["heldout_loss"], 3) for k, v in by.items()})
+    elif args.what == "costs":
         out = costs(args.repeats)
         for name, v in out["sizes"].items():
             print(name, {k: v[k] for k in v if k not in ("hidden", "layers")})

@@ -445,10 +445,57 @@ def start_rates_table(gap=0.05):
     for (size, seed), m in rows.items():
         got = m["rl_families"]
         off = [abs(got[f]["sampled"] - got[f]["designed"]) > gap for f in fams]
-        rates = [f"**{got[f]['sampled']:.2f}**" if o else f"{got[f]['sampled']:.2f}"
+        rates = [f"**{got[f]['sampled']:.3f}**" if o else f"{got[f]['sampled']:.3f}"
                  for f, o in zip(fams, off)]
         lines.append(f"| {size} | {seed} | {m['results']['sampled']['sft-test / zero-shot']:.2f} | "
                      + " | ".join(rates) + f" | {len(fams) - sum(off)} of {len(fams)} |")
+    return "\n".join(lines) + "\n"
+
+
+def sft_models_table(name="sizes_sft"):
+    """The size axis' SFT models: what their SFT reported (experiments/sizes.py sft: the last
+    held-out loss, greedy sft-test, minutes) beside what world_properties.py measured on them
+    (sampled sft-test; rl-test sampled with the right principle in context, and with an
+    irrelevant principle beside it)."""
+    import sizes
+    d = load(name)
+    if d is None:
+        return f"(no {name}.json yet: python experiments/sizes.py sft)\n"
+    lines = ["| size | SFT seed | held-out loss | sft-test greedy | sft-test sampled | right "
+             "principle in context | right + irrelevant | minutes |", "|" + " --- |" * 8]
+    for size, (h, n, _) in sizes.sizes().items():
+        measured = sizes.start_rate_models(size, sizes.AXIS_SFT_SEEDS)
+        for k, r in d["sizes"].get(size, {}).items():
+            got = measured[int(k)]["results"]["sampled"] if int(k) in measured else {}
+            cells = [f"{got[c]:.2f}" if c in got else "-" for c in
+                     ("sft-test / zero-shot", "rl-test / right principle",
+                      "rl-test / right + irrelevant")]
+            lines.append(f"| {h} x {n} | {k} | {r['heldout_loss']:.3f} | "
+                         f"{r['greedy']['sft-test']:.3f} | " + " | ".join(cells) +
+                         f" | {r['minutes']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def mechanism_by_size_table():
+    """The mechanism in the runs' own step by size (step_mechanism.py [--size S], the size
+    axis' SFT seeds): plain's zero-shot gain of log pi(y* | x), the paper's minus plain's with
+    the sign-flip p, their ratio where plain's gain is shown above 0 (else not read), and the
+    same difference on the right procedure's probability; gains x 1000, [t 95%]."""
+    import sizes
+
+    def mt(v):
+        return f"{1000 * v['mean']:+.2f} [{1000 * v['t95'][0]:+.2f}, {1000 * v['t95'][1]:+.2f}]"
+    lines = ["| size | step | SFT seeds | plain's gain | the paper's - plain's, p | ratio [95%] | "
+             "right procedure: the paper's - plain's, p |", "|" + " --- |" * 7]
+    for size, (h, n, _) in sizes.sizes().items():
+        for step, m in sorted((sizes.mechanism(size, sizes.AXIS_SFT_SEEDS) or {}).items(),
+                              key=lambda kv: int(kv[0])):
+            pp, proc = m["prompt - plain"], m["procedure: prompt - plain"]
+            ratio = (ratio_cell(pp) if m["ratio_readable"]
+                     else "not read (plain's gain not shown above 0)")
+            lines.append(f"| {h} x {n} | {step} | {m['n_sft_seeds']} | {mt(m['plain'])} | "
+                         f"{mt(pp)}, {pp['sign_flip_p']:.3f} | {ratio} | "
+                         f"{mt(proc)}, {proc['sign_flip_p']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -580,6 +627,8 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["sizes"]:   # the size axis: costs, then the contrasts by size
         print(size_costs_table())
         print(start_rates_table())
+        print(sft_models_table())
+        print(mechanism_by_size_table())
         print(sizes_table())
         sys.exit()
     if sys.argv[1:2] == ["draws"]:   # every SFT draw, one value each, by endpoint

@@ -228,6 +228,63 @@ def test_the_mechanism_by_size_uses_the_size_axis_seeds_only(tmp_path, monkeypat
     assert not S.mechanism("h384-l6", [10, 11, 12, 13, 14])["25"]["ratio_readable"]
 
 
+def test_the_mechanism_by_size_table_reads_the_ratio_only_where_plain_gains(tmp_path,
+                                                                          monkeypatch):
+    """Per size and step: plain's gain, the paper's minus plain's with its p, the ratio where
+    plain's gain is shown above 0 (else "not read"), the right procedure's difference beside."""
+    monkeypatch.setattr(S, "RES", str(tmp_path))
+
+    def seed(plain, proc=(3e-4, 1e-4)):
+        b = {s: {"own_d_logp": v, "own_d_p_procedure": q, "norm": 1.0, "cos_plain": 1.0}
+             for s, v, q in (("prompt", 2e-4, proc[0]), ("plain", plain, proc[1]),
+                             ("corrected", plain, proc[1]))}
+        return {"step": 25, "batches": [{**b, "momentum_only": {"d_logp": 0.0}}]}
+    base = {str(k): seed(1e-3) for k in range(10, 15)} | {"19": seed(-5.0)}
+    (tmp_path / "step_mechanism.json").write_text(json.dumps({"steps": {"25": {"per_seed": base}}}))
+    wide = {str(k): seed(g) for k, g in zip(range(10, 15), (1e-3, -1e-3, 1e-3, -1e-3, 5e-4))}
+    (tmp_path / "step_mechanism_h384-l6.json").write_text(
+        json.dumps({"steps": {"200": {"per_seed": wide}}}))
+    rows = [x for x in tables.mechanism_by_size_table().splitlines() if x.startswith("| ")][2:]
+    assert rows[0] == ("| 128 x 3 | 25 | 5 | +1.00 [+1.00, +1.00] | -0.80 [-0.80, -0.80], 0.062 "
+                       "| 0.20 [0.20, 0.20] | +0.20 [+0.20, +0.20], 0.062 |")
+    assert len(rows) == 2 and rows[1].startswith("| 384 x 6 | 200 | 5 | +0.10 [")
+    assert "| not read (plain's gain not shown above 0) |" in rows[1]
+
+
+def test_the_sft_models_table_puts_their_reports_beside_their_measures(tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "RES", str(tmp_path))
+    monkeypatch.setattr(tables, "RES", str(tmp_path))
+    report = {"steps": 900, "heldout_loss": 0.0312, "train_loss": 0.02, "minutes": 53.4,
+              "resumed_from_step": None, "greedy": {"sft-test": 0.995, "rl-test": 0.0}}
+    (tmp_path / "sizes_sft.json").write_text(json.dumps(
+        {"sizes": {"h384-l6": {"10": report, "11": {**report, "heldout_loss": 0.09}}}}))
+    sampled = {"sft-test / zero-shot": 0.92, "rl-test / right principle": 0.91,
+               "rl-test / right + irrelevant": 0.38}
+    (tmp_path / "world_properties_h384-l6.json").write_text(json.dumps({"models": [
+        {"model": "runs/tiny/sft-seed10-h384-l6", "results": {"sampled": sampled},
+         "rl_families": {}}]}))
+    rows = [x for x in tables.sft_models_table().splitlines() if x.startswith("| ")][2:]
+    assert rows == ["| 384 x 6 | 10 | 0.031 | 0.995 | 0.92 | 0.91 | 0.38 | 53 |",
+                    "| 384 x 6 | 11 | 0.090 | 0.995 | - | - | - | 53 |"]
+
+
+def test_sft_reports_collect_each_size_axis_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "RES", str(tmp_path))
+    monkeypatch.setattr(R, "ROOT", str(tmp_path))
+    hist = [{"step": 450, "heldout_loss": 0.5, "train_loss": 0.4},
+            {"step": 900, "heldout_loss": 0.03, "train_loss": 0.02}]
+    for name in ("sft-seed10-h256-l4", "sft-seed19-h256-l4"):   # 19: not on the size axis
+        os.makedirs(tmp_path / "runs" / "tiny" / name)
+        (tmp_path / "runs" / "tiny" / name / "sft_report.json").write_text(json.dumps(
+            {"seconds": 1200, "resumed_from_step": 600, "history": hist,
+             "zero_shot_accuracy": {"sft-test": 1.0, "rl-test": 0.0, "unseen-test": 0.1}}))
+    got = S.sft_reports()
+    assert got == {"h256-l4": {"10": {"steps": 900, "heldout_loss": 0.03, "train_loss": 0.02,
+                                      "minutes": 20.0, "resumed_from_step": 600,
+                                      "greedy": {"sft-test": 1.0, "rl-test": 0.0}}}}
+    assert json.loads((tmp_path / "sizes_sft.json").read_text())["sizes"] == got
+
+
 def test_start_rates_count_the_size_axis_models_against_the_design(tmp_path, monkeypatch):
     monkeypatch.setattr(S, "RES", str(tmp_path))
 
@@ -263,21 +320,24 @@ def test_the_start_rates_table_marks_each_family_off_its_design(tmp_path, monkey
     rows = [x for x in tables.start_rates_table().splitlines() if x.startswith("| ")]
     assert rows == ["| size | SFT seed | sft-test sampled | zz (0.00) | bb (0.40) | within 0.05 |",
                     "| --- | --- | --- | --- | --- | --- |",
-                    "| 128 x 3 | 10 | 0.60 | 0.01 | 0.40 | 2 of 2 |",
-                    "| 128 x 3 | 11 | 0.61 | 0.01 | **0.34** | 1 of 2 |",
-                    "| 384 x 6 | 12 | 0.62 | 0.01 | 0.44 | 2 of 2 |"]
+                    "| 128 x 3 | 10 | 0.60 | 0.010 | 0.400 | 2 of 2 |",
+                    "| 128 x 3 | 11 | 0.61 | 0.010 | **0.340** | 1 of 2 |",
+                    "| 384 x 6 | 12 | 0.62 | 0.010 | 0.440 | 2 of 2 |"]
 
 
 def test_results_quotes_the_start_rates_by_size():
-    """RESULTS.md's size section quotes `python experiments/tables.py sizes`' start rates, row
-    for row, from the committed world_properties files."""
+    """RESULTS.md's size section quotes `python experiments/tables.py sizes`' start rates, SFT
+    models and mechanism by size, row for row, from the committed files."""
     with open(os.path.join(ROOT, "RESULTS.md")) as f:
         results = f.read()
     section = results[results.index("### The size axis"):]
     section = section[:section.index("\n### ", 1)].splitlines()
     rows = [x for x in tables.start_rates_table().splitlines() if x.startswith("| ")]
     assert len(rows) == 2 + len(S.sizes()) * len(S.AXIS_SFT_SEEDS)
-    for row in rows:
+    rows += [x for x in tables.sft_models_table().splitlines() if x.startswith("| ")]
+    mechanism = [x for x in tables.mechanism_by_size_table().splitlines() if x.startswith("| ")]
+    assert len(mechanism) >= 2 + 2 * len(S.sizes())   # steps 25 and 200 at every size
+    for row in rows + mechanism:
         assert row in section, row
 
 
