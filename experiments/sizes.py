@@ -409,7 +409,7 @@ def plot(out, path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
-    sub.add_parser("sft", help="collect the SFT models' reports (experiments/results/sizes_sft.json)")
+    sub.add_parser("sft", help="collect the SFT models' reports (results/sizes_sft.json)")
     c = sub.add_parser("costs", help="seconds per SFT and RL step at each size")
     c.add_argument("--repeats", type=int, default=2)
     t = sub.add_parser("table", help="the contrasts and the mechanism by size")

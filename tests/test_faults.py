@@ -213,7 +213,7 @@ def test_a_directory_reaches_the_disk_before_it_is_renamed_into_place(tmp_path, 
 
 def test_atomic_write_flushes_the_file_then_the_rename(tmp_path, monkeypatch):
     """A single file (the pool, a report) is on the disk before its rename, and the rename is
-    flushed after it: a power cut leaves the old text or the new, and keeps the new once returned."""
+    flushed after it: a power cut leaves the old text or the new, and the new once returned."""
     events, replace, fsync = [], os.replace, os.fsync
     monkeypatch.setattr(rundir, "_sync", lambda p: events.append(("sync", p)))
     monkeypatch.setattr(rundir.os, "fsync", lambda fd: events.append(("fsync",)) or fsync(fd))
