@@ -39,6 +39,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 import run_arms  # noqa: E402
 import sft_draws as D  # noqa: E402
+from support import rundir  # noqa: E402
 from support.config import SFT_PRESETS  # noqa: E402
 
 BASE = "h128-l3"   # the tiny world's default model: no SFT variant
@@ -200,13 +201,22 @@ def sft_reports(sft_seeds=AXIS_SFT_SEEDS):
             last = r["history"][-1]
             out.setdefault(size, {})[str(k)] = {
                 "steps": last["step"], "heldout_loss": last["heldout_loss"],
-                "train_loss": last["train_loss"], "minutes": r["seconds"] / 60,
-                "resumed_from_step": r.get("resumed_from_step"),
+                "train_loss": last["train_loss"],
+                # sft.py's seconds are its last process's: a resumed SFT's are a part
+                "minutes": r["seconds"] / 60, "resumed_from_step": r.get("resumed_from_step"),
                 "greedy": {s: r["zero_shot_accuracy"][s] for s in ("sft-test", "rl-test")}}
+    path = os.path.join(RES, "sizes_sft.json")
+    if os.path.exists(path):   # a checkout with fewer models must not shrink the record
+        with open(path) as f:
+            missing = [f"{s} seed {k}" for s, by in json.load(f)["sizes"].items() for k in by
+                       if k not in out.get(s, {})]
+        if missing:
+            raise SystemExit(f"{path} records SFT models not under runs/ here: "
+                             f"{', '.join(missing)}; run this where they all are")
     if not out:
         raise SystemExit("no SFT model of the size axis yet: python experiments/run_arms.py sizes")
-    with open(os.path.join(RES, "sizes_sft.json"), "w") as f:
-        json.dump({"command": "python experiments/sizes.py sft", "sizes": out}, f, indent=1)
+    rundir.atomic_write(path, json.dumps(
+        {"command": "python experiments/sizes.py sft", "sizes": out}, indent=1))
     return out
 
 
@@ -214,9 +224,16 @@ def start_rate_models(size, sft_seeds):
     """{SFT seed: world_properties.py's record of that seed's SFT model at this size (k = 32)},
     seeds in order; {} where not measured."""
     d = _result(size, "world_properties", "world_properties_here")
-    by_seed = {int(m["model"].rstrip("/").split("sft-seed")[1].split("-")[0]): m
-               for m in (d or {}).get("models", [])}
-    return {k: by_seed[k] for k in sorted(by_seed) if k in sft_seeds}
+    variant = sizes()[size][2]
+    names = {os.path.basename(run_arms.sft_dir(k, variant)): k for k in sft_seeds}
+    by_seed = {}
+    for m in (d or {}).get("models", []):
+        k = names.get(os.path.basename(m["model"].rstrip("/\\")))   # this size's models only
+        if k is not None:
+            if k in by_seed:
+                raise ValueError(f"{size}: SFT seed {k} measured twice in world_properties")
+            by_seed[k] = m
+    return dict(sorted(by_seed.items()))
 
 
 def start_rates(size, sft_seeds):

@@ -470,15 +470,17 @@ def sft_models_table(name="sizes_sft"):
             cells = [f"{got[c]:.2f}" if c in got else "-" for c in
                      ("sft-test / zero-shot", "rl-test / right principle",
                       "rl-test / right + irrelevant")]
+            minutes = (f"{r['minutes']:.0f}" if r["resumed_from_step"] is None else
+                       f"{r['minutes']:.0f} after resuming at step {r['resumed_from_step']}")
             lines.append(f"| {h} x {n} | {k} | {r['heldout_loss']:.3f} | "
                          f"{r['greedy']['sft-test']:.3f} | " + " | ".join(cells) +
-                         f" | {r['minutes']:.0f} |")
+                         f" | {minutes} |")
     return "\n".join(lines) + "\n"
 
 
 def mechanism_by_size_table():
     """The mechanism in the runs' own step by size (step_mechanism.py [--size S], the size
-    axis' SFT seeds): plain's zero-shot gain of log pi(y* | x), the paper's minus plain's with
+    axis' SFT seeds, the declared checkpoints): plain's zero-shot gain of log pi(y* | x), the paper's minus plain's with
     the sign-flip p, their ratio where plain's gain is shown above 0 (else not read), and the
     same difference on the right procedure's probability; gains x 1000, [t 95%]."""
     import sizes
@@ -488,8 +490,8 @@ def mechanism_by_size_table():
     lines = ["| size | step | SFT seeds | plain's gain | the paper's - plain's, p | ratio [95%] | "
              "right procedure: the paper's - plain's, p |", "|" + " --- |" * 7]
     for size, (h, n, _) in sizes.sizes().items():
-        for step, m in sorted((sizes.mechanism(size, sizes.AXIS_SFT_SEEDS) or {}).items(),
-                              key=lambda kv: int(kv[0])):
+        measured = sizes.mechanism(size, sizes.AXIS_SFT_SEEDS) or {}
+        for step, m in [(s, measured[s]) for s in sizes.MECHANISM_STEPS if s in measured]:
             pp, proc = m["prompt - plain"], m["procedure: prompt - plain"]
             ratio = (ratio_cell(pp) if m["ratio_readable"]
                      else "not read (plain's gain not shown above 0)")

@@ -257,7 +257,8 @@ def test_the_sft_models_table_puts_their_reports_beside_their_measures(tmp_path,
     report = {"steps": 900, "heldout_loss": 0.0312, "train_loss": 0.02, "minutes": 53.4,
               "resumed_from_step": None, "greedy": {"sft-test": 0.995, "rl-test": 0.0}}
     (tmp_path / "sizes_sft.json").write_text(json.dumps(
-        {"sizes": {"h384-l6": {"10": report, "11": {**report, "heldout_loss": 0.09}}}}))
+        {"sizes": {"h384-l6": {"10": report, "11": {**report, "heldout_loss": 0.09,
+                                                    "resumed_from_step": 400}}}}))
     sampled = {"sft-test / zero-shot": 0.92, "rl-test / right principle": 0.91,
                "rl-test / right + irrelevant": 0.38}
     (tmp_path / "world_properties_h384-l6.json").write_text(json.dumps({"models": [
@@ -265,7 +266,7 @@ def test_the_sft_models_table_puts_their_reports_beside_their_measures(tmp_path,
          "rl_families": {}}]}))
     rows = [x for x in tables.sft_models_table().splitlines() if x.startswith("| ")][2:]
     assert rows == ["| 384 x 6 | 10 | 0.031 | 0.995 | 0.92 | 0.91 | 0.38 | 53 |",
-                    "| 384 x 6 | 11 | 0.090 | 0.995 | - | - | - | 53 |"]
+                    "| 384 x 6 | 11 | 0.090 | 0.995 | - | - | - | 53 after resuming at step 400 |"]
 
 
 def test_sft_reports_collect_each_size_axis_model(tmp_path, monkeypatch):
@@ -283,6 +284,11 @@ def test_sft_reports_collect_each_size_axis_model(tmp_path, monkeypatch):
                                       "minutes": 20.0, "resumed_from_step": 600,
                                       "greedy": {"sft-test": 1.0, "rl-test": 0.0}}}}
     assert json.loads((tmp_path / "sizes_sft.json").read_text())["sizes"] == got
+    # a checkout without a model the committed record has must not shrink it
+    os.remove(tmp_path / "runs" / "tiny" / "sft-seed10-h256-l4" / "sft_report.json")
+    with pytest.raises(SystemExit, match="h256-l4 seed 10"):
+        S.sft_reports()
+    assert json.loads((tmp_path / "sizes_sft.json").read_text())["sizes"] == got
 
 
 def test_start_rates_count_the_size_axis_models_against_the_design(tmp_path, monkeypatch):
@@ -293,9 +299,11 @@ def test_start_rates_count_the_size_axis_models_against_the_design(tmp_path, mon
                 "b": {"designed": 0.4, "sampled": 0.38}}
         return {"model": f"runs/tiny/sft-seed{seed}{size}", "rl_families": fams}
     # seed 19 is off its design, but it is not one of the size axis' seeds
+    # seed 19 is off its design, but not one of the size axis' seeds; 12 is another size's
     (tmp_path / "world_properties_here.json").write_text(json.dumps(
-        {"models": [model(10, "", 0.0), model(11, "", 0.045), model(19, "", 0.3)]}))
-    got = S.start_rates(S.BASE, [10, 11])   # seed 11's family a is 0.055 off: one of four
+        {"models": [model(10, "", 0.0), model(11, "", 0.045), model(19, "", 0.3),
+                    model(12, "-h256-l4", 0.3)]}))
+    got = S.start_rates(S.BASE, [10, 11, 12])   # seed 11's family a is 0.055 off: one of four
     assert got == {"models": 2, "within_0.05": 3, "of": 4, "largest_gap": pytest.approx(0.055)}
     (tmp_path / "world_properties_h256-l4.json").write_text(json.dumps(
         {"models": [model(10, "-h256-l4", 0.0)]}))
@@ -332,13 +340,12 @@ def test_results_quotes_the_start_rates_by_size():
         results = f.read()
     section = results[results.index("### The size axis"):]
     section = section[:section.index("\n### ", 1)].splitlines()
-    rows = [x for x in tables.start_rates_table().splitlines() if x.startswith("| ")]
-    assert len(rows) == 2 + len(S.sizes()) * len(S.AXIS_SFT_SEEDS)
-    rows += [x for x in tables.sft_models_table().splitlines() if x.startswith("| ")]
-    mechanism = [x for x in tables.mechanism_by_size_table().splitlines() if x.startswith("| ")]
-    assert len(mechanism) >= 2 + 2 * len(S.sizes())   # steps 25 and 200 at every size
-    for row in rows + mechanism:
-        assert row in section, row
+    models = 2 + len(S.sizes()) * len(S.AXIS_SFT_SEEDS)
+    for table, n_rows in ((tables.start_rates_table(), models), (tables.sft_models_table(), models),
+                          (tables.mechanism_by_size_table(), 2 + 2 * len(S.sizes()))):
+        rows = [x for x in table.splitlines() if x.startswith("| ")]
+        assert len(rows) == n_rows   # every model; the mechanism at steps 25 and 200 only
+        assert "\n".join(rows) in "\n".join(section), rows[0]   # whole, nothing stale between
 
 
 def test_results_quotes_the_committed_costs_by_size():
