@@ -218,6 +218,12 @@ def ratio_cell(r):
     return f"{r['ratio_of_means']:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if lo is not None else "")
 
 
+def milli(v, scale=1000):
+    """A mean over SFT seeds with its t interval, x 1000 (the mechanism's gains are small)."""
+    lo, hi = v["t95"]
+    return f"{scale * v['mean']:+.2f} [{scale * lo:+.2f}, {scale * hi:+.2f}]"
+
+
 def step_mechanism_table(name="step_mechanism", key="own_d_logp"):
     """experiments/step_mechanism.py: per checkpoint step, each scoring's own change (the update
     minus the same step with a zero gradient) of the held-out key (own_d_logp: mean log pi(y* |
@@ -228,9 +234,6 @@ def step_mechanism_table(name="step_mechanism", key="own_d_logp"):
     if d is None:
         return f"(no {name}.json yet: python experiments/step_mechanism.py)\n"
 
-    def mt(v, scale=1000):
-        lo, hi = v["t95"]
-        return f"{scale * v['mean']:+.2f} [{scale * lo:+.2f}, {scale * hi:+.2f}]"
     def ratio(m, s):   # read only where plain's own gain is shown above 0 (ANALYSIS.md)
         return ratio_cell(m[f"{s} - plain"]) if m["plain"]["t95"][0] > 0 else "not read"
     lines = ["| step | SFT seeds | prompt (the paper) | plain | corrected | prompt - plain, p | "
@@ -238,12 +241,12 @@ def step_mechanism_table(name="step_mechanism", key="own_d_logp"):
              "[t 95%]: prompt / corrected |", "|" + " --- |" * 9]
     for step, r in d["steps"].items():
         m = r["summary"][key]
-        cos = [mt(r["summary"][f"cos({s}, plain)"], scale=1).replace("+", "")   # unsigned
+        cos = [milli(r["summary"][f"cos({s}, plain)"], scale=1).replace("+", "")   # unsigned
                for s in ("prompt", "corrected")]                             # like a ratio
         lines.append(
-            f"| {step} | {len(r['sft_seeds'])} | {mt(m['prompt'])} | {mt(m['plain'])} | "
-            f"{mt(m['corrected'])} | {mt(m['prompt - plain'])}, "
-            f"{m['prompt - plain']['sign_flip_p']:.3f} | {mt(m['corrected - plain'])}, "
+            f"| {step} | {len(r['sft_seeds'])} | {milli(m['prompt'])} | {milli(m['plain'])} | "
+            f"{milli(m['corrected'])} | {milli(m['prompt - plain'])}, "
+            f"{m['prompt - plain']['sign_flip_p']:.3f} | {milli(m['corrected - plain'])}, "
             f"{m['corrected - plain']['sign_flip_p']:.3f} | "
             f"{ratio(m, 'prompt')} / {ratio(m, 'corrected')} | {cos[0]} / {cos[1]} |")
     return "\n".join(lines) + "\n"
@@ -432,7 +435,7 @@ def start_rates_table(gap=0.05):
     """The start rates the size axis' SFT models leave (experiments/world_properties.py --k 32):
     per size and SFT seed, each rl family's sampled rate against its design (bold: off by more
     than `gap`), and the same model's sampled rate on the taught families (sft-test)."""
-    import sizes   # here, not above: sizes.py stands on torch, these tables on json alone
+    import sizes   # here, not at the top: sizes.py stands on torch, the other tables on json
     rows = {(f"{h} x {n}", k): m for size, (h, n, _) in sizes.sizes().items()
             for k, m in sizes.start_rate_models(size, sizes.AXIS_SFT_SEEDS).items()}
     if not rows:
@@ -480,13 +483,11 @@ def sft_models_table(name="sizes_sft"):
 
 def mechanism_by_size_table():
     """The mechanism in the runs' own step by size (step_mechanism.py [--size S], the size
-    axis' SFT seeds, the declared checkpoints): plain's zero-shot gain of log pi(y* | x), the paper's minus plain's with
-    the sign-flip p, their ratio where plain's gain is shown above 0 (else not read), and the
-    same difference on the right procedure's probability; gains x 1000, [t 95%]."""
+    axis' SFT seeds, the declared checkpoints): plain's zero-shot gain of log pi(y* | x), the
+    paper's minus plain's with the sign-flip p, their ratio where plain's gain is shown above 0
+    (else not read), and the same difference on the right procedure's probability; gains
+    x 1000, [t 95%]."""
     import sizes
-
-    def mt(v):
-        return f"{1000 * v['mean']:+.2f} [{1000 * v['t95'][0]:+.2f}, {1000 * v['t95'][1]:+.2f}]"
     lines = ["| size | step | SFT seeds | plain's gain | the paper's - plain's, p | ratio [95%] | "
              "right procedure: the paper's - plain's, p |", "|" + " --- |" * 7]
     for size, (h, n, _) in sizes.sizes().items():
@@ -495,9 +496,9 @@ def mechanism_by_size_table():
             pp, proc = m["prompt - plain"], m["procedure: prompt - plain"]
             ratio = (ratio_cell(pp) if m["ratio_readable"]
                      else "not read (plain's gain not shown above 0)")
-            lines.append(f"| {h} x {n} | {step} | {m['n_sft_seeds']} | {mt(m['plain'])} | "
-                         f"{mt(pp)}, {pp['sign_flip_p']:.3f} | {ratio} | "
-                         f"{mt(proc)}, {proc['sign_flip_p']:.3f} |")
+            lines.append(f"| {h} x {n} | {step} | {m['n_sft_seeds']} | {milli(m['plain'])} | "
+                         f"{milli(pp)}, {pp['sign_flip_p']:.3f} | {ratio} | "
+                         f"{milli(proc)}, {proc['sign_flip_p']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

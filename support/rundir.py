@@ -78,7 +78,7 @@ def _sync(path: str):
 
 def _synced(directory: str):
     """Every file under `directory`, then every directory, flushed to the disk."""
-    for root, dirs, files in os.walk(directory, topdown=False):
+    for root, _, files in os.walk(directory, topdown=False):
         for name in files:
             _sync(os.path.join(root, name))
         _sync(root)
